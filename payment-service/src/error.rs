@@ -1,0 +1,216 @@
+//! One error type for the HTTP layer, rendered as RFC 9457
+//! `application/problem+json`. Each cause has its own problem `type`, so
+//! clients dispatch on the type rather than on the status alone.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Every problem this service reports. `type` is `/problems/<slug>`, served
+/// by the service itself with a one-paragraph explanation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    MalformedJson,
+    MissingField,
+    InvalidAmount,
+    InvalidAccount,
+    SameAccount,
+    IdempotencyKeyMissing,
+    IdempotencyKeyInvalid,
+    IdempotencyKeyReused,
+    IdempotencyKeyInUse,
+    BodyTooLarge,
+    UnsupportedMediaType,
+    InvalidQuery,
+    NotFound,
+    Overloaded,
+    TemporarilyUnavailable,
+}
+
+impl Problem {
+    pub const ALL: [Problem; 15] = [
+        Problem::MalformedJson,
+        Problem::MissingField,
+        Problem::InvalidAmount,
+        Problem::InvalidAccount,
+        Problem::SameAccount,
+        Problem::IdempotencyKeyMissing,
+        Problem::IdempotencyKeyInvalid,
+        Problem::IdempotencyKeyReused,
+        Problem::IdempotencyKeyInUse,
+        Problem::BodyTooLarge,
+        Problem::UnsupportedMediaType,
+        Problem::InvalidQuery,
+        Problem::NotFound,
+        Problem::Overloaded,
+        Problem::TemporarilyUnavailable,
+    ];
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            Problem::MalformedJson => "malformed-json",
+            Problem::MissingField => "missing-field",
+            Problem::InvalidAmount => "invalid-amount",
+            Problem::InvalidAccount => "invalid-account",
+            Problem::SameAccount => "same-account",
+            Problem::IdempotencyKeyMissing => "idempotency-key-missing",
+            Problem::IdempotencyKeyInvalid => "idempotency-key-invalid",
+            Problem::IdempotencyKeyReused => "idempotency-key-reused",
+            Problem::IdempotencyKeyInUse => "idempotency-key-in-use",
+            Problem::BodyTooLarge => "body-too-large",
+            Problem::UnsupportedMediaType => "unsupported-media-type",
+            Problem::InvalidQuery => "invalid-query",
+            Problem::NotFound => "not-found",
+            Problem::Overloaded => "overloaded",
+            Problem::TemporarilyUnavailable => "temporarily-unavailable",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Problem::MalformedJson
+            | Problem::MissingField
+            | Problem::InvalidAmount
+            | Problem::InvalidAccount
+            | Problem::SameAccount
+            | Problem::IdempotencyKeyMissing
+            | Problem::IdempotencyKeyInvalid
+            | Problem::InvalidQuery => StatusCode::BAD_REQUEST,
+            Problem::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Problem::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            Problem::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Problem::NotFound => StatusCode::NOT_FOUND,
+            Problem::Overloaded | Problem::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Problem::MalformedJson => "The body is not a JSON object",
+            Problem::MissingField => "A required field is missing",
+            Problem::InvalidAmount => "The amount is not valid",
+            Problem::InvalidAccount => "An account name is not valid",
+            Problem::SameAccount => "Source and destination are the same account",
+            Problem::IdempotencyKeyMissing => "Idempotency-Key is missing",
+            Problem::IdempotencyKeyInvalid => "Idempotency-Key is not valid",
+            Problem::IdempotencyKeyReused => "Idempotency-Key is already used with a different request",
+            Problem::IdempotencyKeyInUse => "A request is outstanding for this Idempotency-Key",
+            Problem::BodyTooLarge => "The body is too large",
+            Problem::UnsupportedMediaType => "The body must be JSON",
+            Problem::InvalidQuery => "The query string is not valid",
+            Problem::NotFound => "Not found",
+            Problem::Overloaded => "The service is overloaded",
+            Problem::TemporarilyUnavailable => "The service is temporarily unavailable",
+        }
+    }
+
+    /// What a client should do about it; served at `/problems/<slug>`.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Problem::MalformedJson
+            | Problem::MissingField
+            | Problem::InvalidAmount
+            | Problem::InvalidAccount
+            | Problem::SameAccount
+            | Problem::InvalidQuery => {
+                "Nothing was stored. Fix the request as the detail says; the same key may be used again."
+            }
+            Problem::IdempotencyKeyMissing => {
+                "This service runs with --require-key: send Idempotency-Key (or Payment-Idempotence-Key) with one key per logical payment, reused on every retry."
+            }
+            Problem::IdempotencyKeyInvalid => {
+                "Send one key of 1 to 255 printable ASCII characters, as a quoted string (\"abc\") or a bare token, in one header."
+            }
+            Problem::IdempotencyKeyReused => {
+                "The key already names a different payment; nothing was stored. Never mint a new key for a retry: a refused retry means the request changed."
+            }
+            Problem::IdempotencyKeyInUse => {
+                "The first request with this key is still being processed. Retry with the same key after Retry-After seconds; it will replay the first answer."
+            }
+            Problem::BodyTooLarge => "Send at most 16 KiB.",
+            Problem::UnsupportedMediaType => "Send Content-Type: application/json, or no Content-Type at all.",
+            Problem::NotFound => "See GET / for the routes.",
+            Problem::Overloaded => {
+                "The write queue is full; nothing was stored. Retry with the same key after Retry-After seconds."
+            }
+            Problem::TemporarilyUnavailable => {
+                "The request may or may not have taken effect. Retry with the same key after Retry-After seconds."
+            }
+        }
+    }
+}
+
+/// An error answer: the problem, a detail naming the field or value, and for
+/// 409/503 how long to wait before retrying.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub problem: Problem,
+    pub detail: String,
+    pub field: Option<&'static str>,
+    pub idempotency_key: Option<String>,
+    pub retry_after_s: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(problem: Problem, detail: impl Into<String>) -> ApiError {
+        let retry_after_s = match problem {
+            Problem::IdempotencyKeyInUse | Problem::Overloaded | Problem::TemporarilyUnavailable => Some(1),
+            _ => None,
+        };
+        ApiError {
+            problem,
+            detail: detail.into(),
+            field: None,
+            idempotency_key: None,
+            retry_after_s,
+        }
+    }
+
+    pub fn with_field(mut self, field: &'static str) -> ApiError {
+        self.field = Some(field);
+        self
+    }
+
+    pub fn with_key(mut self, key: Option<&str>) -> ApiError {
+        self.idempotency_key = key.map(str::to_owned);
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct ProblemJson<'a> {
+    r#type: String,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.problem.status();
+        let body = ProblemJson {
+            r#type: format!("/problems/{}", self.problem.slug()),
+            title: self.problem.title(),
+            status: status.as_u16(),
+            detail: &self.detail,
+            field: self.field,
+            idempotency_key: self.idempotency_key.as_deref(),
+        };
+        let body = serde_json::to_string(&body).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = self.retry_after_s {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

@@ -1,0 +1,110 @@
+//! `/stats`: what the database proves (computed by SQL at every call, never
+//! from counters) next to what the service saw since it started.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::config::DedupMode;
+use crate::money;
+use crate::store::LedgerStats;
+
+/// Request counters since start. They describe traffic, not money: the money
+/// figures and invariants always come from the database.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// `POST /payments` requests received.
+    pub received: AtomicU64,
+    /// Payments executed (committed) by a request.
+    pub executed: AtomicU64,
+    /// Answers replayed for a known key (from the stored response or the ledger).
+    pub replayed: AtomicU64,
+    /// Replays rebuilt from the ledger because the stored response had expired.
+    pub replayed_from_ledger: AtomicU64,
+    pub conflicts_409: AtomicU64,
+    pub mismatches_422: AtomicU64,
+    /// Requests refused for bad input (400, 413, 415): nothing stored.
+    pub rejected: AtomicU64,
+    /// 503s: queue full or the database refused a commit.
+    pub unavailable_503: AtomicU64,
+    /// Keys taken over from a worker whose lease expired.
+    pub lease_takeovers: AtomicU64,
+    /// Stored responses deleted after the retention.
+    pub keys_reaped: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Serialize)]
+pub struct Invariants {
+    /// No idempotency key has more than one payment.
+    pub one_payment_per_key: bool,
+    /// Money only moves between accounts: all balances sum to zero.
+    pub balances_conserved: bool,
+    /// Every balance equals its credits minus debits in the payments table.
+    pub balances_match_ledger: bool,
+}
+
+#[derive(Serialize)]
+pub struct StatsJson {
+    pub payments: i64,
+    pub total_amount: String,
+    pub total_amount_minor: i64,
+    pub keyed_payments: i64,
+    pub keyless_payments: i64,
+    pub distinct_keys: i64,
+    pub duplicate_keys: i64,
+    pub accounts: i64,
+    pub stored_responses: i64,
+    pub keys_in_flight: i64,
+    pub dedup: &'static str,
+    pub received: u64,
+    pub executed: u64,
+    pub replayed: u64,
+    pub replayed_from_ledger: u64,
+    pub conflicts_409: u64,
+    pub mismatches_422: u64,
+    pub rejected: u64,
+    pub unavailable_503: u64,
+    pub lease_takeovers: u64,
+    pub keys_reaped: u64,
+    pub invariants: Invariants,
+}
+
+impl StatsJson {
+    pub fn new(db: &LedgerStats, counters: &Counters, dedup: DedupMode) -> StatsJson {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsJson {
+            payments: db.payments,
+            total_amount: money::format_minor(db.total_amount_minor),
+            total_amount_minor: db.total_amount_minor,
+            keyed_payments: db.keyed_payments,
+            keyless_payments: db.keyless_payments,
+            distinct_keys: db.distinct_keys,
+            duplicate_keys: db.duplicate_keys,
+            accounts: db.accounts,
+            stored_responses: db.stored_responses,
+            keys_in_flight: db.keys_in_flight,
+            dedup: dedup.as_str(),
+            received: load(&counters.received),
+            executed: load(&counters.executed),
+            replayed: load(&counters.replayed),
+            replayed_from_ledger: load(&counters.replayed_from_ledger),
+            conflicts_409: load(&counters.conflicts_409),
+            mismatches_422: load(&counters.mismatches_422),
+            rejected: load(&counters.rejected),
+            unavailable_503: load(&counters.unavailable_503),
+            lease_takeovers: load(&counters.lease_takeovers),
+            keys_reaped: load(&counters.keys_reaped),
+            invariants: Invariants {
+                one_payment_per_key: db.duplicate_keys == 0,
+                balances_conserved: db.balance_sum_minor == 0,
+                balances_match_ledger: db.accounts_off_ledger == 0,
+            },
+        }
+    }
+}
