@@ -52,6 +52,7 @@ pub struct Invariants {
 #[derive(Serialize)]
 pub struct StatsJson {
     pub payments: i64,
+    pub last_payment_id: i64,
     pub total_amount: String,
     pub total_amount_minor: i64,
     pub keyed_payments: i64,
@@ -80,6 +81,7 @@ impl StatsJson {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsJson {
             payments: db.payments,
+            last_payment_id: db.last_payment_id,
             total_amount: money::format_minor(db.total_amount_minor),
             total_amount_minor: db.total_amount_minor,
             keyed_payments: db.keyed_payments,

@@ -429,6 +429,9 @@ pub fn reap(conn: &Connection, now_ms: i64, retention_ms: i64) -> rusqlite::Resu
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LedgerStats {
     pub payments: i64,
+    /// The highest payment id (0 when empty): a client's reconciliation
+    /// window starts after it.
+    pub last_payment_id: i64,
     pub total_amount_minor: i64,
     pub keyed_payments: i64,
     pub keyless_payments: i64,
@@ -445,10 +448,11 @@ pub struct LedgerStats {
 pub fn ledger_stats(conn: &mut Connection) -> rusqlite::Result<LedgerStats> {
     let tx = conn.transaction()?;
     let mut s = LedgerStats::default();
-    (s.payments, s.total_amount_minor, s.keyed_payments, s.distinct_keys) = tx.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(amount_minor), 0), COUNT(idem_key), COUNT(DISTINCT idem_key) FROM payments",
+    (s.payments, s.total_amount_minor, s.keyed_payments, s.distinct_keys, s.last_payment_id) = tx.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(amount_minor), 0), COUNT(idem_key), COUNT(DISTINCT idem_key), COALESCE(MAX(id), 0)
+         FROM payments",
         [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )?;
     s.keyless_payments = s.payments - s.keyed_payments;
     s.duplicate_keys = tx.query_row(

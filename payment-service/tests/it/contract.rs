@@ -227,6 +227,7 @@ async fn balances_move_and_the_invariants_hold() {
     app.pay(None, r#"{"src":"carol","dest":"alice","amount":"1"}"#).await;
     let stats = app.stats().await;
     assert_eq!(stats["payments"], 3);
+    assert_eq!(stats["last_payment_id"], 3);
     assert_eq!(stats["accounts"], 3);
     assert_eq!(stats["keyed_payments"], 2);
     assert_eq!(stats["distinct_keys"], 2);

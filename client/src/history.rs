@@ -1,0 +1,58 @@
+//! One record per attempt, the raw material of the reconciliation and of
+//! `--history FILE` (one JSON object per line).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::classify::{ErrorKind, Outcome};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Which payment (its position in the input).
+    pub intent: usize,
+    /// The key this attempt sent (none with `--key none`).
+    pub key: Option<String>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// Microseconds since the run started.
+    pub start_us: u64,
+    pub end_us: u64,
+    pub outcome: Outcome,
+    pub status: Option<u16>,
+    pub error: Option<ErrorKind>,
+    /// The `Idempotent-Replayed` header, when an answer carried one.
+    pub replayed: Option<bool>,
+}
+
+/// Appends attempt records to a file as they happen.
+pub struct HistoryFile {
+    out: Mutex<BufWriter<File>>,
+}
+
+impl HistoryFile {
+    pub fn create(path: &Path) -> std::io::Result<HistoryFile> {
+        Ok(HistoryFile {
+            out: Mutex::new(BufWriter::new(File::create(path)?)),
+        })
+    }
+
+    pub fn append(&self, record: &AttemptRecord) -> std::io::Result<()> {
+        let line = serde_json::to_string(record).map_err(std::io::Error::other)?;
+        let mut out = self
+            .out
+            .lock()
+            .map_err(|_| std::io::Error::other("history writer poisoned"))?;
+        writeln!(out, "{line}")
+    }
+
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.out
+            .lock()
+            .map_err(|_| std::io::Error::other("history writer poisoned"))?
+            .flush()
+    }
+}

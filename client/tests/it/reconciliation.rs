@@ -1,0 +1,85 @@
+//! The checker flags what it must: planted duplicates, lost and orphaned
+//! payments, and acknowledged payments the service does not have.
+
+use client::classify::Outcome;
+use client::history::AttemptRecord;
+use client::reconcile::{self, Verdict};
+use client::runner::{self, Sinks};
+use client::strategy::{KeyStrategy, Options};
+use payment_service::DedupMode;
+
+use crate::spawn_service;
+
+async fn post(url: &str, key: &str) {
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .post(format!("{url}/payments"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(r#"{"src":"bianca","dest":"marc","amount":"1.00"}"#)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn planted_duplicate_lost_and_orphan_are_flagged() {
+    // dedup off, so the service accepts the planted duplicate.
+    let service = spawn_service(|c| c.dedup = DedupMode::Off).await;
+    let seed = 9;
+    let intents = runner::repeat(11, "bianca", "marc", 100, seed);
+    let (sent, never_sent) = intents.split_at(10);
+    let after = reconcile::baseline(&service.url).await.expect("baseline");
+    let report = runner::run(&service.url, sent.to_vec(), &Options::new(seed), Sinks::default())
+        .await
+        .expect("run");
+    let clean = reconcile::reconcile(&service.url, after, sent, &report.attempts, KeyStrategy::PerPayment)
+        .await
+        .expect("reconcile");
+    assert_eq!(clean.verdict, Verdict::ExactlyOnce, "{clean:?}");
+
+    post(&service.url, &sent[3].key).await; // a duplicate of payment 3
+    post(&service.url, &runner::key_for(seed, 999)).await; // this run's key, no intent
+    let r = reconcile::reconcile(&service.url, after, &intents, &report.attempts, KeyStrategy::PerPayment)
+        .await
+        .expect("reconcile");
+    assert_eq!(r.verdict, Verdict::Both, "{r:?}");
+    assert_eq!(
+        (r.exactly_once, r.duplicated, r.extra_payments, r.lost, r.orphaned),
+        (9, 1, 1, 1, 1)
+    );
+    assert_eq!(r.expected_minor, 1100);
+    assert_eq!(r.moved_minor, 1200);
+    let problems: Vec<(&str, &str)> = r.issues.iter().map(|i| (i.problem, i.key.as_str())).collect();
+    assert!(problems.contains(&("duplicated", sent[3].key.as_str())), "{problems:?}");
+    assert!(problems.contains(&("lost", never_sent[0].key.as_str())), "{problems:?}");
+    assert!(problems.iter().any(|(p, _)| *p == "orphaned"), "{problems:?}");
+    assert_eq!(r.acknowledged_but_missing, 0);
+}
+
+#[tokio::test]
+async fn an_acknowledged_payment_the_service_lacks_is_a_violation() {
+    let service = spawn_service(|_| {}).await;
+    let intents = runner::repeat(1, "bianca", "marc", 100, 5);
+    // A history claiming an ok attempt that never reached this service.
+    let forged = AttemptRecord {
+        intent: 0,
+        key: Some(intents[0].key.clone()),
+        attempt: 1,
+        start_us: 0,
+        end_us: 1,
+        outcome: Outcome::Ok,
+        status: Some(201),
+        error: None,
+        replayed: Some(false),
+    };
+    let r = reconcile::reconcile(&service.url, 0, &intents, &[forged], KeyStrategy::PerPayment)
+        .await
+        .expect("reconcile");
+    assert_eq!((r.lost, r.acknowledged_but_missing), (1, 1));
+    assert_eq!(r.verdict, Verdict::TooLittle);
+    assert_eq!(r.issues[0].problem, "acknowledged but missing");
+}

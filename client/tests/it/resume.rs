@@ -1,0 +1,105 @@
+//! A client killed mid-run resumes from its ledger with the same keys and
+//! ends exactly once.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{WAIT, spawn_service, stats};
+
+#[tokio::test]
+async fn resume_after_a_client_crash_finishes_with_the_same_keys() {
+    // A slow service so the client is surely mid-run when it is killed.
+    let service = spawn_service(|c| c.processing_delay = Duration::from_millis(20)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = dir.path().join("ledger.jsonl");
+    let client = env!("CARGO_BIN_EXE_client");
+    let mut doomed = Command::new(client)
+        .args([
+            "pay",
+            "--count",
+            "60",
+            "--seed",
+            "77",
+            "--json",
+            "--target",
+            &service.url,
+            "--service",
+            &service.url,
+        ])
+        .arg("--ledger")
+        .arg(&ledger)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn client");
+    let deadline = Instant::now() + WAIT;
+    while stats(&service).await["payments"].as_u64().unwrap_or(0) < 10 {
+        assert!(Instant::now() < deadline, "the client never got going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    doomed.kill().expect("kill the client"); // SIGKILL: no cleanup, no flush
+    doomed.wait().expect("reap");
+    let paid_before = stats(&service).await["payments"].as_u64().unwrap_or(0);
+    assert!(paid_before < 60, "killed mid-run ({paid_before} paid)");
+
+    // The service runs on this test's runtime: wait for the child off it.
+    let mut resume = Command::new(client);
+    resume
+        .args([
+            "resume",
+            "--json",
+            "--expect",
+            "exactly-once",
+            "--target",
+            &service.url,
+            "--service",
+            &service.url,
+        ])
+        .arg("--ledger")
+        .arg(&ledger);
+    let output = tokio::task::spawn_blocking(move || resume.output())
+        .await
+        .expect("join")
+        .expect("run resume");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "resume failed: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON report");
+    assert_eq!(report["reconciliation"]["verdict"], "exactly-once");
+    assert_eq!(report["reconciliation"]["intents"], 60);
+    assert_eq!(report["reconciliation"]["exactly_once"], 60);
+    // The payments made before the crash came back as replays: same keys.
+    assert!(
+        report["summary"]["replays_seen"].as_u64().unwrap_or(0) >= paid_before,
+        "{report}"
+    );
+    let after = stats(&service).await;
+    assert_eq!(after["payments"], 60, "no payment twice, none lost");
+    assert_eq!(after["duplicate_keys"], 0);
+}
+
+#[tokio::test]
+async fn resume_refuses_other_key_strategies() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = dir.path().join("ledger.jsonl");
+    std::fs::write(&ledger, "").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_client"))
+        .args([
+            "resume",
+            "--key",
+            "per-attempt",
+            "--target",
+            "http://127.0.0.1:9",
+            "--service",
+            "http://127.0.0.1:9",
+        ])
+        .arg("--ledger")
+        .arg(&ledger)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("per-payment"));
+}
