@@ -1,1 +1,98 @@
-//! chaos-proxy: a seeded fault-injecting TCP proxy (built under issue 3).
+//! chaos-proxy: a seeded, fault-injecting TCP proxy with a
+//! toxiproxy-compatible control API.
+//!
+//! # Layout
+//!
+//! - [`run`] (this file): the seam. Serves the API on a given listener until
+//!   a shutdown future resolves; tests call it on `127.0.0.1:0`, `main.rs`
+//!   passes Ctrl-C/SIGTERM.
+//! - [`api`]: the axum router ([`api::app`]), toxiproxy's routes, status
+//!   codes and bodies, the browser guard, body limit and request deadline.
+//! - [`state`]: the control plane. A registry of proxies behind one async
+//!   mutex; every API operation with toxiproxy's semantics (populate, reset,
+//!   update-restarts, listing order).
+//! - [`proxy`]: the data plane of one proxy: its accept loop and connection
+//!   tasks (asynchronous upstream dial with a timeout, connection cap, idle
+//!   limit), address parsing (loopback policy, the `payment` alias).
+//! - [`link`]: one direction of a connection: the fast copy path and the
+//!   toxic state machine (latency queue, reset/close deadline, shaping).
+//! - [`toxic`]: toxic types, attributes, defaults, and their exact JSON.
+//! - [`rng`]: deterministic decisions from `(seed, proxy, connection,
+//!   direction, toxic, exchange)` through `Xoshiro256PlusPlus`.
+//! - [`stats`]: per-proxy counters and the bounded fault log.
+//! - [`error`]: [`error::ApiError`], rendered as `{"error","status"}`.
+//! - [`config`]: [`Config`], every limit as a named constant, config files.
+//! - [`bench`]: the `chaos-proxy bench` measurement (direct vs proxied).
+//!
+//! # Invariants
+//!
+//! - The control plane never waits on a connection: toxic changes are
+//!   published with `watch::Sender::send_replace`.
+//! - SO_LINGER 0 is set only on a connection whose reset_peer fired (or
+//!   whose peer aborted), never because a toxic merely exists.
+//! - Every decision is a pure function of the seed and the connection's
+//!   accept index, so a serial replay with the same seed is identical.
+
+pub mod api;
+pub mod bench;
+pub mod config;
+pub mod error;
+pub mod link;
+pub mod proxy;
+pub mod rng;
+pub mod state;
+pub mod stats;
+pub mod toxic;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use state::AppState;
+
+/// Serves the control API on `listener` (after creating the startup
+/// proxies) until `shutdown` resolves, then stops every proxy.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = AppState::new(&config);
+    if !config.startup_proxies.is_empty() {
+        state
+            .populate(serde_json::Value::Array(config.startup_proxies.clone()))
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.error.message()))
+            .context("creating the startup proxies")?;
+    }
+    let api_addr = listener.local_addr()?;
+    tracing::info!(api = %api_addr, seed = config.seed, "chaos-proxy serving (replay this run with --seed {})", config.seed);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server =
+        axum::serve(api::LimitedListener::new(listener), api::app(state.clone())).with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        });
+    let mut server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        r = &mut server => {
+            state.shutdown().await;
+            return r.context("api server task")?.context("api server");
+        }
+        () = shutdown => {}
+    }
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(());
+    state.shutdown().await;
+    let grace = Duration::from_millis(config::API_SHUTDOWN_GRACE_MS);
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(r) => r.context("api server task")?.context("api server")?,
+        Err(_) => {
+            tracing::warn!("api connections still open after the grace period; closing them");
+            server.abort();
+        }
+    }
+    Ok(())
+}

@@ -146,6 +146,17 @@ impl Ledger {
         writeln!(out, "{line}").with_context(|| format!("cannot append to {}", self.path.display()))
     }
 
+    /// Simulates the process dying: lines appended but not yet flushed are
+    /// lost, as they would be (a plain drop would flush them).
+    pub fn abandon_unflushed(&self) {
+        if let Ok(mut out) = self.out.lock()
+            && let Ok(file) = out.get_ref().try_clone()
+        {
+            let old = std::mem::replace(&mut *out, BufWriter::new(file));
+            let (_file, _lost) = old.into_parts();
+        }
+    }
+
     pub fn flush(&self) -> anyhow::Result<()> {
         let mut out = self.out.lock().map_err(|_| anyhow::anyhow!("ledger writer poisoned"))?;
         out.flush()?;

@@ -242,6 +242,7 @@ async fn play(
         history,
         ledger,
         progress: !common.json,
+        crash: None,
     };
     let report = runner::run(&common.target, to_send, &options, sinks).await?;
     let reconciliation =

@@ -115,6 +115,9 @@ pub struct Summary {
 }
 
 pub struct RunReport {
+    /// True when the run was stopped by [`Sinks::crash`]: payments in flight
+    /// were abandoned mid-attempt, as if the client process had died.
+    pub crashed: bool,
     pub results: Vec<IntentResult>,
     pub attempts: Vec<AttemptRecord>,
     pub summary: Summary,
@@ -127,6 +130,9 @@ pub struct Sinks {
     pub ledger: Option<Arc<Ledger>>,
     /// Draw a progress line on stderr (only if it is a terminal).
     pub progress: bool,
+    /// When this turns true, every payment is abandoned at once, mid-attempt,
+    /// without recording anything more: a simulated client crash.
+    pub crash: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 struct Shared {
@@ -196,13 +202,19 @@ pub async fn run(target: &str, intents: Vec<Intent>, options: &Options, sinks: S
     if let Some(history) = &shared.sinks.history {
         history.flush().context("cannot write the history file")?;
     }
+    let crashed = shared.sinks.crash.as_ref().is_some_and(|c| *c.borrow());
     if let Some(ledger) = &shared.sinks.ledger {
-        ledger.flush()?;
+        if crashed {
+            ledger.abandon_unflushed();
+        } else {
+            ledger.flush()?;
+        }
     }
     results.sort_by_key(|r| r.index);
     attempts.sort_by_key(|a| (a.intent, a.attempt));
     let summary = summarize(&results, &attempts, started.elapsed());
     Ok(RunReport {
+        crashed,
         results,
         attempts,
         summary,
@@ -214,7 +226,15 @@ async fn worker(shared: Arc<Shared>) -> (Vec<IntentResult>, Vec<AttemptRecord>) 
     loop {
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
         let Some(intent) = shared.intents.get(i) else { break };
-        let result = pay(&shared, intent, &mut records).await;
+        let result = match shared.sinks.crash.clone() {
+            None => pay(&shared, intent, &mut records).await,
+            Some(mut crash) => {
+                tokio::select! {
+                    result = pay(&shared, intent, &mut records) => result,
+                    _ = crash.wait_for(|crashed| *crashed) => break,
+                }
+            }
+        };
         if let Some(ledger) = &shared.sinks.ledger {
             let finish = if result.confirmed {
                 Finish::Confirmed

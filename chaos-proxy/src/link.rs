@@ -1,0 +1,575 @@
+//! One direction of a proxied connection: read from one socket, pass the
+//! chunk through the direction's toxics, write to the other socket.
+//!
+//! Both directions of a connection run as two futures inside one task
+//! (`proxy.rs`), so a link needs no locks: it reads the current toxic chain
+//! from a `watch` channel (the control plane only ever *sends* to it, never
+//! waits for the data plane), and everything else is local state.
+//!
+//! With no toxic in its direction a link runs the fast path: read, write,
+//! two relaxed counter bumps. The slow path is a small state machine over a
+//! latency queue, one close/reset deadline, and per-toxic roll state.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use rand::RngExt;
+use rand::rngs::Xoshiro256PlusPlus;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+use crate::config::{LATENCY_QUEUE_BYTES_MAX, LINK_BUFFER_BYTES_MAX, LINK_BUFFER_BYTES_MIN, TOXIC_DURATION_MS_MAX};
+use crate::proxy::{Chain, ProxyShared};
+use crate::rng::{self, Purpose};
+use crate::toxic::{Direction, Scope, Toxic, ToxicType};
+
+/// How a link ended; the connection decides what that means for both sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkEnd {
+    /// The source sent EOF and the FIN was forwarded (half-close).
+    Eof,
+    /// A toxic closes the whole connection with FIN (timeout, limit_data).
+    Close,
+    /// A toxic resets the whole connection: RST to both peers (reset_peer).
+    Reset,
+    /// An I/O error: a peer vanished; the connection mirrors the abort.
+    Broken,
+}
+
+/// Counts request/response exchanges on a connection, shared by its two
+/// links. An exchange starts each time the client sends after the upstream
+/// has sent (or for the first time), which is exactly an HTTP/1.1 request on
+/// a keep-alive connection without pipelining.
+#[derive(Default)]
+pub struct ExchangeTracker {
+    /// 0: nothing yet, 1: client spoke last, 2: upstream spoke last.
+    last: AtomicU8,
+    requests: AtomicU64,
+}
+
+impl ExchangeTracker {
+    /// Notes data in `dir` and returns the exchange it belongs to.
+    fn on_data(&self, dir: Direction) -> u64 {
+        let tag = dir as u8 + 1;
+        if self.last.load(Relaxed) != tag {
+            self.last.store(tag, Relaxed);
+            if dir == Direction::Upstream {
+                return self.requests.fetch_add(1, Relaxed) + 1;
+            }
+        }
+        self.requests.load(Relaxed)
+    }
+}
+
+/// What the two links of one connection share.
+pub struct ConnCtx {
+    pub seed: u64,
+    pub proxy: Arc<ProxyShared>,
+    /// Accept-order index of this connection on its proxy.
+    pub connection: u64,
+    pub exchanges: ExchangeTracker,
+    /// Set on every chunk; the idle guard clears and checks it.
+    pub activity: AtomicBool,
+}
+
+impl ConnCtx {
+    fn counters(&self, dir: Direction) -> (&AtomicU64, &AtomicU64) {
+        let s = &self.proxy.stats;
+        match dir {
+            Direction::Upstream => (&s.upstream_bytes_received, &s.upstream_bytes_sent),
+            Direction::Downstream => (&s.downstream_bytes_received, &s.downstream_bytes_sent),
+        }
+    }
+}
+
+/// Per toxic, per link: the roll and what the toxic did for the current key.
+struct ToxicState {
+    name: String,
+    /// The exchange the roll belongs to (0 for connection scope).
+    key: Option<u64>,
+    roll: f64,
+    /// A fault was recorded for this key (record once per key).
+    recorded: bool,
+    /// limit_data: bytes forwarded under this key.
+    limit_sent: u64,
+    /// timeout: the close deadline was armed for this key.
+    timeout_armed: bool,
+}
+
+/// Shaping decided when a chunk is read, applied when it is written.
+#[derive(Clone, Copy, Default)]
+struct Shape {
+    /// slicer: (average_size, size_variation, delay µs).
+    slicer: Option<(i64, i64, i64)>,
+    /// bandwidth: KB/s (1 KB = 1000 B, as toxiproxy); 0 means unlimited.
+    rate: i64,
+}
+
+struct Queued {
+    release: Instant,
+    data: Vec<u8>,
+    shape: Shape,
+}
+
+struct Deadline {
+    at: Instant,
+    end: LinkEnd,
+    toxic: String,
+}
+
+/// The slow path's state.
+struct Slow {
+    states: Vec<ToxicState>,
+    queue: VecDeque<Queued>,
+    queued_bytes: usize,
+    deadline: Option<Deadline>,
+    /// reset_peer fired: drop everything until the deadline.
+    resetting: bool,
+    /// No more reading: the source ended, or limit_data was reached.
+    stop_reading: bool,
+    /// How to end once the queue is drained (set with `stop_reading`).
+    finish: LinkEnd,
+    /// Jitter and slice sizes (one stream per link, seeded like the rolls).
+    shape_rng: Xoshiro256PlusPlus,
+    pace_next: Instant,
+}
+
+impl Slow {
+    fn new(shape_rng: Xoshiro256PlusPlus) -> Self {
+        Slow {
+            states: Vec::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            deadline: None,
+            resetting: false,
+            stop_reading: false,
+            finish: LinkEnd::Eof,
+            shape_rng,
+            pace_next: Instant::now(),
+        }
+    }
+
+    /// Nothing pending: the fast path may take over.
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.deadline.is_none() && !self.stop_reading
+    }
+
+    fn arm(&mut self, at: Instant, end: LinkEnd, toxic: &str) {
+        let replace = match &self.deadline {
+            None => true,
+            Some(d) => at < d.at || (at == d.at && end == LinkEnd::Reset),
+        };
+        if replace {
+            self.deadline = Some(Deadline {
+                at,
+                end,
+                toxic: toxic.to_owned(),
+            });
+        }
+    }
+}
+
+/// Everything a link needs to decide and record.
+struct Link<'a> {
+    ctx: &'a ConnCtx,
+    dir: Direction,
+}
+
+impl Link<'_> {
+    /// The state of `t`, rolled for `key` (re-rolled when the key changes).
+    fn state<'s>(&self, slow: &'s mut Slow, t: &Toxic, key: u64) -> &'s mut ToxicState {
+        let idx = match slow.states.iter().position(|s| s.name == t.name) {
+            Some(i) => i,
+            None => {
+                slow.states.push(ToxicState {
+                    name: t.name.clone(),
+                    key: None,
+                    roll: 0.0,
+                    recorded: false,
+                    limit_sent: 0,
+                    timeout_armed: false,
+                });
+                slow.states.len() - 1
+            }
+        };
+        let st = &mut slow.states[idx];
+        if st.key != Some(key) {
+            st.key = Some(key);
+            st.roll = rng::toxicity_roll(
+                self.ctx.seed,
+                &self.ctx.proxy.name,
+                self.ctx.connection,
+                self.dir,
+                &t.name,
+                key,
+            );
+            st.recorded = false;
+            st.limit_sent = 0;
+            st.timeout_armed = false;
+        }
+        st
+    }
+
+    fn record(&self, st: &mut ToxicState, t: &Toxic, exchange: u64) {
+        if !st.recorded {
+            st.recorded = true;
+            self.ctx
+                .proxy
+                .stats
+                .record_fault(self.ctx.connection, exchange, &t.name, t.ty, self.dir);
+        }
+    }
+
+    /// Called when the chain changes (and when the slow path starts):
+    /// arms connection-scoped timeout toxics, which in toxiproxy start their
+    /// clock when they join the link, not when data flows; disarms a close
+    /// whose toxic was removed or no longer fires; forgets removed toxics.
+    fn on_chain(&self, slow: &mut Slow, toxics: &[Toxic]) {
+        slow.states.retain(|s| toxics.iter().any(|t| t.name == s.name));
+        let now = Instant::now();
+        for t in toxics {
+            if t.ty == ToxicType::Timeout && t.scope == Scope::Connection {
+                let st = self.state(slow, t, 0);
+                let fires = t.fires(st.roll);
+                let ms = t.millis("timeout");
+                if fires && !ms.is_zero() && !st.timeout_armed {
+                    st.timeout_armed = true;
+                    slow.arm(now + ms, LinkEnd::Close, &t.name);
+                }
+            }
+        }
+        if let Some(d) = &slow.deadline
+            && d.end == LinkEnd::Close
+        {
+            let still = toxics.iter().find(|t| t.name == d.toxic).is_some_and(|t| {
+                slow.states
+                    .iter()
+                    .find(|s| s.name == t.name)
+                    .is_some_and(|s| t.fires(s.roll))
+            });
+            if !still {
+                slow.deadline = None;
+            }
+        }
+    }
+
+    /// Runs one read chunk through the toxics. Returns how many bytes of it
+    /// pass, when they may be released, and how to shape them.
+    fn process(&self, slow: &mut Slow, toxics: &[Toxic], len: usize, exchange: u64) -> (usize, Instant, Shape) {
+        let now = Instant::now();
+        let mut release = now;
+        let mut shape = Shape::default();
+        let mut pass = len;
+        for t in toxics {
+            let key = if t.scope == Scope::Request { exchange } else { 0 };
+            let st = self.state(slow, t, key);
+            if !t.fires(st.roll) {
+                continue;
+            }
+            match t.ty {
+                ToxicType::Noop | ToxicType::SlowClose => {}
+                ToxicType::ResetPeer => {
+                    self.record(st, t, exchange);
+                    let at = now + t.millis("timeout");
+                    slow.resetting = true;
+                    slow.arm(at, LinkEnd::Reset, &t.name);
+                    return (0, now, shape);
+                }
+                ToxicType::Timeout => {
+                    self.record(st, t, exchange);
+                    let ms = t.millis("timeout");
+                    if !ms.is_zero() && !st.timeout_armed {
+                        st.timeout_armed = true;
+                        slow.arm(now + ms, LinkEnd::Close, &t.name);
+                    }
+                    return (0, now, shape);
+                }
+                ToxicType::LimitData => {
+                    let limit = t.attribute("bytes").max(0) as u64;
+                    let remaining = limit.saturating_sub(st.limit_sent);
+                    let reached = (pass as u64) >= remaining;
+                    if reached {
+                        pass = remaining as usize;
+                        self.record(st, t, exchange);
+                    }
+                    st.limit_sent += pass as u64;
+                    if reached {
+                        slow.stop_reading = true;
+                        slow.finish = LinkEnd::Close;
+                    }
+                    if pass == 0 {
+                        return (0, now, shape);
+                    }
+                }
+                ToxicType::Latency => {
+                    self.record(st, t, exchange);
+                    let jitter = t.attribute("jitter").clamp(0, TOXIC_DURATION_MS_MAX);
+                    let mut ms = t.attribute("latency").clamp(0, TOXIC_DURATION_MS_MAX);
+                    if jitter > 0 {
+                        ms += slow.shape_rng.random_range(-jitter..jitter);
+                    }
+                    release += Duration::from_millis(ms.clamp(0, TOXIC_DURATION_MS_MAX) as u64);
+                }
+                ToxicType::Bandwidth => {
+                    self.record(st, t, exchange);
+                    let rate = t.attribute("rate");
+                    if rate > 0 {
+                        shape.rate = if shape.rate == 0 { rate } else { shape.rate.min(rate) };
+                    }
+                }
+                ToxicType::Slicer => {
+                    self.record(st, t, exchange);
+                    let avg = t.attribute("average_size");
+                    if avg > 0 {
+                        shape.slicer = Some((avg, t.attribute("size_variation"), t.attribute("delay")));
+                    }
+                }
+            }
+        }
+        (pass, release, shape)
+    }
+
+    /// The slow_close delay for the end of this direction, if one fires.
+    fn slow_close_delay(&self, slow: &mut Slow, toxics: &[Toxic]) -> Duration {
+        let exchange = self.ctx.exchanges.requests.load(Relaxed);
+        let mut delay = Duration::ZERO;
+        for t in toxics.iter().filter(|t| t.ty == ToxicType::SlowClose) {
+            let key = if t.scope == Scope::Request { exchange } else { 0 };
+            let st = self.state(slow, t, key);
+            if t.fires(st.roll) {
+                self.record(st, t, exchange);
+                delay += t.millis("delay");
+            }
+        }
+        delay
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline (no timer is
+/// registered then, which keeps the common case cheap).
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes `data` with slicing and bandwidth pacing.
+async fn write_shaped<W: AsyncWrite + Unpin>(
+    dst: &mut W,
+    data: &[u8],
+    shape: Shape,
+    rng: &mut Xoshiro256PlusPlus,
+    pace_next: &mut Instant,
+) -> std::io::Result<()> {
+    if shape.slicer.is_none() && shape.rate <= 0 {
+        return dst.write_all(data).await;
+    }
+    let mut rest = data;
+    let mut first = true;
+    while !rest.is_empty() {
+        let piece_len = match shape.slicer {
+            Some((avg, var, delay_us)) => {
+                if !first && delay_us > 0 {
+                    let us = delay_us.min(TOXIC_DURATION_MS_MAX.saturating_mul(1000)) as u64;
+                    tokio::time::sleep(Duration::from_micros(us)).await;
+                }
+                let var = var.clamp(0, avg);
+                let size = if var > 0 {
+                    avg.saturating_add(rng.random_range(-var..=var))
+                } else {
+                    avg
+                };
+                (size.max(1) as usize).min(rest.len())
+            }
+            None => rest.len(),
+        };
+        first = false;
+        let (piece, tail) = rest.split_at(piece_len);
+        rest = tail;
+        if shape.rate > 0 {
+            // rate KB/s = rate bytes per ms; send at most 100 ms worth at a
+            // time, sleeping before each piece for its share (toxiproxy).
+            let rate = shape.rate as u64;
+            let piece_max = (rate.saturating_mul(100)).clamp(1, usize::MAX as u64) as usize;
+            for sub in piece.chunks(piece_max) {
+                let cost = Duration::from_micros((sub.len() as u64).saturating_mul(1000) / rate);
+                let now = Instant::now();
+                *pace_next = (*pace_next).max(now) + cost;
+                sleep_until(*pace_next).await;
+                dst.write_all(sub).await?;
+            }
+        } else {
+            dst.write_all(piece).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Forwards the end of the stream as a half-close.
+async fn finish_eof<W: AsyncWrite + Unpin>(dst: &mut W) -> LinkEnd {
+    // A failed shutdown means the peer is already gone; the connection
+    // is closing either way.
+    let _ = dst.shutdown().await;
+    LinkEnd::Eof
+}
+
+/// Runs one direction until it ends. Cancel-safe: the connection drops this
+/// future to stop it (proxy disabled, idle, or the other direction reset).
+pub async fn pump<R, W>(
+    ctx: &ConnCtx,
+    dir: Direction,
+    src: &mut R,
+    dst: &mut W,
+    mut chain_rx: watch::Receiver<Arc<Chain>>,
+) -> LinkEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let link = Link { ctx, dir };
+    let (received, sent) = ctx.counters(dir);
+    let mut buf = vec![0u8; LINK_BUFFER_BYTES_MIN];
+    let mut chain = chain_rx.borrow_and_update().clone();
+    // The sender lives as long as the proxy; once it is gone, stop watching
+    // (a closed `changed()` would otherwise resolve in a busy loop).
+    let mut watching = true;
+    let mut slow = Slow::new(rng::rng_for(
+        ctx.seed,
+        &ctx.proxy.name,
+        ctx.connection,
+        dir,
+        "",
+        0,
+        Purpose::Shape,
+    ));
+    let mut slow_started = false;
+
+    loop {
+        let toxics = chain.for_direction(dir);
+        if toxics.is_empty() && slow.is_idle() {
+            slow_started = false;
+            tokio::select! {
+                biased;
+                changed = chain_rx.changed(), if watching => {
+                    match changed {
+                        Ok(()) => chain = chain_rx.borrow_and_update().clone(),
+                        Err(_) => watching = false,
+                    }
+                }
+                r = src.read(&mut buf) => {
+                    let n = match r {
+                        Ok(0) => return finish_eof(dst).await,
+                        Ok(n) => n,
+                        Err(_) => return LinkEnd::Broken,
+                    };
+                    ctx.activity.store(true, Relaxed);
+                    ctx.exchanges.on_data(dir);
+                    received.fetch_add(n as u64, Relaxed);
+                    if dst.write_all(&buf[..n]).await.is_err() {
+                        return LinkEnd::Broken;
+                    }
+                    sent.fetch_add(n as u64, Relaxed);
+                    if n == buf.len() && buf.len() < LINK_BUFFER_BYTES_MAX {
+                        // A full read means a bulk flow: grow the buffer.
+                        buf.resize(buf.len() * 2, 0);
+                    }
+                }
+            }
+            continue;
+        }
+
+        // Slow path.
+        let chain_now = chain.clone();
+        let toxics = chain_now.for_direction(dir);
+        if !slow_started {
+            slow_started = true;
+            link.on_chain(&mut slow, toxics);
+        }
+        if slow.stop_reading && slow.queue.is_empty() && !slow.resetting {
+            if slow.finish == LinkEnd::Eof {
+                let delay = link.slow_close_delay(&mut slow, toxics);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                return finish_eof(dst).await;
+            }
+            return slow.finish;
+        }
+        let can_read = !slow.stop_reading && slow.queued_bytes < LATENCY_QUEUE_BYTES_MAX;
+        let deadline_at = slow.deadline.as_ref().map(|d| d.at);
+        let head_at = slow.queue.front().map(|q| q.release);
+        tokio::select! {
+            biased;
+            changed = chain_rx.changed(), if watching => {
+                match changed {
+                    Ok(()) => {
+                        chain = chain_rx.borrow_and_update().clone();
+                        link.on_chain(&mut slow, chain.for_direction(dir));
+                    }
+                    Err(_) => watching = false,
+                }
+            }
+            () = sleep_until_opt(deadline_at) => {
+                if let Some(d) = slow.deadline.take() {
+                    if d.end == LinkEnd::Close {
+                        // An idle link closed by a timeout toxic records here.
+                        if let Some(t) = toxics.iter().find(|t| t.name == d.toxic) {
+                            let key = if t.scope == Scope::Request {
+                                ctx.exchanges.requests.load(Relaxed)
+                            } else {
+                                0
+                            };
+                            let st = link.state(&mut slow, t, key);
+                            link.record(st, t, key);
+                        }
+                    }
+                    return d.end;
+                }
+            }
+            () = sleep_until_opt(head_at) => {
+                if let Some(q) = slow.queue.pop_front() {
+                    slow.queued_bytes -= q.data.len();
+                    let r = write_shaped(dst, &q.data, q.shape, &mut slow.shape_rng, &mut slow.pace_next).await;
+                    if r.is_err() {
+                        return LinkEnd::Broken;
+                    }
+                    sent.fetch_add(q.data.len() as u64, Relaxed);
+                }
+            }
+            r = src.read(&mut buf), if can_read => {
+                let n = match r {
+                    Ok(0) => {
+                        slow.stop_reading = true;
+                        continue;
+                    }
+                    Ok(n) => n,
+                    Err(_) => return LinkEnd::Broken,
+                };
+                ctx.activity.store(true, Relaxed);
+                let exchange = ctx.exchanges.on_data(dir);
+                received.fetch_add(n as u64, Relaxed);
+                if slow.resetting {
+                    continue; // reset_peer fired: the rest of the stream is dropped
+                }
+                let (pass, release, shape) = link.process(&mut slow, toxics, n, exchange);
+                if pass == 0 {
+                    continue;
+                }
+                if release > Instant::now() || !slow.queue.is_empty() {
+                    slow.queued_bytes += pass;
+                    slow.queue.push_back(Queued { release, data: buf[..pass].to_vec(), shape });
+                } else {
+                    let r = write_shaped(dst, &buf[..pass], shape, &mut slow.shape_rng, &mut slow.pace_next).await;
+                    if r.is_err() {
+                        return LinkEnd::Broken;
+                    }
+                    sent.fetch_add(pass as u64, Relaxed);
+                }
+            }
+        }
+    }
+}

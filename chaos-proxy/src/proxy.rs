@@ -1,0 +1,414 @@
+//! The data plane of one proxy: its accept loop and its connections.
+//!
+//! A running proxy is one accept-loop task plus one task per connection.
+//! The accept loop never dials: each connection task resolves and connects
+//! to the upstream under a timeout, so a black-holed upstream cannot stall
+//! accepting (a toxiproxy flaw). Stopping a proxy flips a `watch` flag that
+//! the accept loop and every connection of that run observe.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{ACCEPT_ERROR_BACKOFF_MS_MAX, PROXY_STOP_TIMEOUT_MS, UPSTREAM_HOST_ALIASES};
+use crate::error::ApiError;
+use crate::link::{self, ConnCtx, ExchangeTracker, LinkEnd};
+use crate::stats::Stats;
+use crate::toxic::{Direction, Toxic};
+
+/// The toxics of a proxy as the data plane sees them: one snapshot per
+/// change, each direction in creation order.
+#[derive(Default, Debug)]
+pub struct Chain {
+    pub upstream: Vec<Toxic>,
+    pub downstream: Vec<Toxic>,
+}
+
+impl Chain {
+    /// Splits a proxy's toxics by direction, keeping creation order.
+    pub fn from_toxics(toxics: &[Toxic]) -> Chain {
+        let pick = |d| toxics.iter().filter(|t| t.direction == d).cloned().collect();
+        Chain {
+            upstream: pick(Direction::Upstream),
+            downstream: pick(Direction::Downstream),
+        }
+    }
+
+    pub fn for_direction(&self, dir: Direction) -> &[Toxic] {
+        match dir {
+            Direction::Upstream => &self.upstream,
+            Direction::Downstream => &self.downstream,
+        }
+    }
+}
+
+/// What a proxy shares between the control plane and its connections. It
+/// outlives restarts (disable/enable, address changes) of the proxy.
+pub struct ProxyShared {
+    pub name: String,
+    /// The control plane publishes each new chain here; `send_replace`
+    /// never waits for readers, so an API call cannot block on traffic.
+    pub chain: watch::Sender<Arc<Chain>>,
+    pub stats: Stats,
+    /// Next connection index (accept order); zeroed with the stats.
+    pub next_connection: AtomicU64,
+}
+
+impl ProxyShared {
+    pub fn new(name: String, toxics: &[Toxic]) -> Arc<ProxyShared> {
+        let (chain, _) = watch::channel(Arc::new(Chain::from_toxics(toxics)));
+        Arc::new(ProxyShared {
+            name,
+            chain,
+            stats: Stats::default(),
+            next_connection: AtomicU64::new(0),
+        })
+    }
+
+    pub fn publish(&self, toxics: &[Toxic]) {
+        self.chain.send_replace(Arc::new(Chain::from_toxics(toxics)));
+    }
+}
+
+/// Process-wide data-plane settings.
+pub struct DataPlane {
+    pub seed: u64,
+    pub allow_remote: bool,
+    pub dial_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// One permit per live proxied connection, all proxies together.
+    pub permits: Arc<Semaphore>,
+}
+
+/// A parsed upstream address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    Addr(SocketAddr),
+    /// A host name resolved at every dial (only with `--allow-remote`).
+    Host(String, u16),
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Addr(a) => write!(f, "{a}"),
+            Upstream::Host(h, p) => write!(f, "{h}:{p}"),
+        }
+    }
+}
+
+/// Parses `host:port`. Aliases (`localhost`, `payment`) mean 127.0.0.1;
+/// anything that is not loopback needs `allow_remote`.
+pub fn parse_upstream(s: &str, allow_remote: bool) -> Result<Upstream, ApiError> {
+    let bad = |why: &str| {
+        ApiError::BadRequest(format!(
+            "invalid upstream {s:?}: {why} (expected host:port, e.g. 127.0.0.1:8080)"
+        ))
+    };
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        if !allow_remote && !addr.ip().is_loopback() {
+            return Err(bad("not a loopback address; start with --allow-remote to allow it"));
+        }
+        return Ok(Upstream::Addr(addr));
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("the port is not a number"))?;
+    if host.is_empty() || host.contains(['/', ' ', '[', ']']) {
+        return Err(bad("not a host name"));
+    }
+    if UPSTREAM_HOST_ALIASES.iter().any(|a| a.eq_ignore_ascii_case(host)) {
+        return Ok(Upstream::Addr(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)));
+    }
+    if !allow_remote {
+        return Err(bad(
+            "only loopback addresses, localhost and payment are allowed; start with --allow-remote for other hosts",
+        ));
+    }
+    Ok(Upstream::Host(host.to_owned(), port))
+}
+
+/// Resolves a listen string to the address to bind. Without `allow_remote`
+/// wildcard addresses (`0.0.0.0`, `[::]`, empty host) bind 127.0.0.1, so the
+/// workshop's `"listen": "0.0.0.0:8888"` stays on loopback.
+pub async fn resolve_listen(s: &str, allow_remote: bool, timeout: Duration) -> Result<SocketAddr, ApiError> {
+    let loopback = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    let bad = |why: &str| ApiError::BadRequest(format!("invalid listen {s:?}: {why}"));
+    if s.is_empty() {
+        return Ok(if allow_remote {
+            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0)
+        } else {
+            loopback(0)
+        });
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        if allow_remote || addr.ip().is_loopback() {
+            return Ok(addr);
+        }
+        if addr.ip().is_unspecified() {
+            return Ok(loopback(addr.port()));
+        }
+        return Err(bad("not a loopback address; start with --allow-remote to allow it"));
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("the port is not a number"))?;
+    if host.is_empty() {
+        return Ok(if allow_remote {
+            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port)
+        } else {
+            loopback(port)
+        });
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(loopback(port));
+    }
+    if !allow_remote {
+        return Err(bad(
+            "only loopback addresses and localhost are allowed; start with --allow-remote for other hosts",
+        ));
+    }
+    let mut addrs = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| ApiError::Internal(format!("lookup {host}: timed out")))?
+        .map_err(|e| ApiError::Internal(format!("lookup {host}: {e}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| ApiError::Internal(format!("lookup {host}: no address")))
+}
+
+/// A started proxy: its accept loop and the flag that stops its run.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, closes the listening socket, and tells every
+    /// connection of this run to close. Waits only for the accept loop (which
+    /// exits at its next poll) so that the port is free when this returns.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        let guard = Duration::from_millis(PROXY_STOP_TIMEOUT_MS);
+        if tokio::time::timeout(guard, self.accept).await.is_err() {
+            tracing::warn!(addr = %self.addr, "accept loop did not stop in time");
+        }
+    }
+}
+
+/// Binds `listen` and starts accepting for `shared`.
+pub async fn start(
+    listen: SocketAddr,
+    upstream: Upstream,
+    shared: Arc<ProxyShared>,
+    plane: Arc<DataPlane>,
+) -> std::io::Result<Running> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stop_rx) = watch::channel(false);
+    tracing::info!(proxy = %shared.name, listen = %addr, upstream = %upstream, "proxy started");
+    let run = Arc::new(RunCtx {
+        shared,
+        upstream,
+        plane,
+    });
+    let accept = tokio::spawn(accept_loop(listener, run, stop_rx));
+    Ok(Running { addr, stop, accept })
+}
+
+/// What every connection of one run shares.
+struct RunCtx {
+    shared: Arc<ProxyShared>,
+    upstream: Upstream,
+    plane: Arc<DataPlane>,
+}
+
+/// Resolves when the run is stopped (or its stop sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn accept_loop(listener: TcpListener, run: Arc<RunCtx>, mut stop_rx: watch::Receiver<bool>) {
+    let mut backoff_ms = 1;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stopped(&mut stop_rx) => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                backoff_ms = 1;
+                let stats = &run.shared.stats;
+                let index = run.shared.next_connection.fetch_add(1, Relaxed);
+                stats.connections_accepted.fetch_add(1, Relaxed);
+                match run.plane.permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(handle_connection(client, index, run.clone(), permit, stop_rx.clone()));
+                    }
+                    Err(_) => {
+                        // Over the cap: refuse loudly (RST) rather than queue.
+                        stats.connections_rejected.fetch_add(1, Relaxed);
+                        tracing::warn!(proxy = %run.shared.name, %peer, "connection cap reached, resetting");
+                        let _ = client.set_zero_linger();
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(proxy = %run.shared.name, error = %e, "accept failed, backing off");
+                let pause = Duration::from_millis(backoff_ms);
+                backoff_ms = (backoff_ms * 2).min(ACCEPT_ERROR_BACKOFF_MS_MAX);
+                tokio::select! {
+                    () = stopped(&mut stop_rx) => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    tracing::info!(proxy = %run.shared.name, "proxy stopped");
+}
+
+async fn dial(upstream: &Upstream, allow_remote: bool) -> std::io::Result<TcpStream> {
+    match upstream {
+        Upstream::Addr(addr) => TcpStream::connect(addr).await,
+        Upstream::Host(host, port) => {
+            let mut last = std::io::Error::other(format!("{host}: no address"));
+            for addr in tokio::net::lookup_host((host.as_str(), *port)).await? {
+                if !allow_remote && !addr.ip().is_loopback() {
+                    continue;
+                }
+                match TcpStream::connect(addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        }
+    }
+}
+
+/// Keeps `connections_active` right on every exit path, and releases the
+/// connection's permit *before* the gauge drops, so that anyone who sees the
+/// gauge fall can rely on the slot being free.
+struct ActiveGuard<'a> {
+    gauge: &'a AtomicU64,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.gauge.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Resolves once a whole idle period passed without traffic.
+async fn idle(activity: &AtomicBool, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        if !activity.swap(false, Relaxed) {
+            return;
+        }
+    }
+}
+
+/// Runs both links until both ended normally, or one of them ends the
+/// connection (reset, close, broken).
+async fn both_links(up: impl Future<Output = LinkEnd>, down: impl Future<Output = LinkEnd>) -> LinkEnd {
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    loop {
+        let end = tokio::select! {
+            e = &mut up, if !up_done => { up_done = true; e }
+            e = &mut down, if !down_done => { down_done = true; e }
+        };
+        if end != LinkEnd::Eof {
+            return end;
+        }
+        if up_done && down_done {
+            return LinkEnd::Eof;
+        }
+    }
+}
+
+/// Why a connection ended (for logs).
+#[derive(Debug)]
+enum ConnEnd {
+    Link(LinkEnd),
+    Stopped,
+    Idle,
+}
+
+async fn handle_connection(
+    mut client: TcpStream,
+    connection: u64,
+    run: Arc<RunCtx>,
+    permit: OwnedSemaphorePermit,
+    mut stop_rx: watch::Receiver<bool>,
+) {
+    let shared = &run.shared;
+    shared.stats.connections_active.fetch_add(1, Relaxed);
+    let _active = ActiveGuard {
+        gauge: &shared.stats.connections_active,
+        permit: Some(permit),
+    };
+    let plane = &run.plane;
+
+    let dialed = tokio::select! {
+        () = stopped(&mut stop_rx) => return,
+        r = tokio::time::timeout(plane.dial_timeout, dial(&run.upstream, plane.allow_remote)) => r,
+    };
+    let mut upstream = match dialed {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return dial_failed(shared, &client, connection, &e.to_string()),
+        Err(_) => return dial_failed(shared, &client, connection, "timed out"),
+    };
+    // Small request/response messages must not wait for Nagle.
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+
+    let ctx = ConnCtx {
+        seed: plane.seed,
+        proxy: shared.clone(),
+        connection,
+        exchanges: ExchangeTracker::default(),
+        activity: AtomicBool::new(false),
+    };
+    let end = {
+        let (mut client_rd, mut client_wr) = client.split();
+        let (mut upstream_rd, mut upstream_wr) = upstream.split();
+        let chain_rx = shared.chain.subscribe();
+        let up = link::pump(
+            &ctx,
+            Direction::Upstream,
+            &mut client_rd,
+            &mut upstream_wr,
+            chain_rx.clone(),
+        );
+        let down = link::pump(&ctx, Direction::Downstream, &mut upstream_rd, &mut client_wr, chain_rx);
+        tokio::select! {
+            end = both_links(up, down) => ConnEnd::Link(end),
+            () = stopped(&mut stop_rx) => ConnEnd::Stopped,
+            () = idle(&ctx.activity, plane.idle_timeout) => ConnEnd::Idle,
+        }
+    };
+    if matches!(end, ConnEnd::Link(LinkEnd::Reset | LinkEnd::Broken)) {
+        // SO_LINGER 0 only where a reset_peer fired (or a peer aborted), so
+        // that ordinary closes stay FINs (toxiproxy bug #603).
+        let _ = client.set_zero_linger();
+        let _ = upstream.set_zero_linger();
+    }
+    tracing::debug!(proxy = %shared.name, connection, ?end, "connection closed");
+}
+
+fn dial_failed(shared: &ProxyShared, client: &TcpStream, connection: u64, why: &str) {
+    shared.stats.upstream_dial_failures.fetch_add(1, Relaxed);
+    tracing::warn!(proxy = %shared.name, connection, error = why, "upstream dial failed, resetting client");
+    // An RST tells the client at once that nothing is behind the proxy; a
+    // FIN would look like an empty answer.
+    let _ = client.set_zero_linger();
+}

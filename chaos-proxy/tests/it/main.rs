@@ -1,0 +1,12 @@
+//! chaos-proxy integration tests: one binary, real sockets on 127.0.0.1:0.
+//!
+//! Every network await is wrapped in a hang guard ([`HANG_GUARD`]); nothing
+//! waits on a sleep to let something happen, tests sync on socket events.
+
+mod api;
+mod cli;
+mod determinism;
+mod harness;
+mod resets;
+mod robustness;
+mod toxics;

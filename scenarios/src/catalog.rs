@@ -1,0 +1,395 @@
+//! Scenario files: `scenarios/catalog/*.toml`, built into the binary, plus any
+//! directory given with `--catalog DIR`. A facilitator adds a lesson by
+//! writing one file; a malformed file gets an error naming the file, the
+//! field and the fix.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use client::reconcile::Verdict;
+use serde::Deserialize;
+
+/// The built-in catalog, in the binary so the runner works from any directory.
+pub const BUILT_IN: &[(&str, &str)] = &[
+    ("stable-network.toml", include_str!("../catalog/stable-network.toml")),
+    ("at-most-once.toml", include_str!("../catalog/at-most-once.toml")),
+    ("at-least-once.toml", include_str!("../catalog/at-least-once.toml")),
+    (
+        "new-key-per-retry.toml",
+        include_str!("../catalog/new-key-per-retry.toml"),
+    ),
+    ("exactly-once.toml", include_str!("../catalog/exactly-once.toml")),
+    (
+        "concurrent-check-then-insert.toml",
+        include_str!("../catalog/concurrent-check-then-insert.toml"),
+    ),
+    (
+        "concurrent-unique.toml",
+        include_str!("../catalog/concurrent-unique.toml"),
+    ),
+    (
+        "crash-after-commit.toml",
+        include_str!("../catalog/crash-after-commit.toml"),
+    ),
+    ("key-reused.toml", include_str!("../catalog/key-reused.toml")),
+    ("slow-network.toml", include_str!("../catalog/slow-network.toml")),
+    ("proxy-down.toml", include_str!("../catalog/proxy-down.toml")),
+    (
+        "client-crash-resume.toml",
+        include_str!("../catalog/client-crash-resume.toml"),
+    ),
+    (
+        "client-crash-restart.toml",
+        include_str!("../catalog/client-crash-restart.toml"),
+    ),
+    ("keys-ignored.toml", include_str!("../catalog/keys-ignored.toml")),
+];
+
+/// Files read from `--catalog DIR` at most, and their size: a bound on what a
+/// typo in a path can make the runner read.
+const CATALOG_FILES_MAX: usize = 200;
+const CATALOG_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// Metrics a scenario may require a minimum of in `[checks] at_least`.
+pub const METRICS: &[&str] = &[
+    "attempts",
+    "faults_upstream",
+    "faults_downstream",
+    "resets",
+    "timeouts",
+    "connect_errors",
+    "replays",
+    "conflicts_409",
+    "mismatches_422",
+    "service_restarts",
+    "duplicate_keys",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Must equal the file name without `.toml`.
+    pub name: String,
+    pub title: String,
+    /// Position in the guided tour (`scenarios` without arguments); absent: not in the tour.
+    #[serde(default)]
+    pub tour: Option<u32>,
+    /// A few lines that say what the lesson shows and why.
+    pub lesson: String,
+    pub expect: Verdict,
+    /// This lesson's payment count never exceeds this (slow lessons stay quick).
+    #[serde(default)]
+    pub payments_max: Option<usize>,
+    #[serde(default)]
+    pub service: ServiceSpec,
+    #[serde(default)]
+    pub proxy: ProxySpec,
+    #[serde(default)]
+    pub client: ClientSpec,
+    #[serde(default)]
+    pub act: Act,
+    #[serde(default)]
+    pub checks: Checks,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dedup {
+    #[default]
+    Unique,
+    CheckThenInsert,
+    Off,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSpec {
+    pub dedup: Dedup,
+    pub processing_delay_ms: u64,
+    pub require_key: bool,
+    /// Probability that the service aborts right after a commit (runs it as a child process).
+    pub crash_after_commit: f64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySpec {
+    pub toxics: Vec<ToxicSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Upstream,
+    Downstream,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    Connection,
+    Request,
+}
+
+/// A toxic, in the proxy's (toxiproxy's) terms.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToxicSpec {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub stream: Stream,
+    #[serde(default = "one")]
+    pub toxicity: f32,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, i64>,
+    /// Roll the toxicity per connection (toxiproxy) or per request (extension).
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Key {
+    PerPayment,
+    PerAttempt,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backoff {
+    FullJitter,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Connection {
+    Fresh,
+    Reuse,
+}
+
+/// `retries = 3` or `retries = "unlimited"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Retries {
+    Count(u32),
+    Word(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSpec {
+    pub key: Key,
+    pub retries: Retries,
+    pub backoff: Backoff,
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    pub attempt_timeout_ms: u64,
+    pub concurrency: usize,
+    pub connection: Connection,
+    /// Each payment's amount, e.g. "1.00".
+    pub amount: String,
+}
+
+impl Default for ClientSpec {
+    fn default() -> ClientSpec {
+        ClientSpec {
+            key: Key::PerPayment,
+            retries: Retries::Word("unlimited".into()),
+            backoff: Backoff::FullJitter,
+            backoff_base_ms: 1,
+            backoff_cap_ms: 50,
+            attempt_timeout_ms: 2_000,
+            concurrency: 16,
+            connection: Connection::Fresh,
+            amount: "1.00".into(),
+        }
+    }
+}
+
+/// What happens besides sending payments.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Act {
+    /// Just the payments.
+    #[default]
+    Plain,
+    /// Every payment is sent by `copies` senders at once, with the same key.
+    Duplicates { copies: usize },
+    /// The service runs as a child process and is restarted on the same
+    /// database whenever it dies. It aborts right after a commit with
+    /// probability `crashes / payments` (about `crashes` times a run,
+    /// whatever its size), or `service.crash_after_commit` if that is set.
+    CrashService {
+        #[serde(default)]
+        crashes: Option<u32>,
+    },
+    /// The proxy is disabled once `after_percent` of the payments are
+    /// confirmed, for `down_ms`, then enabled again.
+    ProxyOutage { after_percent: u32, down_ms: u64 },
+    /// The client crashes once `after_percent` of the payments are made; with
+    /// `resume`, it finishes from its ledger with the same keys, without,
+    /// it starts over with new keys.
+    ClientCrash { after_percent: u32, resume: bool },
+    /// After the payments, every key is sent again with a different amount.
+    ReuseKeys { amount: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Checks {
+    /// Minimums the run must reach for the lesson to have happened, e.g.
+    /// `at_least = { faults_downstream = 1, replays = 1 }`.
+    pub at_least: BTreeMap<String, u64>,
+}
+
+impl Scenario {
+    /// Parses and checks one file's text; errors name the file, the field and the fix.
+    pub fn parse(file: &str, text: &str) -> anyhow::Result<Scenario> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| {
+            anyhow::anyhow!(
+                "{file}: {}\n  fix: correct the field shown above; scenarios/catalog/README.md lists every field",
+                e.to_string().trim_end()
+            )
+        })?;
+        scenario.check(file)?;
+        Ok(scenario)
+    }
+
+    fn check(&self, file: &str) -> anyhow::Result<()> {
+        let stem = file.rsplit('/').next().unwrap_or(file).trim_end_matches(".toml");
+        let fail = |field: &str, why: String| anyhow::anyhow!("{file}: field `{field}` {why}");
+        if self.name != stem {
+            return Err(fail(
+                "name",
+                format!("is {:?} but the file is {stem}.toml: make them equal", self.name),
+            ));
+        }
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(fail("name", "must be lowercase letters, digits and '-'".into()));
+        }
+        if let Retries::Word(word) = &self.client.retries
+            && word != "unlimited"
+        {
+            return Err(fail(
+                "client.retries",
+                format!("is {word:?}: use a number (0 = never retry) or \"unlimited\""),
+            ));
+        }
+        if client::money::parse_minor(&self.client.amount).is_err() {
+            return Err(fail(
+                "client.amount",
+                format!("is {:?}: use an amount such as \"1.00\"", self.client.amount),
+            ));
+        }
+        if !(1..=client::strategy::CONCURRENCY_MAX).contains(&self.client.concurrency) {
+            return Err(fail(
+                "client.concurrency",
+                format!("must be between 1 and {}", client::strategy::CONCURRENCY_MAX),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.service.crash_after_commit) {
+            return Err(fail(
+                "service.crash_after_commit",
+                "must be a probability between 0 and 1".into(),
+            ));
+        }
+        if self.service.crash_after_commit > 0.0 && !matches!(self.act, Act::CrashService { .. }) {
+            return Err(fail(
+                "act.kind",
+                "must be \"crash-service\" when service.crash_after_commit is set, so the runner restarts the service"
+                    .into(),
+            ));
+        }
+        for (i, toxic) in self.proxy.toxics.iter().enumerate() {
+            if !(0.0..=1.0).contains(&toxic.toxicity) {
+                return Err(fail(
+                    &format!("proxy.toxics[{i}].toxicity"),
+                    "must be between 0 and 1".into(),
+                ));
+            }
+        }
+        match &self.act {
+            Act::Duplicates { copies } if !(2..=16).contains(copies) => {
+                return Err(fail("act.copies", "must be between 2 and 16".into()));
+            }
+            Act::ProxyOutage { after_percent, down_ms } if *after_percent > 100 || *down_ms > 60_000 => {
+                return Err(fail("act", "needs after_percent <= 100 and down_ms <= 60000".into()));
+            }
+            Act::ClientCrash { after_percent, .. } if !(1..=99).contains(after_percent) => {
+                return Err(fail("act.after_percent", "must be between 1 and 99".into()));
+            }
+            Act::CrashService { crashes } if crashes.is_none() && self.service.crash_after_commit <= 0.0 => {
+                return Err(fail(
+                    "act.crashes",
+                    "must be set (e.g. crashes = 8), or service.crash_after_commit".into(),
+                ));
+            }
+            Act::CrashService { crashes: Some(n) } if !(1..=100).contains(n) => {
+                return Err(fail("act.crashes", "must be between 1 and 100".into()));
+            }
+            Act::ReuseKeys { amount } if client::money::parse_minor(amount).is_err() => {
+                return Err(fail(
+                    "act.amount",
+                    format!("is {amount:?}: use an amount such as \"2.00\""),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(metric) = self.checks.at_least.keys().find(|m| !METRICS.contains(&m.as_str())) {
+            return Err(fail(
+                "checks.at_least",
+                format!("names {metric:?}; known metrics: {}", METRICS.join(", ")),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The built-in catalog plus the files of `extra` (which replace built-ins of the same name).
+pub fn load(extra: Option<&Path>) -> anyhow::Result<Vec<Scenario>> {
+    let mut by_name: BTreeMap<String, Scenario> = BTreeMap::new();
+    for (file, text) in BUILT_IN {
+        let s = Scenario::parse(&format!("scenarios/catalog/{file}"), text)?;
+        by_name.insert(s.name.clone(), s);
+    }
+    if let Some(dir) = extra {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read the catalog directory {}", dir.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        if files.len() > CATALOG_FILES_MAX {
+            bail!("{} has more than {CATALOG_FILES_MAX} .toml files", dir.display());
+        }
+        for path in files {
+            let size = std::fs::metadata(&path)?.len();
+            if size > CATALOG_FILE_BYTES_MAX {
+                bail!(
+                    "{}: larger than {CATALOG_FILE_BYTES_MAX} bytes; a scenario is a few dozen lines",
+                    path.display()
+                );
+            }
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let s = Scenario::parse(&path.display().to_string(), &text)?;
+            by_name.insert(s.name.clone(), s);
+        }
+    }
+    let mut all: Vec<Scenario> = by_name.into_values().collect();
+    all.sort_by_key(|s| (s.tour.unwrap_or(u32::MAX), s.name.clone()));
+    Ok(all)
+}

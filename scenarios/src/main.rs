@@ -1,0 +1,210 @@
+//! The `scenarios` binary: the guided tour, `list`, `run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
+use scenarios::catalog::{self, Scenario};
+use scenarios::play::{self, Outcome, Settings};
+use scenarios::report;
+use tracing_subscriber::EnvFilter;
+
+/// Plays the exactly-once lessons: a payment service, a fault-injecting proxy
+/// and a retrying client, started together on free loopback ports with a
+/// temporary database. Each scenario prints what it shows and its numbers,
+/// and the run ends with a verdict table. Without a command: the guided tour.
+#[derive(Parser)]
+#[command(version, after_help = "Logs: set RUST_LOG (e.g. RUST_LOG=scenarios=debug).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    play: PlayArgs,
+}
+
+#[derive(Args, Clone)]
+struct PlayArgs {
+    /// Payments per scenario (some lessons use fewer, see `scenarios list`)
+    #[arg(long, default_value_t = 1000, global = true)]
+    payments: usize,
+    /// Seed for every fault, key and jitter: the same seed gives the same verdicts
+    #[arg(long, global = true)]
+    seed: Option<u64>,
+    /// Print the results as JSON on stdout instead of the narrative
+    #[arg(long, global = true)]
+    json: bool,
+    /// Keep each scenario's database, client history and ledger under DIR/<scenario>/
+    #[arg(long, value_name = "DIR", global = true)]
+    keep: Option<PathBuf>,
+    /// Also load scenario files from DIR (a file replaces the built-in of the same name)
+    #[arg(long, value_name = "DIR", global = true)]
+    catalog: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the scenarios, in tour order
+    List,
+    /// Play the named scenarios, or all of them
+    Run {
+        /// Scenario names (see `scenarios list`)
+        names: Vec<String>,
+        /// Play every scenario in the catalog
+        #[arg(long)]
+        all: bool,
+    },
+    /// Internal: run the payment service as a child process (crash scenarios)
+    #[command(name = "__serve-payment", hide = true)]
+    ServePayment(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long)]
+    listen: SocketAddr,
+    #[arg(long)]
+    db: PathBuf,
+    #[arg(long, value_enum, default_value_t = payment_service::DedupMode::Unique)]
+    dedup: payment_service::DedupMode,
+    #[arg(long, default_value_t = 0)]
+    processing_delay_ms: u64,
+    #[arg(long)]
+    require_key: bool,
+    #[arg(long, default_value_t = 0.0)]
+    crash_after_commit: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Payments per scenario at most: enough for any lesson, bounded for a laptop.
+const PAYMENTS_MAX: usize = 100_000;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("scenarios: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("scenarios: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
+    let args = cli.play.clone();
+    match cli.command {
+        Some(Command::ServePayment(serve)) => serve_payment(serve).await.map(|()| true),
+        Some(Command::List) => {
+            for s in catalog::load(args.catalog.as_deref())? {
+                let tour = s.tour.map_or("  ".to_owned(), |t| format!("{t:>2}"));
+                let cap = s
+                    .payments_max
+                    .map_or(String::new(), |m| format!(" (at most {m} payments)"));
+                println!("{tour}  {:<30} {:<16} {}{cap}", s.name, s.expect.headline(), s.title);
+            }
+            Ok(true)
+        }
+        Some(Command::Run { names, all }) => {
+            let catalog = catalog::load(args.catalog.as_deref())?;
+            let chosen: Vec<Scenario> = if all {
+                if !names.is_empty() {
+                    bail!("give scenario names or --all, not both");
+                }
+                catalog
+            } else {
+                if names.is_empty() {
+                    bail!("name the scenarios to run (see `scenarios list`), or use --all");
+                }
+                let mut chosen = Vec::new();
+                for name in &names {
+                    match catalog.iter().find(|s| &s.name == name) {
+                        Some(s) => chosen.push(s.clone()),
+                        None => bail!("no scenario {name:?}; `scenarios list` shows them"),
+                    }
+                }
+                chosen
+            };
+            let replay = if all {
+                "scenarios run --all".to_owned()
+            } else {
+                format!("scenarios run {}", names.join(" "))
+            };
+            play_all(&args, chosen, &replay).await
+        }
+        None => {
+            let tour: Vec<Scenario> = catalog::load(args.catalog.as_deref())?
+                .into_iter()
+                .filter(|s| s.tour.is_some())
+                .collect();
+            if !args.json {
+                println!(
+                    "The exactly-once tour: {} lessons, each with its own service, proxy and client.",
+                    tour.len()
+                );
+                println!("(`scenarios list` shows them; `scenarios run NAME` plays one; `--help` for options.)");
+            }
+            play_all(&args, tour, "scenarios").await
+        }
+    }
+}
+
+async fn play_all(args: &PlayArgs, chosen: Vec<Scenario>, replay: &str) -> anyhow::Result<bool> {
+    if !(1..=PAYMENTS_MAX).contains(&args.payments) {
+        bail!("--payments must be between 1 and {PAYMENTS_MAX}");
+    }
+    let seed = args.seed.unwrap_or_else(chaos_proxy::config::fresh_seed);
+    let settings = Settings {
+        payments: args.payments,
+        seed,
+        keep: args.keep.clone(),
+        exe: std::env::current_exe()?,
+    };
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(chosen.len());
+    for (i, s) in chosen.iter().enumerate() {
+        let outcome = play::play(s, &settings).await?;
+        if !args.json {
+            print!("{}", report::narrative(i + 1, &outcome));
+        }
+        outcomes.push(outcome);
+    }
+    let all_pass = outcomes.iter().all(|o| o.pass);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "seed": seed, "pass": all_pass, "scenarios": outcomes })
+        );
+    } else {
+        print!("{}", report::table(&outcomes, seed, replay));
+    }
+    Ok(all_pass)
+}
+
+/// The hidden child mode: the payment service with crash injection.
+async fn serve_payment(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = payment_service::Config::new(args.db);
+    config.dedup = args.dedup;
+    config.processing_delay = Duration::from_millis(args.processing_delay_ms);
+    config.require_key = args.require_key;
+    config.crash_after_commit = args.crash_after_commit;
+    config.seed = args.seed;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!("payment-service listening on http://{}", listener.local_addr()?);
+    payment_service::run(listener, config, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}

@@ -1,0 +1,336 @@
+//! Starting and stopping the pieces of a scenario: the payment service (in
+//! this process, or as a supervised child process when it must be killed)
+//! and the chaos proxy (in this process, driven through its HTTP API exactly
+//! as toxiproxy's clients drive it).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+use crate::catalog::{Dedup, Scenario, Scope, Stream};
+
+/// Bound on every wait for a piece to start, answer or stop.
+pub const STEP_TIMEOUT_MS: u64 = 10_000;
+/// Restarts of a crashing service at most, so a service that crashes at once
+/// on every start cannot loop for ever.
+const RESTARTS_MAX: u64 = 200;
+
+pub fn http() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(STEP_TIMEOUT_MS))
+        .build()
+        .context("cannot build an HTTP client")
+}
+
+/// The running payment service.
+pub struct Service {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub restarts: Arc<AtomicU64>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn config(s: &Scenario, db: &Path) -> payment_service::Config {
+    let mut c = payment_service::Config::new(db);
+    c.dedup = match s.service.dedup {
+        Dedup::Unique => payment_service::DedupMode::Unique,
+        Dedup::CheckThenInsert => payment_service::DedupMode::CheckThenInsert,
+        Dedup::Off => payment_service::DedupMode::Off,
+    };
+    c.require_key = s.service.require_key;
+    c.processing_delay = Duration::from_millis(s.service.processing_delay_ms);
+    c
+}
+
+/// The child-process flags equivalent to [`config`].
+fn child_args(s: &Scenario, db: &Path, listen: SocketAddr, seed: u64, crash_p: f64) -> Vec<String> {
+    let dedup = match s.service.dedup {
+        Dedup::Unique => "unique",
+        Dedup::CheckThenInsert => "check-then-insert",
+        Dedup::Off => "off",
+    };
+    let mut args = vec![
+        "__serve-payment".to_owned(),
+        "--listen".into(),
+        listen.to_string(),
+        "--db".into(),
+        db.display().to_string(),
+        "--dedup".into(),
+        dedup.into(),
+        "--processing-delay-ms".into(),
+        s.service.processing_delay_ms.to_string(),
+        "--crash-after-commit".into(),
+        crash_p.to_string(),
+        "--seed".into(),
+        seed.to_string(),
+    ];
+    if s.service.require_key {
+        args.push("--require-key".into());
+    }
+    args
+}
+
+impl Service {
+    /// Runs the service in this process on a free port.
+    pub async fn in_process(s: &Scenario, db: &Path) -> anyhow::Result<Service> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(payment_service::run(listener, config(s, db), async move {
+            let _ = stopped.await;
+        }));
+        Ok(Service {
+            url: format!("http://{addr}"),
+            addr,
+            restarts: Arc::new(AtomicU64::new(0)),
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Runs the service as a child process of `exe` (this program), restarted
+    /// on the same port and database whenever it dies, until stopped.
+    pub async fn supervised(exe: &Path, s: &Scenario, db: &Path, seed: u64, crash_p: f64) -> anyhow::Result<Service> {
+        let first = start_child(exe, &child_args(s, db, "127.0.0.1:0".parse()?, seed, crash_p)).await?;
+        let addr = first.1;
+        let restarts = Arc::new(AtomicU64::new(0));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (exe, s, db, counter) = (exe.to_owned(), s.clone(), db.to_owned(), Arc::clone(&restarts));
+        let task = tokio::spawn(async move {
+            let mut child = first.0;
+            loop {
+                tokio::select! {
+                    status = child.wait() => {
+                        let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+                        tracing::debug!(?status, restart = n, "the service died; restarting it on the same database");
+                        if n > RESTARTS_MAX {
+                            bail!("the service died {n} times; giving up");
+                        }
+                        // A new seed per life, so each life crashes at a different payment.
+                        child = start_child(&exe, &child_args(&s, &db, addr, seed.wrapping_add(n), crash_p)).await?.0;
+                    }
+                    _ = &mut stopped => {
+                        let _ = child.start_kill();
+                        let _ = tokio::time::timeout(Duration::from_millis(STEP_TIMEOUT_MS), child.wait()).await;
+                        return Ok(());
+                    }
+                }
+            }
+        });
+        Ok(Service {
+            url: format!("http://{addr}"),
+            addr,
+            restarts,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub async fn stats(&self) -> anyhow::Result<Value> {
+        let response = http()?
+            .get(format!("{}/stats", self.url))
+            .send()
+            .await
+            .context("GET /stats")?;
+        response.json().await.context("GET /stats is not JSON")
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        stop_task(self.stop, self.task, "the service").await
+    }
+}
+
+/// Starts one child and reads the bound address from its first stdout line.
+async fn start_child(exe: &Path, args: &[String]) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    let mut child = tokio::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let line = tokio::time::timeout(
+        Duration::from_millis(STEP_TIMEOUT_MS),
+        BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .context("the service child did not start in time")??
+    .context("the service child exited before listening")?;
+    let addr = line
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .with_context(|| format!("unexpected first line from the service child: {line:?}"))?;
+    Ok((child, addr))
+}
+
+/// The chaos proxy's control plane and the one proxy of a scenario.
+pub struct Proxy {
+    pub api: String,
+    /// Where clients connect: `http://127.0.0.1:PORT`.
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub const PROXY_NAME: &str = "payment";
+
+impl Proxy {
+    /// Starts the proxy API, creates the `payment` proxy in front of
+    /// `upstream` and adds the scenario's toxics, all through the HTTP API.
+    pub async fn start(s: &Scenario, upstream: SocketAddr, seed: u64) -> anyhow::Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let api = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(chaos_proxy::run(listener, chaos_proxy::Config::new(seed), async move {
+            let _ = stopped.await;
+        }));
+        let http = http()?;
+        let created: Value = expect_ok(
+            http.post(format!("{api}/proxies"))
+                .json(&json!({"name": PROXY_NAME, "listen": "127.0.0.1:0", "upstream": upstream.to_string(), "enabled": true}))
+                .send()
+                .await,
+            "create the proxy",
+        )
+        .await?;
+        let listen = created["listen"]
+            .as_str()
+            .context("the proxy did not say where it listens")?;
+        for toxic in &s.proxy.toxics {
+            let body = json!({
+                "type": toxic.kind,
+                "stream": match toxic.stream { Stream::Upstream => "upstream", Stream::Downstream => "downstream" },
+                "toxicity": toxic.toxicity,
+                "attributes": toxic.attributes,
+                "toxicity_scope": match toxic.scope { Scope::Connection => "connection", Scope::Request => "request" },
+            });
+            expect_ok(
+                http.post(format!("{api}/proxies/{PROXY_NAME}/toxics"))
+                    .json(&body)
+                    .send()
+                    .await,
+                "add a toxic",
+            )
+            .await
+            .with_context(|| format!("scenario {}: toxic {body}", s.name))?;
+        }
+        Ok(Proxy {
+            api,
+            url: format!("http://{listen}"),
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub async fn set_enabled(&self, enabled: bool) -> anyhow::Result<()> {
+        let request = http()?
+            .post(format!("{}/proxies/{PROXY_NAME}", self.api))
+            .json(&json!({"enabled": enabled}));
+        expect_ok(request.send().await, "enable or disable the proxy")
+            .await
+            .map(drop)
+    }
+
+    /// Faults fired, summed per stream: (upstream, downstream).
+    pub async fn faults(&self) -> anyhow::Result<(u64, u64)> {
+        let stats: Value = expect_ok(
+            http()?
+                .get(format!("{}/proxies/{PROXY_NAME}/stats", self.api))
+                .send()
+                .await,
+            "read proxy stats",
+        )
+        .await?;
+        let (mut up, mut down) = (0, 0);
+        for fault in stats["faults"].as_array().into_iter().flatten() {
+            let count = fault["count"].as_u64().unwrap_or(0);
+            match fault["stream"].as_str() {
+                Some("upstream") => up += count,
+                _ => down += count,
+            }
+        }
+        Ok((up, down))
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        stop_task(self.stop, self.task, "the proxy").await
+    }
+}
+
+/// Signals a piece to stop and waits, bounded, for its task to finish.
+async fn stop_task(
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    what: &str,
+) -> anyhow::Result<()> {
+    if let Some(stop) = stop {
+        let _ = stop.send(());
+    }
+    tokio::time::timeout(Duration::from_millis(STEP_TIMEOUT_MS), task)
+        .await
+        .with_context(|| format!("{what} did not stop in time"))?
+        .with_context(|| format!("{what} task failed"))?
+}
+
+async fn expect_ok(response: reqwest::Result<reqwest::Response>, what: &str) -> anyhow::Result<Value> {
+    let response = response.with_context(|| format!("cannot {what}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("cannot {what}: the proxy answered {status}: {body}");
+    }
+    Ok(serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Waits (bounded) until the service holds at least `count` payments.
+pub async fn wait_for_payments(service_url: &str, count: u64, stop: &watch::Receiver<bool>) -> anyhow::Result<()> {
+    let http = http()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(60_000);
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let stats: Value = match http.get(format!("{service_url}/stats")).send().await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        if stats["payments"].as_u64().unwrap_or(0) >= count {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the service never reached {count} payments");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn scratch_dir(keep: Option<&Path>, name: &str) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    match keep {
+        Some(root) => {
+            let dir = root.join(name);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            Ok((None, dir))
+        }
+        None => {
+            let tmp = tempfile::Builder::new().prefix("scenario-").tempdir()?;
+            let path = tmp.path().to_owned();
+            Ok((Some(tmp), path))
+        }
+    }
+}

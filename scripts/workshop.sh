@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Starts the workshop landscape for playing by hand (Ctrl-C stops it all):
+#   payment-service  http://127.0.0.1:8080   (database ./workshop.db, kept between runs)
+#   chaos-proxy API  http://127.0.0.1:8474   (toxiproxy-compatible: toxi.http, curl, toxiproxy-cli)
+#   proxy "payment"  http://127.0.0.1:8888 -> 127.0.0.1:8080   (unless --bare)
+#
+# Usage: scripts/workshop.sh [--bare] [--seed N] [--fresh] [-- payment-service flags...]
+#   --bare    start the proxy API without the "payment" proxy, as the original
+#             workshop does: send "Configure Proxy" from toxi.http first
+#   --seed N  seed of the proxy's faults (default 42), so a session can be replayed
+#   --fresh   delete ./workshop.db first
+#   after --, flags for payment-service, e.g. -- --dedup off   or   -- --dedup check-then-insert --processing-delay-ms 200
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bare=0
+seed=42
+fresh=0
+service_args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --bare) bare=1 ;;
+        --seed) seed="${2:?--seed needs a number}"; shift ;;
+        --fresh) fresh=1 ;;
+        --) shift; service_args=("$@"); break ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "workshop.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+echo "building (first time: a minute or two)..."
+cargo build --release --quiet -p payment-service -p chaos-proxy -p client
+
+for port in 8080 8474 8888; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "workshop.sh: port $port is already in use; stop whatever listens there first" >&2
+        exit 1
+    fi
+done
+
+if [ "$fresh" = 1 ]; then
+    rm -f workshop.db workshop.db-wal workshop.db-shm
+fi
+
+pids=()
+stop() {
+    trap - EXIT INT TERM
+    kill "${pids[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+    echo "stopped."
+}
+trap stop EXIT INT TERM
+
+./target/release/payment-service --db workshop.db ${service_args[@]+"${service_args[@]}"} &
+pids+=($!)
+proxy_args=(--seed "$seed")
+if [ "$bare" = 0 ]; then
+    proxy_args+=(--workshop)
+fi
+./target/release/chaos-proxy "${proxy_args[@]}" &
+pids+=($!)
+
+cat <<TEXT
+
+  payment service   http://127.0.0.1:8080   (GET /stats, POST /payments/, DELETE /payments/)
+  proxy API         http://127.0.0.1:8474   (GET /proxies, POST /proxies/payment/toxics, POST /reset)
+  proxy "payment"   http://127.0.0.1:8888   $([ "$bare" = 1 ] && echo "(not configured yet: send 'Configure Proxy' from scripts/toxi.http)" || echo "-> 127.0.0.1:8080")
+
+  Play with scripts/payment.http and scripts/toxi.http, or send 1000 payments:
+    ./target/release/client pay --count 1000 --key none --retries 0
+  Ctrl-C stops everything.
+
+TEXT
+wait
