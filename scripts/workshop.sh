@@ -31,6 +31,13 @@ done
 
 echo "building (first time: a minute or two)..."
 cargo build --release --quiet -p payment-service -p chaos-proxy -p client
+bin="${CARGO_TARGET_DIR:-target}/release"
+for tool in payment-service chaos-proxy client; do
+    if [ ! -x "$bin/$tool" ]; then
+        echo "workshop.sh: $bin/$tool is missing after the build" >&2
+        exit 1
+    fi
+done
 
 for port in 8080 8474 8888; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -52,13 +59,13 @@ stop() {
 }
 trap stop EXIT INT TERM
 
-./target/release/payment-service --db workshop.db ${service_args[@]+"${service_args[@]}"} &
+"$bin/payment-service" --db workshop.db ${service_args[@]+"${service_args[@]}"} &
 pids+=($!)
 proxy_args=(--seed "$seed")
 if [ "$bare" = 0 ]; then
     proxy_args+=(--workshop)
 fi
-./target/release/chaos-proxy "${proxy_args[@]}" &
+"$bin/chaos-proxy" "${proxy_args[@]}" &
 pids+=($!)
 
 cat <<TEXT
@@ -68,7 +75,7 @@ cat <<TEXT
   proxy "payment"   http://127.0.0.1:8888   $([ "$bare" = 1 ] && echo "(not configured yet: send 'Configure Proxy' from scripts/toxi.http)" || echo "-> 127.0.0.1:8080")
 
   Play with scripts/payment.http and scripts/toxi.http, or send 1000 payments:
-    ./target/release/client pay --count 1000 --key none --retries 0
+    $bin/client pay --count 1000 --key none --retries 0
   Ctrl-C stops everything.
 
 TEXT

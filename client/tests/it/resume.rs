@@ -6,6 +6,16 @@ use std::time::{Duration, Instant};
 
 use crate::{WAIT, spawn_service, stats};
 
+/// A failing assertion must not leave a client process running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn resume_after_a_client_crash_finishes_with_the_same_keys() {
     // A slow service so the client is surely mid-run when it is killed.
@@ -13,32 +23,34 @@ async fn resume_after_a_client_crash_finishes_with_the_same_keys() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = dir.path().join("ledger.jsonl");
     let client = env!("CARGO_BIN_EXE_client");
-    let mut doomed = Command::new(client)
-        .args([
-            "pay",
-            "--count",
-            "60",
-            "--seed",
-            "77",
-            "--json",
-            "--target",
-            &service.url,
-            "--service",
-            &service.url,
-        ])
-        .arg("--ledger")
-        .arg(&ledger)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn client");
+    let mut doomed = KillOnDrop(
+        Command::new(client)
+            .args([
+                "pay",
+                "--count",
+                "60",
+                "--seed",
+                "77",
+                "--json",
+                "--target",
+                &service.url,
+                "--service",
+                &service.url,
+            ])
+            .arg("--ledger")
+            .arg(&ledger)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn client"),
+    );
     let deadline = Instant::now() + WAIT;
     while stats(&service).await["payments"].as_u64().unwrap_or(0) < 10 {
         assert!(Instant::now() < deadline, "the client never got going");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    doomed.kill().expect("kill the client"); // SIGKILL: no cleanup, no flush
-    doomed.wait().expect("reap");
+    doomed.0.kill().expect("kill the client"); // SIGKILL: no cleanup, no flush
+    doomed.0.wait().expect("reap");
     let paid_before = stats(&service).await["payments"].as_u64().unwrap_or(0);
     assert!(paid_before < 60, "killed mid-run ({paid_before} paid)");
 

@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use crate::{BODY, WAIT, client, header};
 
-struct Child_ {
+struct ServiceProcess {
     child: Child,
     base: String,
 }
 
 /// Starts `payment-service` on port 0 and reads the bound address from its
 /// first stdout line.
-fn start(db: &Path, extra: &[&str]) -> Child_ {
+fn start(db: &Path, extra: &[&str]) -> ServiceProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_payment-service"))
         .args(["--listen", "127.0.0.1:0", "--db"])
         .arg(db)
@@ -32,10 +32,10 @@ fn start(db: &Path, extra: &[&str]) -> Child_ {
         .expect("read the listening line");
     let base = line.trim().rsplit(' ').next().expect("address").to_owned();
     assert!(base.starts_with("http://127.0.0.1:"), "unexpected first line {line:?}");
-    Child_ { child, base }
+    ServiceProcess { child, base }
 }
 
-impl Child_ {
+impl ServiceProcess {
     async fn pay(&self, key: &str) -> reqwest::Result<reqwest::Response> {
         client()
             .post(format!("{}/payments", self.base))
@@ -59,7 +59,7 @@ impl Child_ {
 
     /// Waits (bounded) for the process to exit and returns whether it was
     /// killed by a signal rather than exiting normally.
-    fn wait_exit(mut self) -> std::process::ExitStatus {
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -70,9 +70,18 @@ impl Child_ {
         }
     }
 
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn kill(self) {
+        drop(self);
+    }
+}
+
+/// A failing assertion must not leave a service running behind the test.
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -80,7 +89,7 @@ impl Child_ {
 async fn crash_after_commit_then_restart_the_retry_replays() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crash.db");
-    let doomed = start(&db, &["--crash-after-commit", "1"]);
+    let mut doomed = start(&db, &["--crash-after-commit", "1"]);
     let lost_ack = doomed.pay("crash-1").await;
     assert!(lost_ack.is_err(), "the process must die before answering: {lost_ack:?}");
     assert!(!doomed.wait_exit().success(), "aborted, not a clean exit");
@@ -102,7 +111,7 @@ async fn crash_after_commit_then_restart_the_retry_replays() {
 async fn crash_before_commit_then_restart_the_retry_executes() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crash.db");
-    let doomed = start(&db, &["--crash-before-commit", "1"]);
+    let mut doomed = start(&db, &["--crash-before-commit", "1"]);
     assert!(doomed.pay("crash-2").await.is_err());
     assert!(!doomed.wait_exit().success());
 
@@ -121,7 +130,7 @@ async fn a_key_left_in_flight_by_a_dead_process_is_taken_over_after_restart() {
     let db = dir.path().join("crash.db");
     // With a processing delay the key is claimed (committed) first; the crash
     // then hits the second commit, leaving the key in flight on disk.
-    let doomed = start(
+    let mut doomed = start(
         &db,
         &[
             "--crash-before-commit",
@@ -160,7 +169,7 @@ async fn crash_injection_is_replayable_with_a_seed() {
     for _ in 0..2 {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("seeded.db");
-        let service = start(&db, &["--crash-after-commit", "0.3", "--seed", "42"]);
+        let mut service = start(&db, &["--crash-after-commit", "0.3", "--seed", "42"]);
         let mut n = 0;
         loop {
             n += 1;
