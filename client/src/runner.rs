@@ -452,3 +452,36 @@ fn summarize(results: &[IntentResult], attempts: &[AttemptRecord], elapsed: Dura
         attempts_per_s: (attempts.len() as f64 / elapsed.as_secs_f64().max(1e-9)) as u64,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_workshop_csv_with_or_without_header() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("payments.csv");
+        std::fs::write(&path, "src,dest,amount\nbianca,marc,1\n\nalice, bob ,12.50\n\n\n").expect("write");
+        let intents = read_csv(&path, 3).expect("parses");
+        assert_eq!(intents.len(), 2);
+        assert_eq!(
+            (
+                intents[1].src.as_str(),
+                intents[1].dest.as_str(),
+                intents[1].amount_minor
+            ),
+            ("alice", "bob", 1250)
+        );
+        assert_eq!(intents[0].key, key_for(3, 0));
+        std::fs::write(&path, "bianca,marc,1\n").expect("write");
+        assert_eq!(read_csv(&path, 3).expect("no header").len(), 1);
+        std::fs::write(&path, "src,dest,amount\nbianca,marc\n").expect("write");
+        let error = format!("{:#}", read_csv(&path, 3).expect_err("two fields"));
+        assert!(
+            error.contains("payments.csv:2") && error.contains("3 fields"),
+            "{error}"
+        );
+        std::fs::write(&path, "bianca,marc,1.234\n").expect("write");
+        assert!(format!("{:#}", read_csv(&path, 3).expect_err("bad amount")).contains(":1: bad amount"));
+    }
+}

@@ -115,3 +115,29 @@ async fn resume_refuses_other_key_strategies() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("per-payment"));
 }
+
+#[tokio::test]
+async fn expect_sets_the_exit_status() {
+    let service = spawn_service(|_| {}).await;
+    let mut pay = Command::new(env!("CARGO_BIN_EXE_client"));
+    pay.args([
+        "pay",
+        "--count",
+        "3",
+        "--key",
+        "none",
+        "--retries",
+        "0",
+        "--json",
+        "--expect",
+        "too-much",
+    ])
+    .args(["--target", &service.url, "--service", &service.url]);
+    let output = tokio::task::spawn_blocking(move || pay.output())
+        .await
+        .expect("join")
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1), "the verdict differs from --expect");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("expected PAID TOO MUCH, got EXACTLY ONCE"), "{stderr}");
+}

@@ -1,13 +1,15 @@
 //! Retry rules per status and error kind, against a scripted server.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use client::classify::{ErrorKind, Outcome};
 use client::history::AttemptRecord;
 use client::runner::{self, Sinks};
-use client::strategy::{Backoff, KeyStrategy, Options, Retries};
-use tokio::net::TcpListener;
+use client::strategy::{Backoff, ConnectionMode, KeyStrategy, Options, Retries};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::{WAIT, read_message, reply_and_close};
 
@@ -21,46 +23,69 @@ enum Answer {
 struct Scripted {
     url: String,
     keys: Arc<Mutex<Vec<Option<String>>>>,
+    connections: Arc<AtomicUsize>,
 }
 
-/// Answers request n with `script[n]`, then 201 for ever.
+/// Answers request n (counted over all connections) with `script[n]`, then
+/// 201 for ever. Connections are kept alive unless the client asks to close.
 async fn scripted(script: Vec<Answer>) -> Scripted {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let keys = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&keys);
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (seen, accepted) = (Arc::clone(&keys), Arc::clone(&connections));
+    let script = Arc::new(script);
+    let requests = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
-        let mut n = 0;
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let answer = script.get(n).copied().unwrap_or(Answer::Status(201, None));
-            n += 1;
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                let Ok(request) = read_message(&mut stream).await else {
-                    return;
-                };
-                let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
-                let key = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("idempotency-key:"))
-                    .map(|k| k.trim().to_owned());
-                seen.lock().expect("lock").push(key);
-                match answer {
-                    Answer::Hang => tokio::time::sleep(WAIT).await,
-                    Answer::Status(status, retry_after) => {
-                        let extra = retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
-                        let body = "{}";
-                        let reply = format!(
-                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        reply_and_close(stream, reply.as_bytes()).await;
-                    }
-                }
-            });
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::Relaxed);
+            let (seen, script, requests) = (Arc::clone(&seen), Arc::clone(&script), Arc::clone(&requests));
+            tokio::spawn(async move { serve_connection(stream, &seen, &script, &requests).await });
         }
     });
-    Scripted { url, keys }
+    Scripted { url, keys, connections }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    seen: &Mutex<Vec<Option<String>>>,
+    script: &[Answer],
+    requests: &AtomicUsize,
+) {
+    while let Ok(request) = read_message(&mut stream).await {
+        let answer = script
+            .get(requests.fetch_add(1, Ordering::Relaxed))
+            .copied()
+            .unwrap_or(Answer::Status(201, None));
+        let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+        let key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("idempotency-key:"))
+            .map(|k| k.trim().to_owned());
+        seen.lock().expect("lock").push(key);
+        let close = text.lines().any(|l| l.trim() == "connection: close");
+        match answer {
+            Answer::Hang => {
+                tokio::time::sleep(WAIT).await;
+                return;
+            }
+            Answer::Status(status, retry_after) => {
+                let extra = retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
+                let body = "{}";
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if close {
+                    reply_and_close(stream, reply.as_bytes()).await;
+                    return;
+                }
+                if stream.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn options(retries: u32) -> Options {
@@ -199,4 +224,50 @@ async fn the_deadline_bounds_unlimited_retries() {
     assert!(!confirmed);
     assert!(attempts.len() > 1);
     assert!(started.elapsed() < Duration::from_secs(5), "stopped near the deadline");
+}
+
+#[tokio::test]
+async fn fresh_opens_a_connection_per_attempt_and_reuse_keeps_one() {
+    for (mode, expect_per_attempt) in [(ConnectionMode::Fresh, true), (ConnectionMode::Reuse, false)] {
+        let server = scripted(vec![Answer::Status(500, None), Answer::Status(503, None)]).await;
+        let mut o = options(5);
+        o.connection = mode;
+        let intents = runner::repeat(3, "bianca", "marc", 100, 1);
+        let report = runner::run(&server.url, intents, &o, Sinks::default())
+            .await
+            .expect("run");
+        let attempts = report.attempts.len();
+        assert_eq!(attempts, 5, "{mode:?}: two retried errors, then three successes");
+        let connections = server.connections.load(Ordering::Relaxed);
+        if expect_per_attempt {
+            assert_eq!(connections, attempts, "fresh: one connection per attempt");
+        } else {
+            assert_eq!(connections, 1, "reuse: one keep-alive connection for a sequential run");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_history_file_holds_every_attempt() {
+    let server = scripted(vec![Answer::Status(500, None), Answer::Status(409, None)]).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("history.jsonl");
+    let history = Arc::new(client::history::HistoryFile::create(&path).expect("history"));
+    let sinks = Sinks {
+        history: Some(history),
+        ..Sinks::default()
+    };
+    let intents = runner::repeat(2, "bianca", "marc", 100, 1);
+    let report = runner::run(&server.url, intents, &options(5), sinks)
+        .await
+        .expect("run");
+    let text = std::fs::read_to_string(&path).expect("read history");
+    let mut lines: Vec<AttemptRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON attempt"))
+        .collect();
+    lines.sort_by_key(|a| (a.intent, a.attempt));
+    assert_eq!(lines, report.attempts);
+    assert_eq!(lines.len(), 4);
+    assert!(lines.iter().all(|a| a.end_us >= a.start_us && a.key.is_some()));
 }
