@@ -8,6 +8,7 @@
 //! - [`payment`], [`money`], [`key`]: parsing and validating what clients send.
 //! - [`error`]: one error type, rendered as RFC 9457 problem+json.
 //! - [`stats`]: request counters and the `/stats` document.
+//! - [`listener`]: bounds open connections and closes idle ones.
 //! - [`bench`]: the durable-commit benchmark behind `payment-service bench`.
 //!
 //! The seam for tests and the binary is [`run`]: give it a bound listener, a
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod key;
+pub mod listener;
 pub mod money;
 pub mod payment;
 pub mod readers;
@@ -118,6 +120,7 @@ pub async fn run(
         shutdown.await;
         let _ = signalled_tx.send(());
     };
+    let listener = listener::LimitedListener::new(listener);
     let server = axum::serve(listener, app).with_graceful_shutdown(signal).into_future();
     let grace = async move {
         if signalled_rx.await.is_ok() {

@@ -6,6 +6,7 @@ mod bad_input;
 mod concurrency;
 mod contract;
 mod crash;
+mod limits;
 
 use std::net::SocketAddr;
 use std::time::Duration;
