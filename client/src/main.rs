@@ -242,7 +242,7 @@ async fn play(
         history,
         ledger,
         progress: !common.json,
-        crash: None,
+        ..Sinks::default()
     };
     let report = runner::run(&common.target, to_send, &options, sinks).await?;
     let reconciliation =

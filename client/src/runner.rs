@@ -115,7 +115,7 @@ pub struct Summary {
 }
 
 pub struct RunReport {
-    /// True when the run was stopped by [`Sinks::crash`]: payments in flight
+    /// True when the run was stopped by a simulated crash: payments in flight
     /// were abandoned mid-attempt, as if the client process had died.
     pub crashed: bool,
     pub results: Vec<IntentResult>,
@@ -133,6 +133,9 @@ pub struct Sinks {
     /// When this turns true, every payment is abandoned at once, mid-attempt,
     /// without recording anything more: a simulated client crash.
     pub crash: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Crash (as with `crash`) as soon as this many payments are confirmed:
+    /// a crash point that does not depend on timing.
+    pub crash_after_confirmed: Option<usize>,
 }
 
 struct Shared {
@@ -145,7 +148,10 @@ struct Shared {
     deadline: Instant,
     next: AtomicUsize,
     finished: AtomicUsize,
+    confirmed: AtomicUsize,
     attempts: AtomicU64,
+    /// Turns true on a simulated crash, from `Sinks::crash` or the confirmed count.
+    crash: tokio::sync::watch::Sender<bool>,
 }
 
 pub fn http_client(options: &Options) -> anyhow::Result<reqwest::Client> {
@@ -179,8 +185,18 @@ pub async fn run(target: &str, intents: Vec<Intent>, options: &Options, sinks: S
         deadline: started + Duration::from_millis(options.deadline_ms),
         next: AtomicUsize::new(0),
         finished: AtomicUsize::new(0),
+        confirmed: AtomicUsize::new(0),
         attempts: AtomicU64::new(0),
+        crash: tokio::sync::watch::channel(false).0,
     });
+    if let Some(mut external) = shared.sinks.crash.clone() {
+        let relay = Arc::clone(&shared);
+        tokio::spawn(async move {
+            if external.wait_for(|crashed| *crashed).await.is_ok() {
+                relay.crash.send_replace(true);
+            }
+        });
+    }
     let done = Arc::new(AtomicBool::new(false));
     let progress = (shared.sinks.progress && std::io::stderr().is_terminal())
         .then(|| tokio::spawn(draw_progress(Arc::clone(&shared), Arc::clone(&done))));
@@ -202,7 +218,7 @@ pub async fn run(target: &str, intents: Vec<Intent>, options: &Options, sinks: S
     if let Some(history) = &shared.sinks.history {
         history.flush().context("cannot write the history file")?;
     }
-    let crashed = shared.sinks.crash.as_ref().is_some_and(|c| *c.borrow());
+    let crashed = *shared.crash.borrow();
     if let Some(ledger) = &shared.sinks.ledger {
         if crashed {
             ledger.abandon_unflushed();
@@ -226,15 +242,22 @@ async fn worker(shared: Arc<Shared>) -> (Vec<IntentResult>, Vec<AttemptRecord>) 
     loop {
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
         let Some(intent) = shared.intents.get(i) else { break };
-        let result = match shared.sinks.crash.clone() {
-            None => pay(&shared, intent, &mut records).await,
-            Some(mut crash) => {
-                tokio::select! {
-                    result = pay(&shared, intent, &mut records) => result,
-                    _ = crash.wait_for(|crashed| *crashed) => break,
-                }
-            }
+        let mut crash = shared.crash.subscribe();
+        if *crash.borrow() {
+            break;
+        }
+        let result = tokio::select! {
+            result = pay(&shared, intent, &mut records) => result,
+            _ = crash.wait_for(|crashed| *crashed) => break,
         };
+        if result.confirmed {
+            let confirmed = shared.confirmed.fetch_add(1, Ordering::Relaxed) + 1;
+            if shared.sinks.crash_after_confirmed == Some(confirmed) {
+                // The crash hits before this payment is recorded as done.
+                shared.crash.send_replace(true);
+                break;
+            }
+        }
         if let Some(ledger) = &shared.sinks.ledger {
             let finish = if result.confirmed {
                 Finish::Confirmed

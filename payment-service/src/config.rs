@@ -56,9 +56,9 @@ pub struct Config {
     /// How long an in-flight key is held for its worker before another
     /// request may take it over. Must exceed the processing delay.
     pub key_lease: Duration,
-    /// Probability in [0, 1] that the process aborts right after a commit, before the answer.
+    /// Probability in [0, 1] that the process kills itself right after a commit, before the answer.
     pub crash_after_commit: f64,
-    /// Probability in [0, 1] that the process aborts right before a commit.
+    /// Probability in [0, 1] that the process kills itself right before a commit.
     pub crash_before_commit: f64,
     pub seed: u64,
     /// Writes waiting for the writer thread; beyond it requests get 503.

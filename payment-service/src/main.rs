@@ -51,10 +51,10 @@ struct ServeArgs {
     /// How long an in-flight key is reserved for its worker before a retry may take it over
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     key_lease: Duration,
-    /// Probability (0..1) that the process aborts right after committing a payment, before answering
+    /// Probability (0..1) that the process kills itself (SIGKILL) right after committing a payment, before answering
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     crash_after_commit: f64,
-    /// Probability (0..1) that the process aborts right before committing a payment
+    /// Probability (0..1) that the process kills itself (SIGKILL) right before committing a payment
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     crash_before_commit: f64,
     /// Seed of the crash-injection dice, so a crashing run can be replayed

@@ -94,7 +94,7 @@ impl Pending {
     }
 }
 
-/// Crash injection for the lessons: aborts the whole process at a commit
+/// Crash injection for the lessons: kills the whole process at a commit
 /// point with a seeded probability, so a run can be replayed.
 struct CrashPoints {
     before_commit: f64,
@@ -121,12 +121,24 @@ impl CrashPoints {
         }
         for _ in 0..executed {
             if rng.random::<f64>() < probability {
-                tracing::error!(point, "crash injected: aborting the process");
-                eprintln!("payment-service: crash injected {point} (--crash-{point} is set); aborting");
-                std::process::abort();
+                tracing::error!(point, "crash injected: killing the process");
+                eprintln!("payment-service: crash injected {point} (--crash-{point} is set); kill -9 self");
+                kill_self();
             }
         }
     }
+}
+
+/// Dies at once, like `kill -9`: no destructor, no flush, no answer. SIGKILL
+/// rather than `abort()`, so desktops with core-dump collection do not store
+/// a core for every injected crash.
+fn kill_self() -> ! {
+    #[cfg(unix)]
+    // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort()
 }
 
 /// Starts the writer thread on an open connection. Returns the queue's sender

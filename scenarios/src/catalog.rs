@@ -108,7 +108,7 @@ pub struct ServiceSpec {
     pub dedup: Dedup,
     pub processing_delay_ms: u64,
     pub require_key: bool,
-    /// Probability that the service aborts right after a commit (runs it as a child process).
+    /// Probability that the service kills itself right after a commit (runs it as a child process).
     pub crash_after_commit: f64,
 }
 
@@ -224,17 +224,18 @@ pub enum Act {
     /// Every payment is sent by `copies` senders at once, with the same key.
     Duplicates { copies: usize },
     /// The service runs as a child process and is restarted on the same
-    /// database whenever it dies. It aborts right after a commit with
+    /// database whenever it dies. It kills itself right after a commit with
     /// probability `crashes / payments` (about `crashes` times a run,
     /// whatever its size), or `service.crash_after_commit` if that is set.
     CrashService {
         #[serde(default)]
         crashes: Option<u32>,
     },
-    /// The proxy is disabled once `after_percent` of the payments are
-    /// confirmed, for `down_ms`, then enabled again.
+    /// The first `after_percent` of the payments are made; then the proxy is
+    /// disabled for `down_ms` while the rest start, then enabled again.
     ProxyOutage { after_percent: u32, down_ms: u64 },
-    /// The client crashes once `after_percent` of the payments are made; with
+    /// The client crashes once `after_percent` of the payments are confirmed
+    /// (before recording the last one as done); with
     /// `resume`, it finishes from its ledger with the same keys, without,
     /// it starts over with new keys.
     ClientCrash { after_percent: u32, resume: bool },

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::catalog::{Dedup, Scenario, Scope, Stream};
 
@@ -293,28 +293,6 @@ async fn expect_ok(response: reqwest::Result<reqwest::Response>, what: &str) -> 
         bail!("cannot {what}: the proxy answered {status}: {body}");
     }
     Ok(serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-/// Waits (bounded) until the service holds at least `count` payments.
-pub async fn wait_for_payments(service_url: &str, count: u64, stop: &watch::Receiver<bool>) -> anyhow::Result<()> {
-    let http = http()?;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(60_000);
-    loop {
-        if *stop.borrow() {
-            return Ok(());
-        }
-        let stats: Value = match http.get(format!("{service_url}/stats")).send().await {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        };
-        if stats["payments"].as_u64().unwrap_or(0) >= count {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("the service never reached {count} payments");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 pub fn scratch_dir(keep: Option<&Path>, name: &str) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {

@@ -17,7 +17,6 @@ use client::reconcile::{self, Reconciliation, Verdict};
 use client::runner::{self, Intent, RunReport, Sinks};
 use client::strategy::{self, Options};
 use serde::Serialize;
-use tokio::sync::watch;
 
 use crate::catalog::{Act, Backoff, ClientSpec, Connection, Key, Retries, Scenario};
 use crate::parts::{self, Proxy, Service};
@@ -114,7 +113,7 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
     let options = options(&s.client, seed);
     let history = Arc::new(HistoryFile::create(&dir.join("history.jsonl")).context("cannot create the history file")?);
 
-    let acted = act(s, &service, &proxy, &intents, &options, &dir, &history).await;
+    let acted = act(s, &proxy, &intents, &options, &dir, &history).await;
     let judged = match acted {
         Ok(acted) => judge(s, &service, &proxy, &intents, &options, acted, payments, started).await,
         Err(e) => Err(e),
@@ -129,7 +128,6 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
 
 async fn act(
     s: &Scenario,
-    service: &Service,
     proxy: &Proxy,
     intents: &[Intent],
     options: &Options,
@@ -161,47 +159,36 @@ async fn act(
             })
         }
         Act::ProxyOutage { after_percent, down_ms } => {
-            let (done_tx, done_rx) = watch::channel(false);
-            let threshold = (intents.len() as u64 * u64::from(*after_percent) / 100).max(1);
-            let outage = async {
-                parts::wait_for_payments(&service.url, threshold, &done_rx).await?;
-                proxy.set_enabled(false).await?;
+            // The first part of the payments goes through; then the network
+            // goes down and the rest start while it is down, so they surely
+            // meet refused connections, and retry until it is back.
+            let split = (intents.len() * *after_percent as usize / 100).min(intents.len());
+            let (before, during) = intents.split_at(split);
+            let first = runner::run(&proxy.url, before.to_vec(), options, sinks()).await?;
+            proxy.set_enabled(false).await?;
+            let back_up = async {
                 tokio::time::sleep(Duration::from_millis(*down_ms)).await;
                 proxy.set_enabled(true).await
             };
-            let run = async {
-                let report = runner::run(&proxy.url, intents.to_vec(), options, sinks()).await;
-                let _ = done_tx.send(true);
-                report
-            };
-            let (report, outage) = tokio::join!(run, outage);
-            outage?;
-            let report = report?;
+            let (second, back_up) = tokio::join!(runner::run(&proxy.url, during.to_vec(), options, sinks()), back_up);
+            back_up?;
+            let second = second?;
+            let judged = first.attempts.iter().chain(&second.attempts).cloned().collect();
             Ok(Acted {
-                judged: report.attempts.clone(),
-                runs: vec![report],
+                runs: vec![first, second],
+                judged,
             })
         }
         Act::ClientCrash { after_percent, resume } => {
             let ledger_path = dir.join("ledger.jsonl");
             let ledger = Arc::new(Ledger::create(&ledger_path, intents)?);
-            let (crash_tx, crash_rx) = watch::channel(false);
-            let threshold = (intents.len() as u64 * u64::from(*after_percent) / 100).max(1);
-            let never = watch::channel(false).1;
-            let crasher = async {
-                parts::wait_for_payments(&service.url, threshold, &never).await?;
-                let _ = crash_tx.send(true);
-                anyhow::Ok(())
-            };
+            let crash_at = (intents.len() * *after_percent as usize / 100).max(1);
             let first_sinks = Sinks {
                 ledger: Some(ledger),
-                crash: Some(crash_rx),
+                crash_after_confirmed: Some(crash_at),
                 ..sinks()
             };
-            let (first, crasher) =
-                tokio::join!(runner::run(&proxy.url, intents.to_vec(), options, first_sinks), crasher);
-            crasher?;
-            let first = first?;
+            let first = runner::run(&proxy.url, intents.to_vec(), options, first_sinks).await?;
             anyhow::ensure!(first.crashed, "the client finished before the planned crash");
             let second = if *resume {
                 let (ledger, all, confirmed) = Ledger::open(&ledger_path)?;

@@ -1,4 +1,4 @@
-//! Crash injection: the real binary as a child process, aborted at a commit
+//! Crash injection: the real binary as a child process, killed at a commit
 //! point, restarted on the same database file.
 
 use std::io::{BufRead, BufReader};
@@ -92,7 +92,14 @@ async fn crash_after_commit_then_restart_the_retry_replays() {
     let mut doomed = start(&db, &["--crash-after-commit", "1"]);
     let lost_ack = doomed.pay("crash-1").await;
     assert!(lost_ack.is_err(), "the process must die before answering: {lost_ack:?}");
-    assert!(!doomed.wait_exit().success(), "aborted, not a clean exit");
+    let status = doomed.wait_exit();
+    assert!(!status.success(), "killed, not a clean exit");
+    #[cfg(unix)]
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "kill -9, no core dump"
+    );
 
     let revived = start(&db, &[]);
     let stats = revived.stats().await;
