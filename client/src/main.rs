@@ -184,7 +184,15 @@ async fn pay(args: PayArgs) -> anyhow::Result<bool> {
         Some(path) => Some(Arc::new(Ledger::create(path, &intents)?)),
         None => None,
     };
-    play(&args.common, options, intents.clone(), intents, ledger).await
+    play(
+        &args.common,
+        options,
+        intents.clone(),
+        intents,
+        ledger,
+        args.ledger.as_deref(),
+    )
+    .await
 }
 
 async fn resume(args: ResumeArgs) -> anyhow::Result<bool> {
@@ -206,7 +214,15 @@ async fn resume(args: ResumeArgs) -> anyhow::Result<bool> {
         confirmed.len(),
         unfinished.len()
     );
-    play(&args.common, options, unfinished, intents, Some(Arc::new(ledger))).await
+    play(
+        &args.common,
+        options,
+        unfinished,
+        intents,
+        Some(Arc::new(ledger)),
+        Some(&args.ledger),
+    )
+    .await
 }
 
 /// Sends `to_send`, then reconciles all of `intents` (the whole ledger on resume).
@@ -216,6 +232,7 @@ async fn play(
     to_send: Vec<Intent>,
     intents: Vec<Intent>,
     ledger: Option<Arc<Ledger>>,
+    ledger_path: Option<&std::path::Path>,
 ) -> anyhow::Result<bool> {
     let resumed = to_send.len() != intents.len();
     let after_id = if resumed {
@@ -238,13 +255,38 @@ async fn play(
             options.seed
         );
     }
+    // Ctrl-C winds the run down: attempts in flight finish, nothing new starts.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nclient: stopping: letting attempts in flight finish (Ctrl-C again to quit at once)");
+            stop_tx.send_replace(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
     let sinks = Sinks {
         history,
         ledger,
         progress: !common.json,
+        stop: Some(stop_rx),
         ..Sinks::default()
     };
+    let to_send_count = to_send.len();
     let report = runner::run(&common.target, to_send, &options, sinks).await?;
+    if report.stopped {
+        let confirmed = report.summary.confirmed as usize;
+        eprintln!(
+            "client: interrupted: {confirmed} confirmed, {} unfinished",
+            to_send_count - confirmed
+        );
+        match ledger_path {
+            Some(path) => eprintln!("client: finish them with: client resume --ledger {}", path.display()),
+            None => eprintln!("client: without --ledger the unfinished payments cannot be resumed with their keys"),
+        }
+        return Ok(false);
+    }
     let reconciliation =
         reconcile::reconcile(&common.service, after_id, &intents, &report.attempts, options.key).await?;
     if common.json {

@@ -115,6 +115,8 @@ pub struct Summary {
 }
 
 pub struct RunReport {
+    /// True when the run was wound down by [`Sinks::stop`].
+    pub stopped: bool,
     /// True when the run was stopped by a simulated crash: payments in flight
     /// were abandoned mid-attempt, as if the client process had died.
     pub crashed: bool,
@@ -133,6 +135,10 @@ pub struct Sinks {
     /// When this turns true, every payment is abandoned at once, mid-attempt,
     /// without recording anything more: a simulated client crash.
     pub crash: Option<tokio::sync::watch::Receiver<bool>>,
+    /// When this turns true the run winds down cleanly (Ctrl-C): no new
+    /// payment starts, no retry is made, attempts in flight finish, and the
+    /// ledger and history are flushed. Unfinished payments count as given up.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
     /// Crash (as with `crash`) as soon as this many payments are confirmed:
     /// a crash point that does not depend on timing.
     pub crash_after_confirmed: Option<usize>,
@@ -229,12 +235,18 @@ pub async fn run(target: &str, intents: Vec<Intent>, options: &Options, sinks: S
     results.sort_by_key(|r| r.index);
     attempts.sort_by_key(|a| (a.intent, a.attempt));
     let summary = summarize(&results, &attempts, started.elapsed());
+    let stopped = stopping(&shared);
     Ok(RunReport {
+        stopped,
         crashed,
         results,
         attempts,
         summary,
     })
+}
+
+fn stopping(shared: &Shared) -> bool {
+    shared.sinks.stop.as_ref().is_some_and(|stop| *stop.borrow())
 }
 
 async fn worker(shared: Arc<Shared>) -> (Vec<IntentResult>, Vec<AttemptRecord>) {
@@ -243,7 +255,7 @@ async fn worker(shared: Arc<Shared>) -> (Vec<IntentResult>, Vec<AttemptRecord>) 
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
         let Some(intent) = shared.intents.get(i) else { break };
         let mut crash = shared.crash.subscribe();
-        if *crash.borrow() {
+        if *crash.borrow() || stopping(&shared) {
             break;
         }
         let result = tokio::select! {
@@ -327,7 +339,7 @@ async fn pay(shared: &Shared, intent: &Intent, records: &mut Vec<AttemptRecord>)
             }
             Next::Retry { retry_after } => retry_after,
         };
-        if !options.retries.allows(attempt - 1) {
+        if !options.retries.allows(attempt - 1) || stopping(shared) {
             return IntentResult {
                 index: intent.index,
                 confirmed: false,

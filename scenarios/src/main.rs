@@ -162,7 +162,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
     }
 }
 
+/// Plays the scenarios; Ctrl-C stops after tearing down what is running
+/// (children killed, temporary databases removed).
 async fn play_all(args: &PlayArgs, chosen: Vec<Scenario>, replay: &str) -> anyhow::Result<bool> {
+    tokio::select! {
+        result = play_each(args, chosen, replay) => result,
+        interrupted = tokio::signal::ctrl_c() => {
+            interrupted?;
+            eprintln!("\nscenarios: interrupted; nothing was kept (use --keep DIR to keep databases)");
+            Ok(false)
+        }
+    }
+}
+
+async fn play_each(args: &PlayArgs, chosen: Vec<Scenario>, replay: &str) -> anyhow::Result<bool> {
     if !(1..=PAYMENTS_MAX).contains(&args.payments) {
         bail!("--payments must be between 1 and {PAYMENTS_MAX}");
     }

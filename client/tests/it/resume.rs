@@ -141,3 +141,85 @@ async fn expect_sets_the_exit_status() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("expected PAID TOO MUCH, got EXACTLY ONCE"), "{stderr}");
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn ctrl_c_winds_down_flushes_the_ledger_and_resume_finishes() {
+    let service = spawn_service(|c| c.processing_delay = Duration::from_millis(20)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = dir.path().join("ledger.jsonl");
+    let client = env!("CARGO_BIN_EXE_client");
+    let child = Command::new(client)
+        .args([
+            "pay",
+            "--count",
+            "200",
+            "--seed",
+            "78",
+            "--json",
+            "--target",
+            &service.url,
+            "--service",
+            &service.url,
+        ])
+        .arg("--ledger")
+        .arg(&ledger)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    let mut child = KillOnDrop(child);
+    let deadline = Instant::now() + WAIT;
+    while stats(&service).await["payments"].as_u64().unwrap_or(0) < 5 {
+        assert!(Instant::now() < deadline, "the client never got going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.0.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(interrupted.success());
+    let mut stderr = child.0.stderr.take().expect("stderr");
+    let status = tokio::task::spawn_blocking(move || child.0.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut text).expect("read stderr");
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("interrupted") && text.contains("client resume --ledger"),
+        "{text}"
+    );
+    let done = std::fs::read_to_string(&ledger)
+        .expect("ledger")
+        .lines()
+        .filter(|l| l.contains("\"done\""))
+        .count();
+    let paid = stats(&service).await["payments"].as_u64().unwrap_or(0) as usize;
+    assert_eq!(done, paid, "every payment made was recorded as done before exiting");
+    assert!(paid < 200, "it stopped early ({paid} paid)");
+
+    let mut resume = Command::new(client);
+    resume
+        .args([
+            "resume",
+            "--json",
+            "--expect",
+            "exactly-once",
+            "--concurrency",
+            "16",
+            "--target",
+            &service.url,
+            "--service",
+            &service.url,
+        ])
+        .arg("--ledger")
+        .arg(&ledger);
+    let output = tokio::task::spawn_blocking(move || resume.output())
+        .await
+        .expect("join")
+        .expect("resume");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stats(&service).await["payments"], 200);
+}
