@@ -149,7 +149,15 @@ async fn populate(State(state): State<AppState>, body: Result<Bytes, BytesReject
         Err(error) => Err(PopulateError { error, proxies: None }),
     };
     match result {
-        Ok(proxies) => json(StatusCode::CREATED, &serde_json::json!({ "proxies": proxies })),
+        Ok(proxies) => {
+            // A struct, not `json!`: a `Value` map would sort each proxy's
+            // keys, unlike every other proxy object this API returns.
+            #[derive(Serialize)]
+            struct Body {
+                proxies: Vec<crate::state::ProxyView>,
+            }
+            json(StatusCode::CREATED, &Body { proxies })
+        }
         Err(PopulateError { error, proxies }) => {
             // populate's errors are JSON (not text/plain) and carry `proxies`.
             #[derive(Serialize)]

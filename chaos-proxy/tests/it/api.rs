@@ -476,3 +476,80 @@ async fn create_with_toxics() {
     assert_eq!(p.call("GET", "/proxies/b", None).await.status, 404);
     p.shutdown().await;
 }
+
+/// `/populate` answers with proxy and toxic objects in toxiproxy's key order,
+/// byte for byte like every other route (it once went through a sorted map).
+#[tokio::test]
+async fn populate_body_keeps_toxiproxy_key_order() {
+    let p = spawn_proxy().await;
+    let body = r#"[{"name":"a","upstream":"127.0.0.1:1","listen":"127.0.0.1:0","enabled":false,
+                    "toxics":[{"type":"latency","attributes":{"latency":5}}]}]"#;
+    let r = p.call("POST", "/populate", Some(body)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        r.body,
+        concat!(
+            r#"{"proxies":[{"name":"a","listen":"127.0.0.1:0","upstream":"127.0.0.1:1","enabled":false,"toxics":["#,
+            r#"{"attributes":{"latency":5,"jitter":0},"name":"latency_downstream","type":"latency","stream":"downstream","toxicity":1}]}]}"#
+        )
+    );
+    // The same proxy object as GET /proxies/{p} returns.
+    let single = p.call("GET", "/proxies/a", None).await.body;
+    assert_eq!(r.body, format!(r#"{{"proxies":[{single}]}}"#));
+    p.shutdown().await;
+}
+
+/// The exact bodies toxiproxy's Go client and toxiproxy-cli send: `toxics:null`
+/// on create and populate, `name:""` and no `stream` on toxic add, and
+/// `attributes:null` on an update that keeps the toxicity (`-1`).
+#[tokio::test]
+async fn go_client_request_shapes() {
+    let p = spawn_proxy().await;
+    let r = p
+        .call(
+            "POST",
+            "/proxies",
+            Some(r#"{"name":"cli","listen":"127.0.0.1:0","upstream":"127.0.0.1:9","enabled":true,"toxics":null}"#),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["toxics"], json!([]));
+    let add =
+        r#"{"name":"","type":"latency","stream":"upstream","toxicity":1,"attributes":{"jitter":5,"latency":100}}"#;
+    let r = p.call("POST", "/proxies/cli/toxics", Some(add)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["name"], "latency_upstream");
+    let add = r#"{"name":"rp","type":"reset_peer","toxicity":0.5,"attributes":null}"#;
+    let r = p.call("POST", "/proxies/cli/toxics", Some(add)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body,
+        r#"{"attributes":{"timeout":0},"name":"rp","type":"reset_peer","stream":"downstream","toxicity":0.5}"#
+    );
+    let r = p
+        .call("PATCH", "/proxies/cli/toxics/rp", Some(r#"{"attributes":null}"#))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["toxicity"], 0.5);
+    let r = p
+        .call(
+            "PATCH",
+            "/proxies/cli/toxics/rp",
+            Some(r#"{"attributes":{},"toxicity":0.25}"#),
+        )
+        .await;
+    assert_eq!(
+        (r.json()["toxicity"].clone(), r.json()["attributes"].clone()),
+        (json!(0.25), json!({"timeout":0}))
+    );
+    let r = p
+        .call(
+            "POST",
+            "/populate",
+            Some(r#"[{"name":"pop","listen":"127.0.0.1:0","upstream":"127.0.0.1:9","enabled":true,"toxics":null}]"#),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["proxies"][0]["toxics"], json!([]));
+    p.shutdown().await;
+}
