@@ -6,6 +6,39 @@ use std::time::{Duration, Instant};
 
 use crate::{WAIT, spawn_service, stats};
 
+/// Starts `client pay` against `url` with a ledger, stdout discarded.
+fn spawn_pay(client: &str, url: &str, ledger: &std::path::Path, count: &str, seed: &str, stderr: Stdio) -> KillOnDrop {
+    let child = Command::new(client)
+        .args([
+            "pay",
+            "--count",
+            count,
+            "--seed",
+            seed,
+            "--json",
+            "--target",
+            url,
+            "--service",
+            url,
+        ])
+        .arg("--ledger")
+        .arg(ledger)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn client");
+    KillOnDrop(child)
+}
+
+/// Waits (bounded) until the service holds `count` payments.
+async fn wait_for_payments(service: &crate::Service, count: u64) {
+    let deadline = Instant::now() + WAIT;
+    while stats(service).await["payments"].as_u64().unwrap_or(0) < count {
+        assert!(Instant::now() < deadline, "the client never got going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A failing assertion must not leave a client process running.
 struct KillOnDrop(std::process::Child);
 
@@ -23,32 +56,8 @@ async fn resume_after_a_client_crash_finishes_with_the_same_keys() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = dir.path().join("ledger.jsonl");
     let client = env!("CARGO_BIN_EXE_client");
-    let mut doomed = KillOnDrop(
-        Command::new(client)
-            .args([
-                "pay",
-                "--count",
-                "60",
-                "--seed",
-                "77",
-                "--json",
-                "--target",
-                &service.url,
-                "--service",
-                &service.url,
-            ])
-            .arg("--ledger")
-            .arg(&ledger)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn client"),
-    );
-    let deadline = Instant::now() + WAIT;
-    while stats(&service).await["payments"].as_u64().unwrap_or(0) < 10 {
-        assert!(Instant::now() < deadline, "the client never got going");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut doomed = spawn_pay(client, &service.url, &ledger, "60", "77", Stdio::null());
+    wait_for_payments(&service, 10).await;
     doomed.0.kill().expect("kill the client"); // SIGKILL: no cleanup, no flush
     doomed.0.wait().expect("reap");
     let paid_before = stats(&service).await["payments"].as_u64().unwrap_or(0);
@@ -149,31 +158,8 @@ async fn ctrl_c_winds_down_flushes_the_ledger_and_resume_finishes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = dir.path().join("ledger.jsonl");
     let client = env!("CARGO_BIN_EXE_client");
-    let child = Command::new(client)
-        .args([
-            "pay",
-            "--count",
-            "200",
-            "--seed",
-            "78",
-            "--json",
-            "--target",
-            &service.url,
-            "--service",
-            &service.url,
-        ])
-        .arg("--ledger")
-        .arg(&ledger)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn client");
-    let mut child = KillOnDrop(child);
-    let deadline = Instant::now() + WAIT;
-    while stats(&service).await["payments"].as_u64().unwrap_or(0) < 5 {
-        assert!(Instant::now() < deadline, "the client never got going");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut child = spawn_pay(client, &service.url, &ledger, "200", "78", Stdio::piped());
+    wait_for_payments(&service, 5).await;
     let interrupted = Command::new("kill")
         .args(["-INT", &child.0.id().to_string()])
         .status()
