@@ -285,8 +285,9 @@ async fn create_payment(
 ) -> Response {
     let counters = &state.0.counters;
     Counters::bump(&counters.received);
-    let key_for_errors = key::from_headers(&headers).ok().flatten();
-    match create(&state, &headers, body).await {
+    let key = key::from_headers(&headers);
+    let key_for_errors = key.as_ref().ok().cloned().flatten();
+    match create(&state, &headers, key, body).await {
         Ok(response) => response,
         Err(error) => {
             let counter = match error.problem.status() {
@@ -305,6 +306,7 @@ async fn create_payment(
 async fn create(
     state: &AppState,
     headers: &HeaderMap,
+    key: Result<Option<String>, key::KeyError>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     check_content_type(headers)?;
@@ -321,7 +323,7 @@ async fn create(
             )
         }
     })?;
-    let key = key::from_headers(headers).map_err(|e| ApiError::new(Problem::IdempotencyKeyInvalid, e.0))?;
+    let key = key.map_err(|e| ApiError::new(Problem::IdempotencyKeyInvalid, e.0))?;
     let request = PaymentRequest::from_json(&body)?;
     if key.is_none() && state.0.config.require_key {
         return Err(ApiError::new(
@@ -368,95 +370,67 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 async fn process(state: &AppState, request: PaymentRequest, key: Option<String>) -> Result<Outcome, ApiError> {
     let config = &state.0.config;
     let delay = config.processing_delay;
-    let Some(key) = key else {
-        sleep(delay).await;
-        return submit(state, |reply| Op::Insert {
-            request,
-            key: None,
-            reply,
-        })
-        .await;
-    };
-    match config.dedup {
-        DedupMode::Off => {
-            sleep(delay).await;
-            submit(state, |reply| Op::Insert {
-                request,
-                key: Some(key),
-                reply,
-            })
-            .await
+    let key = match (key, config.dedup) {
+        (Some(key), DedupMode::Unique) if delay.is_zero() => {
+            return submit(state, |reply| Op::PayKeyed { request, key, reply }).await;
         }
-        DedupMode::CheckThenInsert => {
-            // Deliberately racy: the check and the insert are separate steps,
-            // and nothing stops a concurrent duplicate between them.
-            let lookup_key = key.clone();
-            if let Some(payment) = state
-                .0
-                .readers
-                .read(move |c| store::first_payment_with_key(c, &lookup_key))
-                .await?
+        (Some(key), DedupMode::Unique) => key,
+        (key, dedup) => {
+            // Keyless requests, `off` and `check-then-insert` all end in a
+            // plain insert. The check is deliberately racy: nothing stops a
+            // concurrent duplicate between it and the insert.
+            if dedup == DedupMode::CheckThenInsert
+                && let Some(lookup_key) = key.clone()
+                && let Some(payment) = state
+                    .0
+                    .readers
+                    .read(move |c| store::first_payment_with_key(c, &lookup_key))
+                    .await?
             {
-                return Ok(if payment.matches(&request) {
-                    Outcome::Replayed {
-                        status: 201,
-                        body: payment.to_json(),
-                        payment_id: Some(payment.id),
-                        from_ledger: true,
-                    }
-                } else {
-                    Outcome::Mismatch
-                });
+                return Ok(store::answer_from_ledger(&payment, &request));
             }
             sleep(delay).await;
-            submit(state, |reply| Op::Insert {
-                request,
-                key: Some(key),
-                reply,
-            })
-            .await
+            return submit(state, |reply| Op::Insert { request, key, reply }).await;
         }
-        DedupMode::Unique if delay.is_zero() => submit(state, |reply| Op::PayKeyed { request, key, reply }).await,
-        DedupMode::Unique => {
-            let token = state.0.next_token.fetch_add(1, Ordering::Relaxed);
-            let claimed = submit(state, |reply| Op::Claim {
-                request: request.clone(),
-                key: key.clone(),
-                token,
-                reply,
-            })
-            .await?;
-            let Outcome::Claimed { takeover } = claimed else {
-                return Ok(claimed);
-            };
-            if takeover {
-                Counters::bump(&state.0.counters.lease_takeovers);
-                tracing::info!(key = %key, "lease of a dead worker taken over");
-            }
-            sleep(delay).await;
-            // The key is leased to us: wait for queue space rather than give
-            // up, or the key would stay blocked until the lease runs out.
-            let (tx, rx) = oneshot::channel();
-            let op = Op::Complete {
-                request,
-                key,
-                token,
-                reply: tx,
-            };
-            state
-                .0
-                .writer
-                .send_timeout(op, Duration::from_millis(WRITE_WAIT_MS_MAX))
-                .await
-                .map_err(|_| {
-                    ApiError::new(
-                        Problem::TemporarilyUnavailable,
-                        "the write queue stayed full; retry with the same key",
-                    )
-                })?;
-            await_reply(rx).await
-        }
+    };
+    // `unique` with a processing delay: claim the key, work, then complete.
+    let token = state.0.next_token.fetch_add(1, Ordering::Relaxed);
+    let claimed = submit(state, |reply| Op::Claim {
+        request: request.clone(),
+        key: key.clone(),
+        token,
+        reply,
+    })
+    .await?;
+    let Outcome::Claimed { takeover } = claimed else {
+        return Ok(claimed);
+    };
+    if takeover {
+        Counters::bump(&state.0.counters.lease_takeovers);
+        tracing::info!(key = %key, "lease of a dead worker taken over");
     }
+    sleep(delay).await;
+    // The key is leased to us: wait for queue space rather than give
+    // up, or the key would stay blocked until the lease runs out.
+    let (tx, rx) = oneshot::channel();
+    let op = Op::Complete {
+        request,
+        key,
+        token,
+        reply: tx,
+    };
+    state
+        .0
+        .writer
+        .send_timeout(op, Duration::from_millis(WRITE_WAIT_MS_MAX))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                Problem::TemporarilyUnavailable,
+                "the write queue stayed full; retry with the same key",
+            )
+        })?;
+    await_reply(rx).await
 }
 
 async fn sleep(delay: Duration) {

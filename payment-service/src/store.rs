@@ -195,19 +195,25 @@ fn decide(
     // No live stored response: the ledger itself is the authority. The key
     // stays on the payment forever, so a late retry is still recognised.
     if let Some(payment) = first_payment_with_key(conn, key)? {
-        let outcome = if payment.matches(request) {
-            Outcome::Replayed {
-                status: 201,
-                body: payment.to_json(),
-                payment_id: Some(payment.id),
-                from_ledger: true,
-            }
-        } else {
-            Outcome::Mismatch
-        };
-        return Ok(Decision::Done(outcome));
+        return Ok(Decision::Done(answer_from_ledger(&payment, request)));
     }
     Ok(Decision::Proceed { takeover })
+}
+
+/// The answer to a request whose key already has `payment` in the ledger: the
+/// first answer rebuilt from the row (byte-identical, rendering is
+/// deterministic), or a mismatch if the request differs.
+pub fn answer_from_ledger(payment: &Payment, request: &PaymentRequest) -> Outcome {
+    if payment.matches(request) {
+        Outcome::Replayed {
+            status: 201,
+            body: payment.to_json(),
+            payment_id: Some(payment.id),
+            from_ledger: true,
+        }
+    } else {
+        Outcome::Mismatch
+    }
 }
 
 /// Claims and executes in one step: the path for `--dedup unique` without a
