@@ -53,7 +53,8 @@ impl std::fmt::Display for Retries {
 }
 
 /// How long to wait before a retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Backoff {
     /// Uniform in [0, min(cap, base × 2^retry)] (AWS "full jitter"): spreads retries out.
     FullJitter,
@@ -62,7 +63,8 @@ pub enum Backoff {
 }
 
 /// Whether attempts share TCP connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ConnectionMode {
     /// A new TCP connection per attempt, so per-connection faults hit each attempt.
     Fresh,

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// How the service treats idempotency keys: the lesson knob.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DedupMode {
     /// A unique key on every payment: correct under any concurrency.
+    #[default]
     Unique,
     /// Look the key up, then insert in a separate step: right for sequential
     /// retries, wrong for concurrent duplicates.

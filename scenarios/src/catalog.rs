@@ -8,6 +8,8 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use client::reconcile::Verdict;
+use client::strategy::{Backoff, ConnectionMode, KeyStrategy};
+use payment_service::DedupMode;
 use serde::Deserialize;
 
 /// The built-in catalog, in the binary so the runner works from any directory.
@@ -93,19 +95,10 @@ pub struct Scenario {
     pub checks: Checks,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Dedup {
-    #[default]
-    Unique,
-    CheckThenInsert,
-    Off,
-}
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceSpec {
-    pub dedup: Dedup,
+    pub dedup: DedupMode,
     pub processing_delay_ms: u64,
     pub require_key: bool,
     /// Probability that the service kills itself right after a commit (runs it as a child process).
@@ -153,28 +146,6 @@ fn one() -> f32 {
     1.0
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Key {
-    PerPayment,
-    PerAttempt,
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Backoff {
-    FullJitter,
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Connection {
-    Fresh,
-    Reuse,
-}
-
 /// `retries = 3` or `retries = "unlimited"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -186,14 +157,14 @@ pub enum Retries {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientSpec {
-    pub key: Key,
+    pub key: KeyStrategy,
     pub retries: Retries,
     pub backoff: Backoff,
     pub backoff_base_ms: u64,
     pub backoff_cap_ms: u64,
     pub attempt_timeout_ms: u64,
     pub concurrency: usize,
-    pub connection: Connection,
+    pub connection: ConnectionMode,
     /// Each payment's amount, e.g. "1.00".
     pub amount: String,
 }
@@ -201,14 +172,14 @@ pub struct ClientSpec {
 impl Default for ClientSpec {
     fn default() -> ClientSpec {
         ClientSpec {
-            key: Key::PerPayment,
+            key: KeyStrategy::PerPayment,
             retries: Retries::Word("unlimited".into()),
             backoff: Backoff::FullJitter,
             backoff_base_ms: 1,
             backoff_cap_ms: 50,
             attempt_timeout_ms: 2_000,
             concurrency: 16,
-            connection: Connection::Fresh,
+            connection: ConnectionMode::Fresh,
             amount: "1.00".into(),
         }
     }

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::catalog::{Dedup, Scenario, Scope, Stream};
+use crate::catalog::{Scenario, Scope, Stream};
 
 /// Bound on every wait for a piece to start, answer or stop.
 pub const STEP_TIMEOUT_MS: u64 = 10_000;
@@ -42,11 +42,7 @@ pub struct Service {
 
 fn config(s: &Scenario, db: &Path) -> payment_service::Config {
     let mut c = payment_service::Config::new(db);
-    c.dedup = match s.service.dedup {
-        Dedup::Unique => payment_service::DedupMode::Unique,
-        Dedup::CheckThenInsert => payment_service::DedupMode::CheckThenInsert,
-        Dedup::Off => payment_service::DedupMode::Off,
-    };
+    c.dedup = s.service.dedup;
     c.require_key = s.service.require_key;
     c.processing_delay = Duration::from_millis(s.service.processing_delay_ms);
     c
@@ -54,11 +50,6 @@ fn config(s: &Scenario, db: &Path) -> payment_service::Config {
 
 /// The child-process flags equivalent to [`config`].
 fn child_args(s: &Scenario, db: &Path, listen: SocketAddr, seed: u64, crash_p: f64) -> Vec<String> {
-    let dedup = match s.service.dedup {
-        Dedup::Unique => "unique",
-        Dedup::CheckThenInsert => "check-then-insert",
-        Dedup::Off => "off",
-    };
     let mut args = vec![
         "__serve-payment".to_owned(),
         "--listen".into(),
@@ -66,7 +57,7 @@ fn child_args(s: &Scenario, db: &Path, listen: SocketAddr, seed: u64, crash_p: f
         "--db".into(),
         db.display().to_string(),
         "--dedup".into(),
-        dedup.into(),
+        s.service.dedup.as_str().into(),
         "--processing-delay-ms".into(),
         s.service.processing_delay_ms.to_string(),
         "--crash-after-commit".into(),

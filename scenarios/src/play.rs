@@ -18,7 +18,7 @@ use client::runner::{self, Intent, RunReport, Sinks};
 use client::strategy::{self, Options};
 use serde::Serialize;
 
-use crate::catalog::{Act, Backoff, ClientSpec, Connection, Key, Retries, Scenario};
+use crate::catalog::{Act, ClientSpec, Retries, Scenario};
 use crate::parts::{self, Proxy, Service};
 
 pub struct Settings {
@@ -59,28 +59,18 @@ pub fn scenario_seed(seed: u64, name: &str) -> u64 {
 
 fn options(spec: &ClientSpec, seed: u64) -> Options {
     let mut o = Options::new(seed);
-    o.key = match spec.key {
-        Key::PerPayment => strategy::KeyStrategy::PerPayment,
-        Key::PerAttempt => strategy::KeyStrategy::PerAttempt,
-        Key::None => strategy::KeyStrategy::None,
-    };
+    o.key = spec.key;
     o.retries = match spec.retries {
         Retries::Count(n) => strategy::Retries::Limited(n),
         Retries::Word(_) => strategy::Retries::Unlimited,
     };
-    o.backoff = match spec.backoff {
-        Backoff::FullJitter => strategy::Backoff::FullJitter,
-        Backoff::None => strategy::Backoff::None,
-    };
+    o.backoff = spec.backoff;
     o.backoff_base_ms = spec.backoff_base_ms;
     o.backoff_cap_ms = spec.backoff_cap_ms;
     o.attempt_timeout_ms = spec.attempt_timeout_ms;
     o.deadline_ms = 120_000;
     o.concurrency = spec.concurrency;
-    o.connection = match spec.connection {
-        Connection::Fresh => strategy::ConnectionMode::Fresh,
-        Connection::Reuse => strategy::ConnectionMode::Reuse,
-    };
+    o.connection = spec.connection;
     o
 }
 
@@ -295,7 +285,7 @@ async fn judge(
         ));
     }
     for (name, holds) in stats["invariants"].as_object().into_iter().flatten() {
-        let must_hold = name != "one_payment_per_key" || s.service.dedup == crate::catalog::Dedup::Unique;
+        let must_hold = name != "one_payment_per_key" || s.service.dedup == payment_service::DedupMode::Unique;
         if must_hold && holds != true {
             problems.push(format!("service invariant {name} does not hold"));
         }
