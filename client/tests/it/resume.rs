@@ -30,6 +30,30 @@ fn spawn_pay(client: &str, url: &str, ledger: &std::path::Path, count: &str, see
     KillOnDrop(child)
 }
 
+/// Runs `client resume --json --expect exactly-once` on `ledger` with `extra`
+/// flags, off the test's runtime (the service runs on it).
+async fn resume(client: &str, url: &str, ledger: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut command = Command::new(client);
+    command
+        .args([
+            "resume",
+            "--json",
+            "--expect",
+            "exactly-once",
+            "--target",
+            url,
+            "--service",
+            url,
+        ])
+        .args(extra)
+        .arg("--ledger")
+        .arg(ledger);
+    tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run resume")
+}
+
 /// Waits (bounded) until the service holds `count` payments.
 async fn wait_for_payments(service: &crate::Service, count: u64) {
     let deadline = Instant::now() + WAIT;
@@ -63,25 +87,7 @@ async fn resume_after_a_client_crash_finishes_with_the_same_keys() {
     let paid_before = stats(&service).await["payments"].as_u64().unwrap_or(0);
     assert!(paid_before < 60, "killed mid-run ({paid_before} paid)");
 
-    // The service runs on this test's runtime: wait for the child off it.
-    let mut resume = Command::new(client);
-    resume
-        .args([
-            "resume",
-            "--json",
-            "--expect",
-            "exactly-once",
-            "--target",
-            &service.url,
-            "--service",
-            &service.url,
-        ])
-        .arg("--ledger")
-        .arg(&ledger);
-    let output = tokio::task::spawn_blocking(move || resume.output())
-        .await
-        .expect("join")
-        .expect("run resume");
+    let output = resume(client, &service.url, &ledger, &[]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -186,26 +192,7 @@ async fn ctrl_c_winds_down_flushes_the_ledger_and_resume_finishes() {
     assert_eq!(done, paid, "every payment made was recorded as done before exiting");
     assert!(paid < 200, "it stopped early ({paid} paid)");
 
-    let mut resume = Command::new(client);
-    resume
-        .args([
-            "resume",
-            "--json",
-            "--expect",
-            "exactly-once",
-            "--concurrency",
-            "16",
-            "--target",
-            &service.url,
-            "--service",
-            &service.url,
-        ])
-        .arg("--ledger")
-        .arg(&ledger);
-    let output = tokio::task::spawn_blocking(move || resume.output())
-        .await
-        .expect("join")
-        .expect("resume");
+    let output = resume(client, &service.url, &ledger, &["--concurrency", "16"]).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(stats(&service).await["payments"], 200);
 }
