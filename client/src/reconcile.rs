@@ -203,14 +203,15 @@ pub async fn reconcile(
     }
     // A key missing from the window may have been paid before it (a re-run
     // with the same seed, or a resumed ledger): ask for those keys one by one.
+    // Keys per intent, built once: scanning `owner` per missing intent would
+    // be quadratic on a re-run where every key is outside the window.
+    let mut keys_of: HashMap<usize, Vec<&str>> = HashMap::new();
+    for (key, intent) in &owner {
+        keys_of.entry(*intent).or_default().push(key);
+    }
     let missing: Vec<&Intent> = intents.iter().filter(|i| !found.contains_key(&i.index)).collect();
     for intent in missing.into_iter().take(KEY_LOOKUPS_MAX) {
-        let keys: Vec<&str> = owner
-            .iter()
-            .filter(|(_, i)| **i == intent.index)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in keys {
+        for key in keys_of.get(&intent.index).into_iter().flatten() {
             let url = format!("{service}/payments?key={}", encode(key));
             let page: Page = get_json(&client, &url).await?;
             if !page.payments.is_empty() {
