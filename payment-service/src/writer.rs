@@ -203,7 +203,8 @@ impl Writer {
     fn commit_batch(&mut self, batch: &mut Vec<Op>) {
         let now_ms = clock::now_ms();
         let mut pending = Vec::with_capacity(batch.len());
-        let result = (|| -> rusqlite::Result<()> {
+        // The number of payments this batch executes, once it has run.
+        let result = (|| -> rusqlite::Result<usize> {
             let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for op in batch.drain(..) {
                 let sp = tx.savepoint()?;
@@ -224,12 +225,11 @@ impl Writer {
                 executed,
                 "before-commit",
             );
-            tx.commit()
+            tx.commit().map(|()| executed)
         })();
         batch.clear();
         match result {
-            Ok(()) => {
-                let executed = pending.iter().filter(|p| p.executed()).count();
+            Ok(executed) => {
                 CrashPoints::maybe_crash(
                     &mut self.crash.after_rng,
                     self.crash.after_commit,
