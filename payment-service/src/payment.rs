@@ -184,10 +184,6 @@ impl Payment {
         // Serializing plain strings and integers cannot fail.
         serde_json::to_string(&json).unwrap_or_default()
     }
-
-    pub fn to_value(&self) -> serde_json::Value {
-        serde_json::from_str(&self.to_json()).unwrap_or_default()
-    }
 }
 
 #[cfg(test)]
