@@ -1,0 +1,16 @@
+//! eo-core: what the exactly-once crates share, written once.
+//!
+//! - [`money`]: amounts as integer minor units; the one decimal parser and its limits.
+//! - [`wire`]: the payment service's HTTP documents (payment, page, lookup, stats, problem).
+//! - [`seed`]: SplitMix64 and FNV-1a, to derive independent seeds from one.
+//! - [`serve`]: a bounded HTTP/1.1 server for an axum router (connection cap, header-read,
+//!   body-read and idle deadlines, graceful drain).
+//! - [`shutdown`]: the Ctrl-C / SIGTERM future every binary stops on.
+//! - [`logging`]: `RUST_LOG`-driven tracing on stderr, colour only on a terminal.
+
+pub mod logging;
+pub mod money;
+pub mod seed;
+pub mod serve;
+pub mod shutdown;
+pub mod wire;

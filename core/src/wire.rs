@@ -1,0 +1,139 @@
+//! The payment service's HTTP documents, typed once for the service that
+//! renders them and the client and judge that read them. A reader that meets a
+//! document without a field it needs gets an error, never a default: a judge
+//! must not turn a missing number into 0.
+
+use serde::{Deserialize, Serialize};
+
+/// The IETF draft's header (`Idempotency-Key: "abc"` or a bare token).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The original workshop's header name.
+pub const PAYMENT_IDEMPOTENCE_KEY: &str = "payment-idempotence-key";
+/// `true` on an answer replayed from a stored one, `false` on a first answer.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// The longest key accepted, in bytes: long enough for a UUID plus an item id,
+/// short enough that an index of keys stays small.
+pub const KEY_BYTES_MAX: usize = 255;
+/// Keys in one `POST /payments/lookup`: a page of keys per request keeps a
+/// 1,000,000-payment reconciliation at about 1,000 requests.
+pub const LOOKUP_KEYS_MAX: usize = 1000;
+/// Rows in one page of `GET /payments` or `POST /payments/lookup`: bounds the
+/// answer (about 200 KB) and the time a reader connection is held.
+pub const PAGE_ROWS_MAX: usize = 1000;
+
+/// One payment, as `GET /payments/{id}` and the first answer render it. Field
+/// order is fixed: the same row always renders to the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    pub id: i64,
+    pub src: String,
+    pub dest: String,
+    /// Two decimals, e.g. `"12.50"`.
+    pub amount: String,
+    pub amount_minor: i64,
+    pub idempotency_key: Option<String>,
+    /// RFC 3339 with milliseconds, UTC.
+    pub created_at: String,
+}
+
+/// A page of payments: `GET /payments?after_id=N&limit=M`, `GET /payments?key=K`
+/// and `POST /payments/lookup`. `next_after_id` is set when the page is full
+/// and more rows may follow: pass it back as `after_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentPage {
+    pub payments: Vec<Payment>,
+    pub next_after_id: Option<i64>,
+}
+
+/// `POST /payments/lookup`: the payments made under any of `keys` (at most
+/// [`LOOKUP_KEYS_MAX`]), with id above `after_id`, by id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupRequest {
+    pub keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_id: Option<i64>,
+}
+
+/// What the database proves, computed by SQL: the invariants of `/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invariants {
+    /// No idempotency key has more than one payment.
+    pub one_payment_per_key: bool,
+    /// Money only moves between accounts: all balances sum to zero.
+    pub balances_conserved: bool,
+    /// Every balance equals its credits minus debits in the payments table.
+    pub balances_match_ledger: bool,
+}
+
+/// The fields of `GET /stats` a judge reads. The service sends more (request
+/// counters); they are traffic, not proof, and are not needed to judge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerStats {
+    pub payments: i64,
+    pub last_payment_id: i64,
+    /// Two decimals; may exceed what an `i64` of minor units holds.
+    pub total_amount: String,
+    pub total_amount_minor: i128,
+    pub keyed_payments: i64,
+    pub keyless_payments: i64,
+    pub distinct_keys: i64,
+    pub duplicate_keys: i64,
+    pub dedup: String,
+    pub invariants: Invariants,
+}
+
+/// An RFC 9457 problem document (`application/problem+json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `/problems/<slug>`; `GET` it for what it means and what to do.
+    pub r#type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_field_is_an_error_not_zero() {
+        let partial = r#"{"payments": 3, "last_payment_id": 3}"#;
+        assert!(serde_json::from_str::<LedgerStats>(partial).is_err());
+    }
+
+    #[test]
+    fn totals_past_i64_round_trip() {
+        let doc = serde_json::json!({
+            "payments": 1, "last_payment_id": 1, "total_amount": "100000000000000000.00",
+            "total_amount_minor": 10_000_000_000_000_000_000u128, "keyed_payments": 1,
+            "keyless_payments": 0, "distinct_keys": 1, "duplicate_keys": 0, "dedup": "unique",
+            "received": 9,
+            "invariants": {"one_payment_per_key": true, "balances_conserved": true, "balances_match_ledger": true}
+        });
+        let stats: LedgerStats = serde_json::from_value(doc).expect("valid stats");
+        assert_eq!(stats.total_amount_minor, 10_000_000_000_000_000_000);
+    }
+
+    #[test]
+    fn payment_field_order_is_stable() {
+        let p = Payment {
+            id: 1,
+            src: "a".into(),
+            dest: "b".into(),
+            amount: "1.00".into(),
+            amount_minor: 100,
+            idempotency_key: None,
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+        };
+        let text = serde_json::to_string(&p).expect("serialises");
+        assert_eq!(
+            text,
+            r#"{"id":1,"src":"a","dest":"b","amount":"1.00","amount_minor":100,"idempotency_key":null,"created_at":"2026-01-01T00:00:00.000Z"}"#
+        );
+    }
+}
