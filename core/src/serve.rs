@@ -88,7 +88,10 @@ pub fn raise_open_files_limit() -> u64 {
                 }
             }
         }
-        limit.rlim_cur as u64
+        // rlim_t is u64 on Linux and macOS but not on every unix.
+        #[allow(clippy::unnecessary_cast)]
+        let soft = limit.rlim_cur as u64;
+        soft
     }
     #[cfg(not(unix))]
     {
