@@ -1,7 +1,12 @@
-//! Run-time settings of the service, shared by the binary's flags and tests.
+//! Run-time settings of the service. [`Settings`] declares every behaviour
+//! flag once: the binary's flags, the scenario catalog's `[service]` table, the
+//! scenario runner's child process and [`Config`] are all made from it.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Deserializer};
 
 /// How the service treats idempotency keys: the lesson knob.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -28,7 +33,8 @@ impl DedupMode {
 }
 
 /// SQLite's `synchronous` setting in WAL mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Synchronous {
     /// fsync the WAL at every commit: an acknowledged payment survives power loss.
     Full,
@@ -43,6 +49,104 @@ impl Synchronous {
             Synchronous::Normal => "NORMAL",
         }
     }
+
+    fn as_flag(self) -> &'static str {
+        match self {
+            Synchronous::Full => "full",
+            Synchronous::Normal => "normal",
+        }
+    }
+}
+
+/// How the service behaves: every flag but where it listens and stores. In
+/// TOML (the scenario catalog) the fields keep their snake_case names and
+/// durations are written as on the command line (`"10s"`).
+#[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// How keys deduplicate: unique (correct), check-then-insert (racy), off (keys ignored)
+    #[arg(long, value_enum, default_value_t = DedupMode::Unique)]
+    pub dedup: DedupMode,
+    /// Refuse payments without an idempotency key (400) instead of executing them undeduplicated
+    #[arg(long)]
+    pub require_key: bool,
+    /// Simulated work in ms between claiming a key and committing the payment (widens races)
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub processing_delay_ms: u64,
+    /// SQLite synchronous mode: full fsyncs every commit (survives power loss), normal does not
+    #[arg(long, value_enum, default_value_t = Synchronous::Full)]
+    pub synchronous: Synchronous,
+    /// How long stored responses are kept (e.g. 24h, 30m, 0); keys stay on payments forever
+    #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "duration_text")]
+    pub key_retention: Duration,
+    /// How long an in-flight key is reserved for its worker before a retry may take it over
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(deserialize_with = "duration_text")]
+    pub key_lease: Duration,
+    /// Probability (0..1) that the process kills itself (SIGKILL) right after committing a payment, before answering
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub crash_after_commit: f64,
+    /// Probability (0..1) that the process kills itself (SIGKILL) right before committing a payment
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub crash_before_commit: f64,
+    /// Seed of the crash-injection dice, so a crashing run can be replayed
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// The defaults are clap's: one source for the flags' defaults and this.
+impl Default for Settings {
+    fn default() -> Settings {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        Defaults::parse_from(["payment-service"]).settings
+    }
+}
+
+impl Settings {
+    /// The configuration these settings give for the database file `db`.
+    pub fn config(&self, db: impl Into<PathBuf>) -> Config {
+        Config {
+            db: db.into(),
+            dedup: self.dedup,
+            require_key: self.require_key,
+            processing_delay: Duration::from_millis(self.processing_delay_ms),
+            synchronous: self.synchronous,
+            key_retention: self.key_retention,
+            key_lease: self.key_lease,
+            crash_after_commit: self.crash_after_commit,
+            crash_before_commit: self.crash_before_commit,
+            seed: self.seed,
+            queue_depth_max: QUEUE_DEPTH_MAX_DEFAULT,
+        }
+    }
+
+    /// The command-line flags that give these settings back (for a child process).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--dedup={}", self.dedup.as_str()),
+            format!("--processing-delay-ms={}", self.processing_delay_ms),
+            format!("--synchronous={}", self.synchronous.as_flag()),
+            format!("--key-retention={}ms", self.key_retention.as_millis()),
+            format!("--key-lease={}ms", self.key_lease.as_millis()),
+            format!("--crash-after-commit={}", self.crash_after_commit),
+            format!("--crash-before-commit={}", self.crash_before_commit),
+            format!("--seed={}", self.seed),
+        ];
+        if self.require_key {
+            args.push("--require-key".to_owned());
+        }
+        args
+    }
+}
+
+fn duration_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Clone)]
@@ -68,21 +172,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// A configuration with the documented defaults for the given database file.
+    /// A configuration with the documented defaults (those of [`Settings`])
+    /// for the given database file.
     pub fn new(db: impl Into<PathBuf>) -> Config {
-        Config {
-            db: db.into(),
-            dedup: DedupMode::Unique,
-            require_key: false,
-            processing_delay: Duration::ZERO,
-            synchronous: Synchronous::Full,
-            key_retention: Duration::from_secs(24 * 3600),
-            key_lease: Duration::from_secs(10),
-            crash_after_commit: 0.0,
-            crash_before_commit: 0.0,
-            seed: 0,
-            queue_depth_max: QUEUE_DEPTH_MAX_DEFAULT,
-        }
+        Settings::default().config(db)
     }
 
     /// Checks relations between settings that flags alone cannot express.
@@ -143,6 +236,43 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_round_trip_through_flags() {
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let odd = Settings {
+            dedup: DedupMode::CheckThenInsert,
+            require_key: true,
+            processing_delay_ms: 250,
+            synchronous: Synchronous::Normal,
+            key_retention: Duration::from_millis(1500),
+            key_lease: Duration::from_secs(3),
+            crash_after_commit: 0.25,
+            crash_before_commit: 0.125,
+            seed: 99,
+        };
+        let args = std::iter::once("x".to_owned()).chain(odd.to_args());
+        assert_eq!(Flags::parse_from(args).settings, odd);
+        let defaults = std::iter::once("x".to_owned()).chain(Settings::default().to_args());
+        assert_eq!(Flags::parse_from(defaults).settings, Settings::default());
+    }
+
+    #[test]
+    fn settings_read_from_toml_like_flags() {
+        let settings: Settings = toml_like(r#"{"dedup": "off", "key_lease": "2s"}"#);
+        assert_eq!(settings.dedup, DedupMode::Off);
+        assert_eq!(settings.key_lease, Duration::from_secs(2));
+        assert_eq!(settings.key_retention, Settings::default().key_retention);
+        assert!(serde_json::from_str::<Settings>(r#"{"dedupe": "off"}"#).is_err());
+    }
+
+    fn toml_like(json: &str) -> Settings {
+        serde_json::from_str(json).expect("valid settings")
+    }
 
     #[test]
     fn parses_durations() {

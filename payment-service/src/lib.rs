@@ -36,7 +36,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-pub use config::{Config, DedupMode, Synchronous};
+pub use config::{Config, DedupMode, Settings, Synchronous};
 
 /// After the shutdown signal, how long open requests get to finish before the
 /// server stops waiting for them.

@@ -3,12 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use payment_service::{Config, DedupMode, Synchronous, bench, config::parse_duration};
-use tracing_subscriber::EnvFilter;
+use payment_service::{Settings, bench};
 
 /// An HTTP payment service that stores transfers in SQLite behind a unique
 /// idempotency key, replays stored answers to retries, and proves at
@@ -33,33 +31,8 @@ struct ServeArgs {
     /// SQLite database file (created if missing; WAL mode)
     #[arg(long, default_value = "payments.db")]
     db: PathBuf,
-    /// How keys deduplicate: unique (correct), check-then-insert (racy), off (keys ignored)
-    #[arg(long, value_enum, default_value_t = DedupMode::Unique)]
-    dedup: DedupMode,
-    /// Refuse payments without an idempotency key (400) instead of executing them undeduplicated
-    #[arg(long)]
-    require_key: bool,
-    /// Simulated work in ms between claiming a key and committing the payment (widens races)
-    #[arg(long, default_value_t = 0, value_name = "MS")]
-    processing_delay_ms: u64,
-    /// SQLite synchronous mode: full fsyncs every commit (survives power loss), normal does not
-    #[arg(long, value_enum, default_value_t = Synchronous::Full)]
-    synchronous: Synchronous,
-    /// How long stored responses are kept (e.g. 24h, 30m, 0); keys stay on payments forever
-    #[arg(long, default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
-    key_retention: Duration,
-    /// How long an in-flight key is reserved for its worker before a retry may take it over
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
-    key_lease: Duration,
-    /// Probability (0..1) that the process kills itself (SIGKILL) right after committing a payment, before answering
-    #[arg(long, default_value_t = 0.0, value_name = "P")]
-    crash_after_commit: f64,
-    /// Probability (0..1) that the process kills itself (SIGKILL) right before committing a payment
-    #[arg(long, default_value_t = 0.0, value_name = "P")]
-    crash_before_commit: f64,
-    /// Seed of the crash-injection dice, so a crashing run can be replayed
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 #[derive(Subcommand)]
@@ -71,10 +44,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("payment_service=info")))
-        .with_writer(std::io::stderr)
-        .init();
+    eo_core::logging::init("payment_service=info");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Some(Command::Bench(args)) => runtime.block_on(bench::run(args)),
@@ -83,16 +53,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = Config::new(args.db);
-    config.dedup = args.dedup;
-    config.require_key = args.require_key;
-    config.processing_delay = Duration::from_millis(args.processing_delay_ms);
-    config.synchronous = args.synchronous;
-    config.key_retention = args.key_retention;
-    config.key_lease = args.key_lease;
-    config.crash_after_commit = args.crash_after_commit;
-    config.crash_before_commit = args.crash_before_commit;
-    config.seed = args.seed;
+    let config = args.settings.config(args.db);
     config.validate().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -105,33 +66,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         synchronous = config.synchronous.pragma(), seed = config.seed,
         "payment-service ready: POST http://{local}/payments, GET http://{local}/stats"
     );
-    payment_service::run(listener, config, shutdown_signal()).await?;
+    payment_service::run(listener, config, eo_core::shutdown::signal()).await?;
     tracing::info!("payment-service stopped");
     Ok(())
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown requested: finishing open requests");
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use client::reconcile::Verdict;
 use client::strategy::{Backoff, ConnectionMode, KeyStrategy};
-use payment_service::DedupMode;
+use payment_service::Settings;
 use serde::Deserialize;
 
 /// The built-in catalog, in the binary so the runner works from any directory.
@@ -83,8 +83,11 @@ pub struct Scenario {
     /// This lesson's payment count never exceeds this (slow lessons stay quick).
     #[serde(default)]
     pub payments_max: Option<usize>,
+    /// The payment service's flags, by their snake_case names (`dedup`,
+    /// `processing_delay_ms`, `key_lease = "2s"`, ...): the service's own
+    /// [`payment_service::Settings`], so a new flag is a new catalog field.
     #[serde(default)]
-    pub service: ServiceSpec,
+    pub service: Settings,
     #[serde(default)]
     pub proxy: ProxySpec,
     #[serde(default)]
@@ -93,16 +96,6 @@ pub struct Scenario {
     pub act: Act,
     #[serde(default)]
     pub checks: Checks,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServiceSpec {
-    pub dedup: DedupMode,
-    pub processing_delay_ms: u64,
-    pub require_key: bool,
-    /// Probability that the service kills itself right after a commit (runs it as a child process).
-    pub crash_after_commit: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

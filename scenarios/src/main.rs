@@ -2,14 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use scenarios::catalog::{self, Scenario};
 use scenarios::play::{self, Outcome, Settings};
 use scenarios::report;
-use tracing_subscriber::EnvFilter;
 
 /// Plays the exactly-once lessons: a payment service, a fault-injecting proxy
 /// and a retrying client, started together on free loopback ports with a
@@ -66,26 +64,15 @@ struct ServeArgs {
     listen: SocketAddr,
     #[arg(long)]
     db: PathBuf,
-    #[arg(long, value_enum, default_value_t = payment_service::DedupMode::Unique)]
-    dedup: payment_service::DedupMode,
-    #[arg(long, default_value_t = 0)]
-    processing_delay_ms: u64,
-    #[arg(long)]
-    require_key: bool,
-    #[arg(long, default_value_t = 0.0)]
-    crash_after_commit: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    settings: payment_service::Settings,
 }
 
 /// Payments per scenario at most: enough for any lesson, bounded for a laptop.
 const PAYMENTS_MAX: usize = 100_000;
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
-        .with_writer(std::io::stderr)
-        .init();
+    eo_core::logging::init("warn");
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -208,16 +195,9 @@ async fn play_each(args: &PlayArgs, chosen: Vec<Scenario>, replay: &str) -> anyh
 
 /// The hidden child mode: the payment service with crash injection.
 async fn serve_payment(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = payment_service::Config::new(args.db);
-    config.dedup = args.dedup;
-    config.processing_delay = Duration::from_millis(args.processing_delay_ms);
-    config.require_key = args.require_key;
-    config.crash_after_commit = args.crash_after_commit;
-    config.seed = args.seed;
+    let config = args.settings.config(args.db);
+    config.validate().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("payment-service listening on http://{}", listener.local_addr()?);
-    payment_service::run(listener, config, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+    payment_service::run(listener, config, eo_core::shutdown::signal()).await
 }

@@ -40,34 +40,20 @@ pub struct Service {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-fn config(s: &Scenario, db: &Path) -> payment_service::Config {
-    let mut c = payment_service::Config::new(db);
-    c.dedup = s.service.dedup;
-    c.require_key = s.service.require_key;
-    c.processing_delay = Duration::from_millis(s.service.processing_delay_ms);
-    c
-}
-
-/// The child-process flags equivalent to [`config`].
+/// The flags of the service's child process: where it listens and stores,
+/// then the lesson's settings with this life's seed and crash probability.
 fn child_args(s: &Scenario, db: &Path, listen: SocketAddr, seed: u64, crash_p: f64) -> Vec<String> {
+    let mut settings = s.service.clone();
+    settings.seed = seed;
+    settings.crash_after_commit = crash_p;
     let mut args = vec![
         "__serve-payment".to_owned(),
         "--listen".into(),
         listen.to_string(),
         "--db".into(),
         db.display().to_string(),
-        "--dedup".into(),
-        s.service.dedup.as_str().into(),
-        "--processing-delay-ms".into(),
-        s.service.processing_delay_ms.to_string(),
-        "--crash-after-commit".into(),
-        crash_p.to_string(),
-        "--seed".into(),
-        seed.to_string(),
     ];
-    if s.service.require_key {
-        args.push("--require-key".into());
-    }
+    args.extend(settings.to_args());
     args
 }
 
@@ -77,7 +63,7 @@ impl Service {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(payment_service::run(listener, config(s, db), async move {
+        let task = tokio::spawn(payment_service::run(listener, s.service.config(db), async move {
             let _ = stopped.await;
         }));
         Ok(Service {
