@@ -50,6 +50,26 @@ if [ "$fresh" = 1 ]; then
     rm -f workshop.db workshop.db-wal workshop.db-shm
 fi
 
+# Waits until $3 answers HTTP on 127.0.0.1:$2, or exits with the child's own
+# status if it dies first (a bad flag, a locked database), so the banner below
+# is printed only when both servers really serve.
+wait_ready() {
+    local pid=$1 port=$2 name=$3 status=0
+    for _ in $(seq 1 300); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid" || status=$?
+            echo "workshop.sh: $name exited with status $status before it answered (its error is above)" >&2
+            exit "$((status == 0 ? 1 : status))"
+        fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'GET /version HTTP/1.0\r\n\r\n' >&3 && head -c 12 <&3 | grep -q 'HTTP/1') 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "workshop.sh: $name did not answer on port $port within 30 s" >&2
+    exit 1
+}
+
 pids=()
 stop() {
     trap - EXIT INT TERM
@@ -67,6 +87,8 @@ if [ "$bare" = 0 ]; then
 fi
 "$bin/chaos-proxy" "${proxy_args[@]}" &
 pids+=($!)
+wait_ready "${pids[0]}" 8080 payment-service
+wait_ready "${pids[1]}" 8474 chaos-proxy
 
 cat <<TEXT
 
