@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use eo_core::serve::Limits;
 use serde::{Deserialize, Deserializer};
 
 /// How the service treats idempotency keys: the lesson knob.
@@ -122,6 +123,7 @@ impl Settings {
             crash_before_commit: self.crash_before_commit,
             seed: self.seed,
             queue_depth_max: QUEUE_DEPTH_MAX_DEFAULT,
+            server_limits: SERVER_LIMITS,
         }
     }
 
@@ -169,7 +171,24 @@ pub struct Config {
     pub seed: u64,
     /// Writes waiting for the writer thread; beyond it requests get 503.
     pub queue_depth_max: usize,
+    /// Connections, and the deadlines that keep slow clients from holding them.
+    pub server_limits: Limits,
 }
+
+/// The HTTP server's bounds. A request head or body is at most 16 KiB, which
+/// any real client sends in one go: 10 s to read either is generous on a bad
+/// network and makes a slow-client attack cost the attacker a reconnection
+/// every 10 s. 8192 connections is ten times the 800 slow connections that
+/// made the old server unreachable, at a few KiB each. An idle connection
+/// lives longer than the 30 s a request may wait for the writer. On shutdown
+/// open requests get 10 s.
+pub const SERVER_LIMITS: Limits = Limits {
+    connections_max: 8192,
+    header_read_ms_max: 10_000,
+    body_read_ms_max: 10_000,
+    idle_ms_max: 120_000,
+    drain_ms_max: 10_000,
+};
 
 impl Config {
     /// A configuration with the documented defaults (those of [`Settings`])

@@ -8,7 +8,6 @@
 //! - [`payment`], [`money`], [`key`]: parsing and validating what clients send.
 //! - [`error`]: one error type, rendered as RFC 9457 problem+json.
 //! - [`stats`]: request counters and the `/stats` document.
-//! - [`listener`]: bounds open connections and closes idle ones.
 //! - [`bench`]: the durable-commit benchmark behind `payment-service bench`.
 //!
 //! The seam for tests and the binary is [`run`]: give it a bound listener, a
@@ -20,7 +19,6 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod key;
-pub mod listener;
 pub mod money;
 pub mod payment;
 pub mod readers;
@@ -38,9 +36,8 @@ use tokio::sync::mpsc;
 
 pub use config::{Config, DedupMode, Settings, Synchronous};
 
-/// After the shutdown signal, how long open requests get to finish before the
-/// server stops waiting for them.
-const SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// How long the writer gets to finish what is queued when the service stops.
+const WRITER_STOP_MS_MAX: u64 = 10_000;
 
 /// The running parts behind the router: the writer thread and its queue.
 pub struct Service {
@@ -84,7 +81,7 @@ impl Service {
             tracing::warn!("the writer had already stopped");
         }
         let joined = tokio::task::spawn_blocking(move || self.writer_thread.join());
-        match tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), joined).await {
+        match tokio::time::timeout(Duration::from_millis(WRITER_STOP_MS_MAX), joined).await {
             Ok(Ok(Ok(()))) => tracing::debug!("writer joined"),
             _ => tracing::error!("the writer did not stop cleanly"),
         }
@@ -113,26 +110,10 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let limits = config.server_limits;
     let service = Service::start(config)?;
     let app = api::app(service.state.clone());
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        let _ = signalled_tx.send(());
-    };
-    let listener = listener::LimitedListener::new(listener);
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal).into_future();
-    let grace = async move {
-        if signalled_rx.await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        result = server => result.context("the HTTP server failed")?,
-        () = grace => tracing::warn!("open requests did not finish within the grace period; stopping anyway"),
-    }
+    let served = eo_core::serve::serve(listener, app, limits, shutdown).await;
     service.stop().await;
-    Ok(())
+    served.context("the HTTP server failed")
 }

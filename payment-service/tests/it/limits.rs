@@ -1,29 +1,11 @@
-//! Connection limits: a client that never finishes its request is dropped
-//! after the idle limit, and at the connection cap new clients wait for a
-//! free slot instead of piling up.
+//! Connection limits of the real service: slow clients (slowloris) lose their
+//! connection at the header and body deadlines, and ordinary payments are
+//! answered while they attack, even when the attackers hold every slot.
 
-use std::time::Duration;
-
-use payment_service::listener::LimitedListener;
-use payment_service::{Config, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use crate::WAIT;
-
-/// Serves the app behind a listener with `cap` connections and `idle` limit.
-async fn serve_limited(cap: usize, idle: Duration) -> (std::net::SocketAddr, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("dir");
-    let service = Service::start(Config::new(dir.path().join("p.db"))).expect("service");
-    let app = payment_service::api::app(service.state.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _keep = service;
-        let _ = axum::serve(LimitedListener::with_limits(listener, cap, idle), app).await;
-    });
-    (addr, dir)
-}
+use crate::{BODY, WAIT, spawn_app};
 
 /// Reads until the peer closes; returns what was read.
 async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
@@ -34,52 +16,88 @@ async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     out
 }
 
+async fn pay(app: &crate::TestApp, key: &str) -> reqwest::StatusCode {
+    let call = app
+        .client
+        .post(format!("{}/payments", app.base))
+        .header("Idempotency-Key", key)
+        .header("Content-Type", "application/json")
+        .body(BODY)
+        .send();
+    tokio::time::timeout(WAIT, call)
+        .await
+        .expect("an ordinary payment is answered during the attack")
+        .expect("request")
+        .status()
+}
+
 #[tokio::test]
-async fn a_request_that_never_finishes_is_dropped_after_the_idle_limit() {
-    let (addr, _dir) = serve_limited(8, Duration::from_millis(200)).await;
+async fn a_request_head_that_never_finishes_is_dropped() {
+    let app = spawn_app(|c| c.server_limits.header_read_ms_max = 200).await;
+    let addr = app.base.trim_start_matches("http://");
     let mut slow = TcpStream::connect(addr).await.expect("connect");
     slow.write_all(b"POST /payments HTTP/1.1\r\nHost: x\r\nContent-Le")
         .await
         .expect("write");
-    // The server closes the connection on its own; no answer was ever due.
     let answer = read_to_close(&mut slow).await;
     assert!(
-        answer.is_empty(),
-        "dropped without an answer: {:?}",
+        !answer.starts_with(b"HTTP/1.1 2"),
+        "{:?}",
         String::from_utf8_lossy(&answer)
     );
+    assert_eq!(app.stats().await["payments"], 0);
 }
 
 #[tokio::test]
-async fn at_the_cap_a_new_client_waits_for_a_free_slot() {
-    let (addr, _dir) = serve_limited(1, Duration::from_millis(300)).await;
-    let mut idle = TcpStream::connect(addr).await.expect("connect");
-    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let mut first = [0u8; 12];
-    idle.read_exact(&mut first).await.expect("the first client is served");
-    assert_eq!(&first, b"HTTP/1.1 200");
-    // The first connection stays open (keep-alive) and holds the only slot.
-    let mut waiting = TcpStream::connect(addr)
-        .await
-        .expect("connect: the kernel backlog accepts");
-    waiting
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let answer = read_to_close(&mut waiting).await;
-    assert!(
-        answer.starts_with(b"HTTP/1.1 200"),
-        "served once the idle one was dropped"
+async fn a_trickled_body_stores_nothing() {
+    let app = spawn_app(|c| c.server_limits.body_read_ms_max = 200).await;
+    let addr = app.base.trim_start_matches("http://");
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /payments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nIdempotency-Key: slow\r\nContent-Length: {}\r\n\r\n",
+        BODY.len()
     );
-    // The slot came free because the server closed the idle connection:
-    // reading it hits EOF at once (read_to_close fails on a live connection).
-    let rest = tokio::time::timeout(Duration::from_millis(50), read_to_close(&mut idle))
-        .await
-        .expect("already closed");
+    slow.write_all(head.as_bytes()).await.expect("write head");
+    slow.write_all(&BODY.as_bytes()[..5]).await.expect("write a little");
+    let answer = read_to_close(&mut slow).await;
     assert!(
-        rest.ends_with(br#"{"status":"ok"}"#),
-        "only the first answer's rest, then EOF: {rest:?}"
+        !answer.starts_with(b"HTTP/1.1 2"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
     );
+    assert_eq!(app.stats().await["payments"], 0);
+}
+
+#[tokio::test]
+async fn payments_are_answered_during_a_slowloris() {
+    let app = spawn_app(|_| {}).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut attackers = Vec::new();
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(b"POST /payments HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        attackers.push(s);
+    }
+    for n in 0..20 {
+        assert_eq!(pay(&app, &format!("k{n}")).await, reqwest::StatusCode::CREATED);
+    }
+}
+
+#[tokio::test]
+async fn when_slow_clients_hold_every_slot_the_deadline_frees_them() {
+    let app = spawn_app(|c| {
+        c.server_limits.connections_max = 4;
+        c.server_limits.header_read_ms_max = 300;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(b"P").await.expect("write");
+        attackers.push(s);
+    }
+    assert_eq!(pay(&app, "during").await, reqwest::StatusCode::CREATED);
 }
