@@ -14,8 +14,10 @@ use crate::WAIT;
 /// Serves the app behind a listener with `cap` connections and `idle` limit.
 async fn serve_limited(cap: usize, idle: Duration) -> (std::net::SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
-    let service = Service::start(Config::new(dir.path().join("p.db"))).expect("service");
-    let app = payment_service::api::app(service.state.clone());
+    let service = Service::open(Config::new(dir.path().join("p.db")))
+        .await
+        .expect("service");
+    let app = payment_service::app(service.state.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {

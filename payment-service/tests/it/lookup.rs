@@ -1,7 +1,7 @@
 //! `POST /payments/lookup`: many keys in one call, paged by id.
 
-use payment_service::lookup::{LOOKUP_KEYS_MAX, LOOKUP_ROWS_MAX};
 use payment_service::{DedupMode, Synchronous};
+use payment_service::{LOOKUP_KEYS_MAX, LOOKUP_ROWS_MAX};
 use serde_json::{Value, json};
 
 use crate::{BODY, TestApp, assert_problem, spawn_app};
