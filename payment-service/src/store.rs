@@ -64,6 +64,8 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_by_completion ON idempotency_keys(co
 /// setting stated explicitly rather than left to defaults.
 pub fn open_writer(path: &Path, synchronous: Synchronous) -> DbResult<Connection> {
     let conn = Connection::open(path)?;
+    // First: every statement below may have to wait for a lock.
+    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(DbError::Io(format!(
@@ -72,7 +74,6 @@ pub fn open_writer(path: &Path, synchronous: Synchronous) -> DbResult<Connection
     }
     conn.pragma_update(None, "synchronous", synchronous.pragma())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
