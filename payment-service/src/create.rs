@@ -86,10 +86,10 @@ pub(crate) async fn create_payment(
         (Ok(Body(request)), Ok(IdempotencyKey(key))) => create(&state, request, key).await,
     };
     result.unwrap_or_else(|error| {
-        let counter = match error.problem.status() {
-            StatusCode::CONFLICT => &counters.conflicts_409,
-            StatusCode::UNPROCESSABLE_ENTITY => &counters.mismatches_422,
-            StatusCode::SERVICE_UNAVAILABLE => &counters.unavailable_503,
+        let counter = match (error.problem, error.problem.status()) {
+            (_, StatusCode::CONFLICT) => &counters.conflicts_409,
+            (Problem::IdempotencyKeyReused, _) => &counters.mismatches_422,
+            (_, StatusCode::SERVICE_UNAVAILABLE) => &counters.unavailable_503,
             _ => &counters.rejected,
         };
         Counters::bump(counter);

@@ -22,9 +22,12 @@ pub struct Counters {
     pub replayed_from_ledger: AtomicU64,
     pub conflicts_409: AtomicU64,
     pub mismatches_422: AtomicU64,
-    /// Requests refused for bad input (400, 413, 415): nothing stored.
+    /// Requests refused for bad input (400, 413, 415) or by the ledger (422
+    /// other than a reused key: a balance out of range, a rule of the
+    /// schema): nothing stored.
     pub rejected: AtomicU64,
-    /// 503s: queue full or the database refused a commit.
+    /// 503s: queue full, the database failed (busy, disk full, I/O) or its
+    /// file was replaced.
     pub unavailable_503: AtomicU64,
     /// Keys taken over from a worker whose lease expired.
     pub lease_takeovers: AtomicU64,

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -191,9 +192,12 @@ pub(crate) fn spawn(config: &Config, counters: Arc<Counters>) -> anyhow::Result<
         .context("cannot start the writer thread")?;
     let watch = ready_rx
         .recv_timeout(Duration::from_millis(STARTUP_MS_MAX))
-        .map_err(|_| {
+        .map_err(|e| {
             stop.store(true, Ordering::SeqCst);
-            anyhow::anyhow!("the database did not open within {STARTUP_MS_MAX} ms")
+            match e {
+                RecvTimeoutError::Timeout => anyhow::anyhow!("the database did not open within {STARTUP_MS_MAX} ms"),
+                RecvTimeoutError::Disconnected => anyhow::anyhow!("the writer thread died while opening the database"),
+            }
         })??;
     Ok(WriterHandle {
         queue,
