@@ -53,20 +53,23 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.settings.config(args.db);
+    let config = args.settings.config(&args.db);
     config.validate().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (is another service running there?)", args.listen))?;
     let local = listener.local_addr()?;
+    let shutdown = eo_core::shutdown::signal();
+    // Open (lock, schema, writer) before announcing: "listening" means ready.
+    let service = payment_service::Service::open(config).await?;
     // One plain line on stdout, for scripts and tests that bind port 0.
     println!("payment-service listening on http://{local}");
     tracing::info!(
-        listen = %local, db = %config.db.display(), dedup = config.dedup.as_str(),
-        synchronous = config.synchronous.pragma(), seed = config.seed,
+        listen = %local, db = %args.db.display(), dedup = args.settings.dedup.as_str(),
+        synchronous = args.settings.synchronous.pragma(),
         "payment-service ready: POST http://{local}/payments, GET http://{local}/stats"
     );
-    payment_service::run(listener, config, eo_core::shutdown::signal()).await?;
+    payment_service::serve(listener, service, shutdown).await?;
     tracing::info!("payment-service stopped");
     Ok(())
 }

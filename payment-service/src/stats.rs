@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::config::DedupMode;
+use crate::ledger_stats::LedgerStats;
 use crate::money;
-use crate::store::LedgerStats;
 
 /// Request counters since start. They describe traffic, not money: the money
 /// figures and invariants always come from the database.
@@ -23,9 +23,12 @@ pub struct Counters {
     pub replayed_from_ledger: AtomicU64,
     pub conflicts_409: AtomicU64,
     pub mismatches_422: AtomicU64,
-    /// Requests refused for bad input (400, 413, 415): nothing stored.
+    /// Requests refused for bad input (400, 413, 415) or by the ledger (422
+    /// other than a reused key: a balance out of range, a rule of the
+    /// schema): nothing stored.
     pub rejected: AtomicU64,
-    /// 503s: queue full or the database refused a commit.
+    /// 503s: queue full, the database failed (busy, disk full, I/O) or its
+    /// file was replaced.
     pub unavailable_503: AtomicU64,
     /// Keys taken over from a worker whose lease expired.
     pub lease_takeovers: AtomicU64,
@@ -54,7 +57,8 @@ pub struct StatsJson {
     pub payments: i64,
     pub last_payment_id: i64,
     pub total_amount: String,
-    pub total_amount_minor: i64,
+    /// May exceed `i64::MAX`: serialised as a plain JSON integer.
+    pub total_amount_minor: i128,
     pub keyed_payments: i64,
     pub keyless_payments: i64,
     pub distinct_keys: i64,
@@ -108,5 +112,21 @@ impl StatsJson {
                 balances_match_ledger: db.accounts_off_ledger == 0,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_beyond_i64_render_as_exact_json_integers() {
+        let db = LedgerStats {
+            total_amount_minor: 10_000_000_000_000_000_000, // 1e8 payments of 1e11 minor units
+            ..LedgerStats::default()
+        };
+        let json = serde_json::to_string(&StatsJson::new(&db, &Counters::default(), DedupMode::Unique)).unwrap();
+        assert!(json.contains(r#""total_amount":"100000000000000000.00""#), "{json}");
+        assert!(json.contains(r#""total_amount_minor":10000000000000000000,"#), "{json}");
     }
 }

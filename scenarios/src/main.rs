@@ -198,6 +198,8 @@ async fn serve_payment(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.settings.config(args.db);
     config.validate().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let shutdown = eo_core::shutdown::signal();
+    let service = payment_service::Service::open(config).await?;
     println!("payment-service listening on http://{}", listener.local_addr()?);
-    payment_service::run(listener, config, eo_core::shutdown::signal()).await
+    payment_service::serve(listener, service, shutdown).await
 }
