@@ -230,96 +230,138 @@ impl Scenario {
 
     fn check(&self, file: &str) -> anyhow::Result<()> {
         let stem = file.rsplit('/').next().unwrap_or(file).trim_end_matches(".toml");
-        let fail = |field: &str, why: String| anyhow::anyhow!("{file}: field `{field}` {why}");
+        let checks = [
+            self.check_name(stem),
+            self.check_client(),
+            self.check_service(),
+            self.check_proxy(),
+            self.check_act(),
+            self.check_metrics(),
+        ];
+        match checks.into_iter().find_map(Result::err) {
+            Some(Bad(field, why)) => Err(anyhow::anyhow!("{file}: field `{field}` {why}")),
+            None => Ok(()),
+        }
+    }
+
+    fn check_name(&self, stem: &str) -> Result<(), Bad> {
         if self.name != stem {
-            return Err(fail(
+            return Err(Bad::new(
                 "name",
                 format!("is {:?} but the file is {stem}.toml: make them equal", self.name),
             ));
         }
-        if self.name.is_empty()
-            || !self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(fail("name", "must be lowercase letters, digits and '-'".into()));
+        let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+        if self.name.is_empty() || !self.name.bytes().all(allowed) {
+            return Err(Bad::new("name", "must be lowercase letters, digits and '-'"));
         }
+        Ok(())
+    }
+
+    fn check_client(&self) -> Result<(), Bad> {
         if let Retries::Word(word) = &self.client.retries
             && word != "unlimited"
         {
-            return Err(fail(
+            return Err(Bad::new(
                 "client.retries",
                 format!("is {word:?}: use a number (0 = never retry) or \"unlimited\""),
             ));
         }
         if client::money::parse_minor(&self.client.amount).is_err() {
-            return Err(fail(
+            return Err(Bad::new(
                 "client.amount",
                 format!("is {:?}: use an amount such as \"1.00\"", self.client.amount),
             ));
         }
         if !(1..=client::strategy::CONCURRENCY_MAX).contains(&self.client.concurrency) {
-            return Err(fail(
+            return Err(Bad::new(
                 "client.concurrency",
                 format!("must be between 1 and {}", client::strategy::CONCURRENCY_MAX),
             ));
         }
+        Ok(())
+    }
+
+    fn check_service(&self) -> Result<(), Bad> {
         if !(0.0..=1.0).contains(&self.service.crash_after_commit) {
-            return Err(fail(
+            return Err(Bad::new(
                 "service.crash_after_commit",
-                "must be a probability between 0 and 1".into(),
+                "must be a probability between 0 and 1",
             ));
         }
         if self.service.crash_after_commit > 0.0 && !matches!(self.act, Act::CrashService { .. }) {
-            return Err(fail(
+            return Err(Bad::new(
                 "act.kind",
-                "must be \"crash-service\" when service.crash_after_commit is set, so the runner restarts the service"
-                    .into(),
+                "must be \"crash-service\" when service.crash_after_commit is set, so the runner restarts the service",
             ));
         }
-        for (i, toxic) in self.proxy.toxics.iter().enumerate() {
-            if !(0.0..=1.0).contains(&toxic.toxicity) {
-                return Err(fail(
-                    &format!("proxy.toxics[{i}].toxicity"),
-                    "must be between 0 and 1".into(),
-                ));
-            }
+        // Everything else the service itself would refuse at start.
+        self.service
+            .config("catalog.db")
+            .validate()
+            .map_err(|why| Bad::new("service", why))
+    }
+
+    fn check_proxy(&self) -> Result<(), Bad> {
+        match self
+            .proxy
+            .toxics
+            .iter()
+            .position(|t| !(0.0..=1.0).contains(&t.toxicity))
+        {
+            Some(i) => Err(Bad::new(
+                &format!("proxy.toxics[{i}].toxicity"),
+                "must be between 0 and 1",
+            )),
+            None => Ok(()),
         }
+    }
+
+    fn check_act(&self) -> Result<(), Bad> {
         match &self.act {
             Act::Duplicates { copies } if !(2..=16).contains(copies) => {
-                return Err(fail("act.copies", "must be between 2 and 16".into()));
+                Err(Bad::new("act.copies", "must be between 2 and 16"))
             }
             Act::ProxyOutage { after_percent, down_ms } if *after_percent > 100 || *down_ms > 60_000 => {
-                return Err(fail("act", "needs after_percent <= 100 and down_ms <= 60000".into()));
+                Err(Bad::new("act", "needs after_percent <= 100 and down_ms <= 60000"))
             }
             Act::ClientCrash { after_percent, .. } if !(1..=99).contains(after_percent) => {
-                return Err(fail("act.after_percent", "must be between 1 and 99".into()));
+                Err(Bad::new("act.after_percent", "must be between 1 and 99"))
             }
             Act::CrashService { crashes } if crashes.is_none() && self.service.crash_after_commit <= 0.0 => {
-                return Err(fail(
+                Err(Bad::new(
                     "act.crashes",
-                    "must be set (e.g. crashes = 8), or service.crash_after_commit".into(),
-                ));
+                    "must be set (e.g. crashes = 8), or service.crash_after_commit",
+                ))
             }
             Act::CrashService { crashes: Some(n) } if !(1..=100).contains(n) => {
-                return Err(fail("act.crashes", "must be between 1 and 100".into()));
+                Err(Bad::new("act.crashes", "must be between 1 and 100"))
             }
-            Act::ReuseKeys { amount } if client::money::parse_minor(amount).is_err() => {
-                return Err(fail(
-                    "act.amount",
-                    format!("is {amount:?}: use an amount such as \"2.00\""),
-                ));
-            }
-            _ => {}
+            Act::ReuseKeys { amount } if client::money::parse_minor(amount).is_err() => Err(Bad::new(
+                "act.amount",
+                format!("is {amount:?}: use an amount such as \"2.00\""),
+            )),
+            _ => Ok(()),
         }
-        if let Some(metric) = self.checks.at_least.keys().find(|m| !METRICS.contains(&m.as_str())) {
-            return Err(fail(
+    }
+
+    fn check_metrics(&self) -> Result<(), Bad> {
+        match self.checks.at_least.keys().find(|m| !METRICS.contains(&m.as_str())) {
+            Some(metric) => Err(Bad::new(
                 "checks.at_least",
                 format!("names {metric:?}; known metrics: {}", METRICS.join(", ")),
-            ));
+            )),
+            None => Ok(()),
         }
-        Ok(())
+    }
+}
+
+/// A field of a scenario file that is wrong, and why (with the fix).
+struct Bad(String, String);
+
+impl Bad {
+    fn new(field: &str, why: impl Into<String>) -> Bad {
+        Bad(field.to_owned(), why.into())
     }
 }
 
