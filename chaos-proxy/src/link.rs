@@ -21,7 +21,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use crate::config::{LATENCY_QUEUE_BYTES_MAX, LINK_BUFFER_BYTES_MAX, LINK_BUFFER_BYTES_MIN, TOXIC_DURATION_MS_MAX};
+use crate::config::{
+    LATENCY_QUEUE_BYTES_MAX, LINK_BUFFER_BYTES_MAX, LINK_BUFFER_BYTES_MIN, LINK_YIELD_BYTES, TOXIC_DURATION_MS_MAX,
+};
 use crate::proxy::{Chain, ProxyShared};
 use crate::rng::{self, Purpose};
 use crate::toxic::{Direction, Scope, Toxic, ToxicType};
@@ -409,6 +411,25 @@ async fn write_shaped<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Cooperative scheduling for a link: a yield once [`LINK_YIELD_BYTES`] were
+/// forwarded since the last one (so after every read of a full-size buffer),
+/// so that a bulk flow whose sockets never block cannot hold a worker thread
+/// (see the constant).
+#[derive(Default)]
+struct Fairness {
+    since_yield: usize,
+}
+
+impl Fairness {
+    async fn forwarded(&mut self, n: usize) {
+        self.since_yield += n;
+        if self.since_yield >= LINK_YIELD_BYTES {
+            self.since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// Forwards the end of the stream as a half-close.
 async fn finish_eof<W: AsyncWrite + Unpin>(dst: &mut W) -> LinkEnd {
     // A failed shutdown means the peer is already gone; the connection
@@ -447,6 +468,7 @@ where
         Purpose::Shape,
     ));
     let mut slow_started = false;
+    let mut fairness = Fairness::default();
 
     loop {
         let toxics = chain.for_direction(dir);
@@ -477,6 +499,7 @@ where
                         // A full read means a bulk flow: grow the buffer.
                         buf.resize(buf.len() * 2, 0);
                     }
+                    fairness.forwarded(n).await;
                 }
             }
             continue;
@@ -552,6 +575,7 @@ where
                 ctx.activity.store(true, Relaxed);
                 let exchange = ctx.exchanges.on_data(dir);
                 received.fetch_add(n as u64, Relaxed);
+                fairness.forwarded(n).await;
                 if slow.resetting {
                     continue; // reset_peer fired: the rest of the stream is dropped
                 }
@@ -571,5 +595,100 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicU64;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::proxy::ProxyShared;
+
+    /// A source that is always ready (unlike a socket, it never touches
+    /// tokio's budget): `left` bytes of zeros, then EOF.
+    struct AlwaysReady {
+        left: usize,
+    }
+
+    impl AsyncRead for AlwaysReady {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = buf.remaining().min(self.left);
+            buf.put_slice(&vec![0u8; n]);
+            self.left -= n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A destination that is always ready and discards everything.
+    struct Discard;
+
+    impl AsyncWrite for Discard {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The copy loop yields every `LINK_YIELD_BYTES` even when its sockets
+    /// never block, so that another task on the same (single) thread runs.
+    /// Deterministic: without the yield the other task never runs before
+    /// the link ends.
+    #[tokio::test]
+    async fn a_link_that_never_blocks_still_yields() {
+        let shared = ProxyShared::new("p".into(), &[]);
+        let ctx = ConnCtx {
+            seed: 1,
+            proxy: shared.clone(),
+            connection: 0,
+            exchanges: ExchangeTracker::default(),
+            activity: AtomicBool::new(false),
+        };
+        let polls = Arc::new(AtomicU64::new(0));
+        let counter = polls.clone();
+        let other = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        let rounds = 64;
+        let mut src = AlwaysReady {
+            left: rounds * LINK_YIELD_BYTES,
+        };
+        let end = pump(
+            &ctx,
+            Direction::Upstream,
+            &mut src,
+            &mut Discard,
+            shared.chain.subscribe(),
+        )
+        .await;
+        other.abort();
+        assert_eq!(end, LinkEnd::Eof);
+        assert_eq!(
+            shared.stats.upstream_bytes_sent.load(Relaxed),
+            (rounds * LINK_YIELD_BYTES) as u64
+        );
+        // One yield per LINK_YIELD_BYTES, or per read when a read is bigger.
+        let per_yield = LINK_YIELD_BYTES.max(LINK_BUFFER_BYTES_MAX);
+        let expected = (rounds * LINK_YIELD_BYTES / per_yield - 1) as u64;
+        let polled = polls.load(Relaxed);
+        assert!(
+            polled >= expected,
+            "the other task ran {polled} times, expected {expected}"
+        );
     }
 }

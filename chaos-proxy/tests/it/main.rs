@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod determinism;
 mod harness;
+mod load;
 mod resets;
 mod robustness;
 mod toxics;
