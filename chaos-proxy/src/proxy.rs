@@ -7,6 +7,7 @@
 //! the accept loop and every connection of that run observe.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -83,6 +84,27 @@ pub struct DataPlane {
     pub idle_timeout: Duration,
     /// One permit per live proxied connection, all proxies together.
     pub permits: Arc<Semaphore>,
+    /// Host-name lookups of the control plane (listen and upstream names).
+    pub resolver: Arc<dyn Resolve>,
+}
+
+/// What a host-name lookup returns.
+pub type LookupFuture = Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>;
+
+/// Host-name resolution for the control plane. A trait so that tests can
+/// hold a lookup open and show that nothing waits on it.
+pub trait Resolve: Send + Sync {
+    fn lookup(&self, host: &str, port: u16) -> LookupFuture;
+}
+
+/// The system resolver (`getaddrinfo` on tokio's blocking pool).
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn lookup(&self, host: &str, port: u16) -> LookupFuture {
+        let host = host.to_owned();
+        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), port)).await?.collect()) })
+    }
 }
 
 /// A parsed upstream address.
@@ -135,7 +157,8 @@ pub fn parse_upstream(s: &str, allow_remote: bool) -> Result<Upstream, ApiError>
 /// Resolves a listen string to the address to bind. Without `allow_remote`
 /// wildcard addresses (`0.0.0.0`, `[::]`, empty host) bind 127.0.0.1, so the
 /// workshop's `"listen": "0.0.0.0:8888"` stays on loopback.
-pub async fn resolve_listen(s: &str, allow_remote: bool, timeout: Duration) -> Result<SocketAddr, ApiError> {
+pub async fn resolve_listen(s: &str, plane: &DataPlane) -> Result<SocketAddr, ApiError> {
+    let allow_remote = plane.allow_remote;
     let loopback = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
     let bad = |why: &str| ApiError::BadRequest(format!("invalid listen {s:?}: {why}"));
     if s.is_empty() {
@@ -171,13 +194,19 @@ pub async fn resolve_listen(s: &str, allow_remote: bool, timeout: Duration) -> R
             "only loopback addresses and localhost are allowed; start with --allow-remote for other hosts",
         ));
     }
-    let mut addrs = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
-        .await
-        .map_err(|_| ApiError::Internal(format!("lookup {host}: timed out")))?
-        .map_err(|e| ApiError::Internal(format!("lookup {host}: {e}")))?;
-    addrs
+    lookup(plane, host, port)
+        .await?
+        .into_iter()
         .next()
         .ok_or_else(|| ApiError::Internal(format!("lookup {host}: no address")))
+}
+
+/// Resolves `host` within the dial budget, in toxiproxy's error wording.
+pub async fn lookup(plane: &DataPlane, host: &str, port: u16) -> Result<Vec<SocketAddr>, ApiError> {
+    tokio::time::timeout(plane.dial_timeout, plane.resolver.lookup(host, port))
+        .await
+        .map_err(|_| ApiError::Internal(format!("lookup {host}: timed out")))?
+        .map_err(|e| ApiError::Internal(format!("lookup {host}: {e}")))
 }
 
 /// A started proxy: its accept loop and the flag that stops its run.
@@ -200,15 +229,26 @@ impl Running {
     }
 }
 
-/// Binds `listen` and starts accepting for `shared`.
-pub async fn start(
-    listen: SocketAddr,
-    upstream: Upstream,
-    shared: Arc<ProxyShared>,
-    plane: Arc<DataPlane>,
-) -> std::io::Result<Running> {
-    let listener = TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
+/// A bound listening socket and its real address (port 0 resolved).
+pub struct Bound {
+    pub listener: TcpListener,
+    pub addr: SocketAddr,
+}
+
+/// Binds `listen` at once (a plain socket call, nothing to wait for), in
+/// toxiproxy's error wording.
+pub fn bind(listen: SocketAddr) -> Result<Bound, ApiError> {
+    let fail = |e: std::io::Error| ApiError::Internal(format!("listen tcp {listen}: {e}"));
+    let std_listener = std::net::TcpListener::bind(listen).map_err(fail)?;
+    std_listener.set_nonblocking(true).map_err(fail)?;
+    let addr = std_listener.local_addr().map_err(fail)?;
+    let listener = TcpListener::from_std(std_listener).map_err(fail)?;
+    Ok(Bound { listener, addr })
+}
+
+/// Starts accepting on `bound` for `shared`.
+pub fn start(bound: Bound, upstream: Upstream, shared: Arc<ProxyShared>, plane: Arc<DataPlane>) -> Running {
+    let Bound { listener, addr } = bound;
     let (stop, stop_rx) = watch::channel(false);
     tracing::info!(proxy = %shared.name, listen = %addr, upstream = %upstream, "proxy started");
     let run = Arc::new(RunCtx {
@@ -217,7 +257,7 @@ pub async fn start(
         plane,
     });
     let accept = tokio::spawn(accept_loop(listener, run, stop_rx));
-    Ok(Running { addr, stop, accept })
+    Running { addr, stop, accept }
 }
 
 /// What every connection of one run shares.

@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, Semaphore};
 
 use crate::config::{Config, NAME_BYTES_MAX, PROXIES_COUNT_MAX, TOXICS_PER_PROXY_COUNT_MAX};
 use crate::error::ApiError;
-use crate::proxy::{self, DataPlane, ProxyShared, Running, Upstream};
+use crate::proxy::{self, DataPlane, ProxyShared, Resolve, Running, Upstream};
 use crate::stats::StatsView;
 use crate::toxic::{Direction, Toxic};
 
@@ -36,6 +36,9 @@ struct Inner {
 struct ProxyEntry {
     /// As given, until the proxy is started; then the real bound address.
     listen: String,
+    /// `listen` resolved (when the request came, before taking the lock);
+    /// the real bound address once started.
+    listen_addr: SocketAddr,
     upstream: String,
     target: Upstream,
     enabled: bool,
@@ -74,10 +77,11 @@ struct ProxyUpdateBody {
     enabled: Option<bool>,
 }
 
-/// A validated create request.
+/// A validated create request, its addresses resolved.
 struct NewProxy {
     name: String,
     listen: String,
+    listen_addr: SocketAddr,
     upstream: String,
     target: Upstream,
     enabled: bool,
@@ -117,6 +121,11 @@ pub struct PopulateError {
 
 impl AppState {
     pub fn new(config: &Config) -> AppState {
+        Self::with_resolver(config, Arc::new(proxy::SystemResolver))
+    }
+
+    /// A state whose host-name lookups go through `resolver`.
+    pub(crate) fn with_resolver(config: &Config, resolver: Arc<dyn Resolve>) -> AppState {
         AppState {
             inner: Arc::new(Inner {
                 plane: Arc::new(DataPlane {
@@ -125,6 +134,7 @@ impl AppState {
                     dial_timeout: config.dial_timeout,
                     idle_timeout: config.idle_timeout,
                     permits: Arc::new(Semaphore::new(config.connections_count_max)),
+                    resolver,
                 }),
                 registry: Mutex::new(BTreeMap::new()),
             }),
@@ -136,7 +146,9 @@ impl AppState {
         self.inner.plane.seed
     }
 
-    fn validate(&self, value: Value) -> Result<NewProxy, ApiError> {
+    /// Validates a create body and resolves its addresses. Called before the
+    /// registry lock is taken: a slow lookup must not stall the API.
+    async fn prepare(&self, value: Value) -> Result<NewProxy, ApiError> {
         let body: ProxyBody = serde_json::from_value(value).map_err(ApiError::bad_body)?;
         let name = body
             .name
@@ -165,9 +177,12 @@ impl AppState {
                 "too many toxics: at most {TOXICS_PER_PROXY_COUNT_MAX} per proxy"
             )));
         }
+        let listen = body.listen.unwrap_or_default();
+        let listen_addr = self.resolve(&listen).await?;
         Ok(NewProxy {
             name,
-            listen: body.listen.unwrap_or_default(),
+            listen,
+            listen_addr,
             upstream,
             target,
             enabled: body.enabled.unwrap_or(true),
@@ -176,25 +191,25 @@ impl AppState {
     }
 
     async fn resolve(&self, listen: &str) -> Result<SocketAddr, ApiError> {
-        proxy::resolve_listen(listen, self.inner.plane.allow_remote, self.inner.plane.dial_timeout).await
+        proxy::resolve_listen(listen, &self.inner.plane).await
     }
 
-    /// Starts `entry` on its listen address; on success `listen` becomes the
-    /// real bound address (port 0 resolved), as toxiproxy echoes it.
-    async fn start_entry(&self, entry: &mut ProxyEntry) -> Result<(), ApiError> {
+    /// Starts `entry` on its resolved listen address (a bind, nothing to
+    /// wait for); on success `listen` becomes the real bound address (port 0
+    /// resolved), as toxiproxy echoes it.
+    fn start_entry(&self, entry: &mut ProxyEntry) -> Result<(), ApiError> {
         if entry.running.is_some() {
             return Ok(());
         }
-        let addr = self.resolve(&entry.listen).await?;
+        let bound = proxy::bind(entry.listen_addr)?;
         let running = proxy::start(
-            addr,
+            bound,
             entry.target.clone(),
             entry.shared.clone(),
             self.inner.plane.clone(),
-        )
-        .await
-        .map_err(|e| ApiError::Internal(format!("listen tcp {addr}: {e}")))?;
+        );
         entry.listen = running.addr.to_string();
+        entry.listen_addr = running.addr;
         entry.running = Some(running);
         entry.enabled = true;
         Ok(())
@@ -208,11 +223,7 @@ impl AppState {
     }
 
     /// Creates (and, if enabled, starts) a validated proxy and inserts it.
-    async fn insert_new(
-        &self,
-        registry: &mut BTreeMap<String, ProxyEntry>,
-        new: NewProxy,
-    ) -> Result<ProxyView, ApiError> {
+    fn insert_new(&self, registry: &mut BTreeMap<String, ProxyEntry>, new: NewProxy) -> Result<ProxyView, ApiError> {
         if registry.len() >= PROXIES_COUNT_MAX {
             return Err(ApiError::BadRequest(format!(
                 "too many proxies: at most {PROXIES_COUNT_MAX}"
@@ -220,6 +231,7 @@ impl AppState {
         }
         let mut entry = ProxyEntry {
             listen: new.listen,
+            listen_addr: new.listen_addr,
             upstream: new.upstream,
             target: new.target,
             enabled: false,
@@ -228,7 +240,7 @@ impl AppState {
             running: None,
         };
         if new.enabled {
-            self.start_entry(&mut entry).await?;
+            self.start_entry(&mut entry)?;
         }
         let view = entry.view(&new.name);
         registry.insert(new.name, entry);
@@ -243,12 +255,12 @@ impl AppState {
 
     /// `POST /proxies`.
     pub async fn create(&self, body: Value) -> Result<ProxyView, ApiError> {
-        let new = self.validate(body)?;
+        let new = self.prepare(body).await?;
         let mut registry = self.inner.registry.lock().await;
         if registry.contains_key(&new.name) {
             return Err(ApiError::Conflict("proxy already exists"));
         }
-        self.insert_new(&mut registry, new).await
+        self.insert_new(&mut registry, new)
     }
 
     /// `GET /proxies/{p}`.
@@ -258,17 +270,10 @@ impl AppState {
         Ok(entry.view(name))
     }
 
-    /// Whether `listen` names the address `entry` is (or would be) bound to.
-    async fn same_listen(&self, entry: &ProxyEntry, listen: &str) -> Result<bool, ApiError> {
-        let wanted = self.resolve(listen).await?;
-        let current = match &entry.running {
-            Some(r) => r.addr,
-            None => match self.resolve(&entry.listen).await {
-                Ok(a) => a,
-                Err(_) => return Ok(false),
-            },
-        };
-        Ok(wanted == current)
+    /// Whether `wanted` is the address `entry` is (or would be) bound to.
+    fn same_listen(entry: &ProxyEntry, wanted: SocketAddr) -> bool {
+        let current = entry.running.as_ref().map_or(entry.listen_addr, |r| r.addr);
+        wanted == current
     }
 
     /// `PATCH|POST /proxies/{p}`: merge, restart on an address change, then
@@ -276,26 +281,30 @@ impl AppState {
     /// new listen stored (toxiproxy behaves the same).
     pub async fn update(&self, name: &str, body: Value) -> Result<ProxyView, ApiError> {
         let body: ProxyUpdateBody = serde_json::from_value(body).map_err(ApiError::bad_body)?;
+        // Resolve before locking: a slow lookup must not stall the API.
+        let wanted = match &body.listen {
+            Some(listen) => Some((listen.clone(), self.resolve(listen).await?)),
+            None => None,
+        };
         let mut registry = self.inner.registry.lock().await;
         let entry = registry.get_mut(name).ok_or(ApiError::NotFound("proxy not found"))?;
-        let listen = body.listen.unwrap_or_else(|| entry.listen.clone());
+        let (listen, listen_addr) = wanted.unwrap_or_else(|| (entry.listen.clone(), entry.listen_addr));
         let upstream = body
             .upstream
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| entry.upstream.clone());
         let enabled = body.enabled.unwrap_or(entry.enabled);
         let target = proxy::parse_upstream(&upstream, self.inner.plane.allow_remote)?;
-        // Validate the new listen before touching anything.
-        self.resolve(&listen).await?;
-        let changed = upstream != entry.upstream || !self.same_listen(entry, &listen).await?;
+        let changed = upstream != entry.upstream || !Self::same_listen(entry, listen_addr);
         if changed {
             Self::stop_entry(entry).await;
             entry.listen = listen;
+            entry.listen_addr = listen_addr;
             entry.upstream = upstream;
             entry.target = target;
         }
         if enabled {
-            self.start_entry(entry).await?;
+            self.start_entry(entry)?;
         } else {
             Self::stop_entry(entry).await;
         }
@@ -324,11 +333,10 @@ impl AppState {
                 "too many proxies: at most {PROXIES_COUNT_MAX}"
             ))));
         }
+        // Validate and resolve every item before locking.
         let mut news = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            let new = self.validate(item).map_err(|e| fail(e.at_proxy(i + 1)))?;
-            self.resolve(&new.listen).await.map_err(|e| fail(e.at_proxy(i + 1)))?;
-            news.push(new);
+            news.push(self.prepare(item).await.map_err(|e| fail(e.at_proxy(i + 1)))?);
         }
         let mut registry = self.inner.registry.lock().await;
         let mut done = Vec::with_capacity(news.len());
@@ -338,11 +346,7 @@ impl AppState {
                 proxies: Some(done.clone()),
             };
             if let Some(entry) = registry.get_mut(&new.name) {
-                let same = new.upstream == entry.upstream
-                    && self
-                        .same_listen(entry, &new.listen)
-                        .await
-                        .map_err(|e| partial(e, &done))?;
+                let same = new.upstream == entry.upstream && Self::same_listen(entry, new.listen_addr);
                 if same {
                     if !new.toxics.is_empty() {
                         entry.toxics = new.toxics;
@@ -355,10 +359,7 @@ impl AppState {
                     Self::stop_entry(&mut old).await;
                 }
             }
-            let view = self
-                .insert_new(&mut registry, new)
-                .await
-                .map_err(|e| partial(e, &done))?;
+            let view = self.insert_new(&mut registry, new).map_err(|e| partial(e, &done))?;
             done.push(view);
         }
         Ok(done)
@@ -372,7 +373,7 @@ impl AppState {
         let mut registry = self.inner.registry.lock().await;
         let mut first_error = None;
         for entry in registry.values_mut() {
-            if let Err(e) = self.start_entry(entry).await {
+            if let Err(e) = self.start_entry(entry) {
                 first_error.get_or_insert(e);
             }
             entry.toxics.clear();
@@ -476,5 +477,105 @@ impl AppState {
         for entry in registry.values_mut() {
             Self::stop_entry(entry).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::proxy::LookupFuture;
+
+    /// Bound on any awaited event in these tests.
+    const HANG_GUARD: Duration = Duration::from_secs(10);
+
+    /// A resolver whose lookups answer 127.0.0.1 only once released.
+    struct GatedResolver {
+        started: Arc<Notify>,
+        release: Arc<Semaphore>,
+    }
+
+    impl Resolve for GatedResolver {
+        fn lookup(&self, _host: &str, port: u16) -> LookupFuture {
+            let (started, release) = (self.started.clone(), self.release.clone());
+            Box::pin(async move {
+                started.notify_one();
+                let _permit = release.acquire().await;
+                Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
+            })
+        }
+    }
+
+    async fn guard<T>(what: &str, f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(HANG_GUARD, f)
+            .await
+            .unwrap_or_else(|_| panic!("{what} took longer than {HANG_GUARD:?}"))
+    }
+
+    /// Serves the API of `state` on a real loopback socket.
+    async fn serve(state: AppState) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, crate::api::app(state)).await });
+        base
+    }
+
+    async fn call(http: reqwest::Client, method: &'static str, url: String, body: &'static str) -> u16 {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = http
+            .request(method, url)
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("send");
+        resp.status().as_u16()
+    }
+
+    /// A create and an update whose listen names a host are stuck in their
+    /// lookups, and meanwhile every other API call answers: the registry
+    /// lock is taken only after resolving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_lookup_does_not_hold_the_registry() {
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Semaphore::new(0));
+        let mut config = Config::new(1);
+        config.allow_remote = true;
+        let resolver = GatedResolver {
+            started: started.clone(),
+            release: release.clone(),
+        };
+        let base = serve(AppState::with_resolver(&config, Arc::new(resolver))).await;
+        let http = reqwest::Client::new();
+        let a = r#"{"name":"a","listen":"127.0.0.1:0","upstream":"127.0.0.1:9"}"#;
+        assert_eq!(call(http.clone(), "POST", format!("{base}/proxies"), a).await, 201);
+
+        let b = r#"{"name":"b","listen":"slow.test:0","upstream":"127.0.0.1:9"}"#;
+        let create = tokio::spawn(call(http.clone(), "POST", format!("{base}/proxies"), b));
+        guard("create lookup", started.notified()).await;
+        let update = tokio::spawn(call(
+            http.clone(),
+            "POST",
+            format!("{base}/proxies/a"),
+            r#"{"listen":"slow.test:0"}"#,
+        ));
+        guard("update lookup", started.notified()).await;
+
+        let quick = [
+            ("GET", "/proxies", ""),
+            ("POST", "/proxies/a/toxics", r#"{"type":"latency"}"#),
+            ("POST", "/proxies/a", r#"{"enabled":false}"#),
+            ("POST", "/reset", ""),
+        ];
+        for (method, path, body) in quick {
+            let status = guard(path, call(http.clone(), method, format!("{base}{path}"), body)).await;
+            assert!(status < 300, "{method} {path}: {status}");
+        }
+        assert!(!create.is_finished() && !update.is_finished());
+        release.add_permits(2);
+        assert_eq!(guard("create", create).await.expect("create task"), 201);
+        assert_eq!(guard("update", update).await.expect("update task"), 200);
     }
 }
