@@ -39,6 +39,7 @@ pub mod config;
 pub mod error;
 pub mod link;
 pub mod proxy;
+mod registry;
 pub mod rng;
 pub mod state;
 pub mod stats;

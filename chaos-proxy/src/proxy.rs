@@ -213,18 +213,34 @@ pub async fn lookup(plane: &DataPlane, host: &str, port: u16) -> Result<Vec<Sock
 pub struct Running {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
-    accept: JoinHandle<()>,
+    /// The accept loop hands its socket back when it stops.
+    accept: JoinHandle<TcpListener>,
 }
 
 impl Running {
-    /// Stops accepting, closes the listening socket, and tells every
-    /// connection of this run to close. Waits only for the accept loop (which
-    /// exits at its next poll) so that the port is free when this returns.
-    pub async fn stop(self) {
+    /// Stops accepting and tells every connection of this run to close.
+    /// Waits only for the accept loop (which exits at its next poll) and
+    /// returns its still-bound socket, so that a restart on the same address
+    /// cannot lose the port; `None` only if the loop did not stop in time
+    /// (it is aborted then, which closes the socket).
+    pub async fn stop(self) -> Option<Bound> {
         self.stop.send_replace(true);
         let guard = Duration::from_millis(PROXY_STOP_TIMEOUT_MS);
-        if tokio::time::timeout(guard, self.accept).await.is_err() {
-            tracing::warn!(addr = %self.addr, "accept loop did not stop in time");
+        let mut accept = self.accept;
+        match tokio::time::timeout(guard, &mut accept).await {
+            Ok(Ok(listener)) => Some(Bound {
+                listener,
+                addr: self.addr,
+            }),
+            Ok(Err(e)) => {
+                tracing::error!(addr = %self.addr, error = %e, "accept loop failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(addr = %self.addr, "accept loop did not stop in time; aborting it");
+                accept.abort();
+                None
+            }
         }
     }
 }
@@ -272,7 +288,7 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-async fn accept_loop(listener: TcpListener, run: Arc<RunCtx>, mut stop_rx: watch::Receiver<bool>) {
+async fn accept_loop(listener: TcpListener, run: Arc<RunCtx>, mut stop_rx: watch::Receiver<bool>) -> TcpListener {
     let mut backoff_ms = 1;
     loop {
         let accepted = tokio::select! {
@@ -310,6 +326,7 @@ async fn accept_loop(listener: TcpListener, run: Arc<RunCtx>, mut stop_rx: watch
         }
     }
     tracing::info!(proxy = %run.shared.name, "proxy stopped");
+    listener
 }
 
 async fn dial(upstream: &Upstream, allow_remote: bool) -> std::io::Result<TcpStream> {

@@ -2,25 +2,30 @@
 //! offers on it, with toxiproxy's semantics.
 //!
 //! One async mutex serialises API mutations (so "create a proxy, then add its
-//! toxic" can never race, toxiproxy #148). It is held only across binds and
-//! accept-loop stops, never across anything the data plane does: toxics
-//! reach connections through `watch::Sender::send_replace`, which does not
-//! wait (toxiproxy #558 hangs because it waits on connections under a lock).
+//! toxic" can never race, toxiproxy #148). Host names are resolved before it
+//! is taken; under it only binds (plain socket calls) and accept-loop stops
+//! happen, never anything the data plane does: toxics reach connections
+//! through `watch::Sender::send_replace`, which does not wait (toxiproxy #558
+//! hangs because it waits on connections under a lock).
+//!
+//! Every change is prepared (all that can fail) before it is applied (see
+//! `registry.rs`), so a failed create, update or populate changes nothing.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::config::{Config, NAME_BYTES_MAX, PROXIES_COUNT_MAX, TOXICS_PER_PROXY_COUNT_MAX};
 use crate::error::ApiError;
-use crate::proxy::{self, DataPlane, ProxyShared, Resolve, Running, Upstream};
+use crate::proxy::{self, DataPlane, Resolve, Upstream};
+pub use crate::registry::ProxyView;
+use crate::registry::{Listener, ProxyEntry, Settings, listing};
 use crate::stats::StatsView;
-use crate::toxic::{Direction, Toxic};
+use crate::toxic::Toxic;
 
 /// Shared handle on the whole server state (cheap to clone).
 #[derive(Clone)]
@@ -31,31 +36,6 @@ pub struct AppState {
 struct Inner {
     plane: Arc<DataPlane>,
     registry: Mutex<BTreeMap<String, ProxyEntry>>,
-}
-
-struct ProxyEntry {
-    /// As given, until the proxy is started; then the real bound address.
-    listen: String,
-    /// `listen` resolved (when the request came, before taking the lock);
-    /// the real bound address once started.
-    listen_addr: SocketAddr,
-    upstream: String,
-    target: Upstream,
-    enabled: bool,
-    /// Creation order across both directions.
-    toxics: Vec<Toxic>,
-    shared: Arc<ProxyShared>,
-    running: Option<Running>,
-}
-
-/// A proxy as the API shows it (toxiproxy's keys, in its order).
-#[derive(Serialize, Clone, Debug)]
-pub struct ProxyView {
-    pub name: String,
-    pub listen: String,
-    pub upstream: String,
-    pub enabled: bool,
-    pub toxics: Vec<Toxic>,
 }
 
 /// A proxy create (or populate item) body. `toxics` is an extension.
@@ -80,43 +60,29 @@ struct ProxyUpdateBody {
 /// A validated create request, its addresses resolved.
 struct NewProxy {
     name: String,
-    listen: String,
-    listen_addr: SocketAddr,
-    upstream: String,
-    target: Upstream,
-    enabled: bool,
+    settings: Settings,
     toxics: Vec<Toxic>,
 }
 
-/// Toxics in toxiproxy's listing order: upstream ones first, then
-/// downstream ones, each in creation order.
-fn listing(toxics: &[Toxic]) -> Vec<Toxic> {
-    let mut out: Vec<Toxic> = toxics
-        .iter()
-        .filter(|t| t.direction == Direction::Upstream)
-        .cloned()
-        .collect();
-    out.extend(toxics.iter().filter(|t| t.direction == Direction::Downstream).cloned());
-    out
+/// One populate item, prepared: what committing it does.
+enum Step {
+    /// The proxy exists with the same addresses: kept untouched (its toxics
+    /// replaced when the item brings some).
+    Keep(NewProxy),
+    /// A new proxy, or a brand-new one in place of one whose addresses
+    /// differ, on the prepared listener.
+    Put(NewProxy, Listener),
 }
 
-impl ProxyEntry {
-    fn view(&self, name: &str) -> ProxyView {
-        ProxyView {
-            name: name.to_owned(),
-            listen: self.listen.clone(),
-            upstream: self.upstream.clone(),
-            enabled: self.enabled,
-            toxics: listing(&self.toxics),
-        }
-    }
-}
-
-/// Outcome of a populate that failed part-way: the error and the proxies
-/// created or kept before it.
+/// Outcome of a populate that failed: the error and, only if a commit
+/// failed part-way (see [`ProxyEntry::apply`]), the proxies done before it.
 pub struct PopulateError {
     pub error: ApiError,
     pub proxies: Option<Vec<ProxyView>>,
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("proxy not found")
 }
 
 impl AppState {
@@ -163,88 +129,44 @@ impl AppState {
             .upstream
             .filter(|u| !u.is_empty())
             .ok_or_else(|| ApiError::BadRequest("missing required field: upstream".into()))?;
-        let target = proxy::parse_upstream(&upstream, self.inner.plane.allow_remote)?;
-        let mut toxics: Vec<Toxic> = Vec::new();
-        for t in body.toxics.unwrap_or_default() {
+        let target = self.parse_upstream(&upstream)?;
+        let toxics = Self::toxics_of(body.toxics.unwrap_or_default())?;
+        let listen = body.listen.unwrap_or_default();
+        let listen_addr = self.resolve(&listen).await?;
+        let settings = Settings {
+            listen,
+            listen_addr,
+            upstream,
+            target,
+            enabled: body.enabled.unwrap_or(true),
+        };
+        Ok(NewProxy { name, settings, toxics })
+    }
+
+    /// The toxics a create body brings (an extension), validated.
+    fn toxics_of(bodies: Vec<Value>) -> Result<Vec<Toxic>, ApiError> {
+        if bodies.len() > TOXICS_PER_PROXY_COUNT_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "too many toxics: at most {TOXICS_PER_PROXY_COUNT_MAX} per proxy"
+            )));
+        }
+        let mut toxics: Vec<Toxic> = Vec::with_capacity(bodies.len());
+        for t in bodies {
             let toxic = Toxic::from_create_json(t)?;
             if toxics.iter().any(|x| x.name == toxic.name) {
                 return Err(ApiError::Conflict("toxic already exists"));
             }
             toxics.push(toxic);
         }
-        if toxics.len() > TOXICS_PER_PROXY_COUNT_MAX {
-            return Err(ApiError::BadRequest(format!(
-                "too many toxics: at most {TOXICS_PER_PROXY_COUNT_MAX} per proxy"
-            )));
-        }
-        let listen = body.listen.unwrap_or_default();
-        let listen_addr = self.resolve(&listen).await?;
-        Ok(NewProxy {
-            name,
-            listen,
-            listen_addr,
-            upstream,
-            target,
-            enabled: body.enabled.unwrap_or(true),
-            toxics,
-        })
+        Ok(toxics)
+    }
+
+    fn parse_upstream(&self, upstream: &str) -> Result<Upstream, ApiError> {
+        proxy::parse_upstream(upstream, self.inner.plane.allow_remote)
     }
 
     async fn resolve(&self, listen: &str) -> Result<SocketAddr, ApiError> {
         proxy::resolve_listen(listen, &self.inner.plane).await
-    }
-
-    /// Starts `entry` on its resolved listen address (a bind, nothing to
-    /// wait for); on success `listen` becomes the real bound address (port 0
-    /// resolved), as toxiproxy echoes it.
-    fn start_entry(&self, entry: &mut ProxyEntry) -> Result<(), ApiError> {
-        if entry.running.is_some() {
-            return Ok(());
-        }
-        let bound = proxy::bind(entry.listen_addr)?;
-        let running = proxy::start(
-            bound,
-            entry.target.clone(),
-            entry.shared.clone(),
-            self.inner.plane.clone(),
-        );
-        entry.listen = running.addr.to_string();
-        entry.listen_addr = running.addr;
-        entry.running = Some(running);
-        entry.enabled = true;
-        Ok(())
-    }
-
-    async fn stop_entry(entry: &mut ProxyEntry) {
-        if let Some(running) = entry.running.take() {
-            running.stop().await;
-        }
-        entry.enabled = false;
-    }
-
-    /// Creates (and, if enabled, starts) a validated proxy and inserts it.
-    fn insert_new(&self, registry: &mut BTreeMap<String, ProxyEntry>, new: NewProxy) -> Result<ProxyView, ApiError> {
-        if registry.len() >= PROXIES_COUNT_MAX {
-            return Err(ApiError::BadRequest(format!(
-                "too many proxies: at most {PROXIES_COUNT_MAX}"
-            )));
-        }
-        let mut entry = ProxyEntry {
-            listen: new.listen,
-            listen_addr: new.listen_addr,
-            upstream: new.upstream,
-            target: new.target,
-            enabled: false,
-            shared: ProxyShared::new(new.name.clone(), &new.toxics),
-            toxics: new.toxics,
-            running: None,
-        };
-        if new.enabled {
-            self.start_entry(&mut entry)?;
-        }
-        let view = entry.view(&new.name);
-        registry.insert(new.name, entry);
-        Ok(view)
     }
 
     /// `GET /proxies`.
@@ -260,107 +182,157 @@ impl AppState {
         if registry.contains_key(&new.name) {
             return Err(ApiError::Conflict("proxy already exists"));
         }
-        self.insert_new(&mut registry, new)
+        if registry.len() >= PROXIES_COUNT_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "too many proxies: at most {PROXIES_COUNT_MAX}"
+            )));
+        }
+        let mut entry = ProxyEntry::new(&new.name, &new.settings, new.toxics);
+        let listener = entry.prepare(&new.settings)?;
+        entry.apply(new.settings, listener, &self.inner.plane).await?;
+        let view = entry.view(&new.name);
+        registry.insert(new.name, entry);
+        Ok(view)
     }
 
     /// `GET /proxies/{p}`.
     pub async fn get(&self, name: &str) -> Result<ProxyView, ApiError> {
         let registry = self.inner.registry.lock().await;
-        let entry = registry.get(name).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get(name).ok_or_else(not_found)?;
         Ok(entry.view(name))
     }
 
-    /// Whether `wanted` is the address `entry` is (or would be) bound to.
-    fn same_listen(entry: &ProxyEntry, wanted: SocketAddr) -> bool {
-        let current = entry.running.as_ref().map_or(entry.listen_addr, |r| r.addr);
-        wanted == current
-    }
-
-    /// `PATCH|POST /proxies/{p}`: merge, restart on an address change, then
-    /// apply `enabled`. A failed rebind leaves the proxy disabled with the
-    /// new listen stored (toxiproxy behaves the same).
+    /// `PATCH|POST /proxies/{p}`: merge; on an address change, restart;
+    /// then apply `enabled`. Unlike toxiproxy (which leaves the proxy
+    /// disabled with the new listen stored), a failed rebind changes nothing:
+    /// the new socket is bound before the old run stops.
     pub async fn update(&self, name: &str, body: Value) -> Result<ProxyView, ApiError> {
         let body: ProxyUpdateBody = serde_json::from_value(body).map_err(ApiError::bad_body)?;
         // Resolve before locking: a slow lookup must not stall the API.
-        let wanted = match &body.listen {
-            Some(listen) => Some((listen.clone(), self.resolve(listen).await?)),
+        let listen = match body.listen {
+            Some(listen) => {
+                let addr = self.resolve(&listen).await?;
+                Some((listen, addr))
+            }
+            None => None,
+        };
+        let upstream = match body.upstream.filter(|u| !u.is_empty()) {
+            Some(upstream) => {
+                let target = self.parse_upstream(&upstream)?;
+                Some((upstream, target))
+            }
             None => None,
         };
         let mut registry = self.inner.registry.lock().await;
-        let entry = registry.get_mut(name).ok_or(ApiError::NotFound("proxy not found"))?;
-        let (listen, listen_addr) = wanted.unwrap_or_else(|| (entry.listen.clone(), entry.listen_addr));
-        let upstream = body
-            .upstream
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| entry.upstream.clone());
-        let enabled = body.enabled.unwrap_or(entry.enabled);
-        let target = proxy::parse_upstream(&upstream, self.inner.plane.allow_remote)?;
-        let changed = upstream != entry.upstream || !Self::same_listen(entry, listen_addr);
-        if changed {
-            Self::stop_entry(entry).await;
-            entry.listen = listen;
-            entry.listen_addr = listen_addr;
-            entry.upstream = upstream;
-            entry.target = target;
-        }
-        if enabled {
-            self.start_entry(entry)?;
-        } else {
-            Self::stop_entry(entry).await;
-        }
+        let entry = registry.get_mut(name).ok_or_else(not_found)?;
+        let next = entry.merged(listen, upstream, body.enabled);
+        let listener = entry.prepare(&next)?;
+        entry.apply(next, listener, &self.inner.plane).await?;
         Ok(entry.view(name))
     }
 
     /// `DELETE /proxies/{p}`: stop and forget (toxics and stats included).
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
         let mut registry = self.inner.registry.lock().await;
-        let mut entry = registry.remove(name).ok_or(ApiError::NotFound("proxy not found"))?;
-        Self::stop_entry(&mut entry).await;
+        let mut entry = registry.remove(name).ok_or_else(not_found)?;
+        entry.stop().await;
         Ok(())
     }
 
-    /// `POST /populate` (and `--config`): validates every item first; an
-    /// existing proxy with the same listen and upstream is kept untouched
-    /// (toxics included, unless the item brings its own), a different one is
-    /// replaced.
+    /// `POST /populate` (and `--config`), all or nothing: every item is
+    /// validated and resolved, then every listener it needs is bound, and
+    /// only then is anything changed. An existing proxy with the same listen
+    /// and upstream is kept untouched (toxics included, unless the item
+    /// brings its own); a different one is replaced by a new proxy.
     pub async fn populate(&self, body: Value) -> Result<Vec<ProxyView>, PopulateError> {
         let fail = |error| PopulateError { error, proxies: None };
+        let news = self.prepare_all(body).await.map_err(fail)?;
+        let mut registry = self.inner.registry.lock().await;
+        let steps = Self::plan(&registry, news).map_err(fail)?;
+        self.commit(&mut registry, steps).await
+    }
+
+    /// Validates and resolves every populate item (before locking).
+    async fn prepare_all(&self, body: Value) -> Result<Vec<NewProxy>, ApiError> {
         let Value::Array(items) = body else {
-            return Err(fail(ApiError::bad_body("expected a JSON array of proxies")));
+            return Err(ApiError::bad_body("expected a JSON array of proxies"));
         };
         if items.len() > PROXIES_COUNT_MAX {
-            return Err(fail(ApiError::BadRequest(format!(
+            return Err(ApiError::BadRequest(format!(
                 "too many proxies: at most {PROXIES_COUNT_MAX}"
-            ))));
+            )));
         }
-        // Validate and resolve every item before locking.
         let mut news = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            news.push(self.prepare(item).await.map_err(|e| fail(e.at_proxy(i + 1)))?);
+            news.push(self.prepare(item).await.map_err(|e| e.at_proxy(i + 1))?);
         }
-        let mut registry = self.inner.registry.lock().await;
-        let mut done = Vec::with_capacity(news.len());
-        for new in news {
-            let partial = |error, done: &Vec<ProxyView>| PopulateError {
-                error,
-                proxies: Some(done.clone()),
+        Ok(news)
+    }
+
+    /// What populate will do per item, with every listener it needs bound:
+    /// all that can fail, with nothing changed yet. On an error the sockets
+    /// bound so far are dropped (closed).
+    fn plan(registry: &BTreeMap<String, ProxyEntry>, news: Vec<NewProxy>) -> Result<Vec<Step>, ApiError> {
+        let created = news.iter().filter(|n| !registry.contains_key(&n.name)).count();
+        if registry.len() + created > PROXIES_COUNT_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "too many proxies: at most {PROXIES_COUNT_MAX}"
+            )));
+        }
+        let mut steps = Vec::with_capacity(news.len());
+        for (i, new) in news.into_iter().enumerate() {
+            let step = match registry.get(&new.name) {
+                Some(entry) if !entry.moves(&new.settings) => Step::Keep(new),
+                Some(entry) => {
+                    let listener = entry.prepare(&new.settings).map_err(|e| e.at_proxy(i + 1))?;
+                    Step::Put(new, listener)
+                }
+                None => {
+                    let fresh = ProxyEntry::new(&new.name, &new.settings, Vec::new());
+                    let listener = fresh.prepare(&new.settings).map_err(|e| e.at_proxy(i + 1))?;
+                    Step::Put(new, listener)
+                }
             };
-            if let Some(entry) = registry.get_mut(&new.name) {
-                let same = new.upstream == entry.upstream && Self::same_listen(entry, new.listen_addr);
-                if same {
-                    if !new.toxics.is_empty() {
-                        entry.toxics = new.toxics;
-                        entry.shared.publish(&entry.toxics);
+            steps.push(step);
+        }
+        Ok(steps)
+    }
+
+    /// Applies populate's prepared steps in item order.
+    async fn commit(
+        &self,
+        registry: &mut BTreeMap<String, ProxyEntry>,
+        steps: Vec<Step>,
+    ) -> Result<Vec<ProxyView>, PopulateError> {
+        let mut done = Vec::with_capacity(steps.len());
+        for step in steps {
+            let (name, applied) = match step {
+                Step::Keep(new) => {
+                    if let Some(entry) = registry.get_mut(&new.name)
+                        && !new.toxics.is_empty()
+                    {
+                        entry.set_toxics(new.toxics);
                     }
-                    done.push(entry.view(&new.name));
-                    continue;
+                    (new.name, Ok(()))
                 }
-                if let Some(mut old) = registry.remove(&new.name) {
-                    Self::stop_entry(&mut old).await;
+                Step::Put(new, listener) => {
+                    let entry = registry
+                        .entry(new.name.clone())
+                        .or_insert_with(|| ProxyEntry::new(&new.name, &new.settings, Vec::new()));
+                    entry.renew(&new.name, new.toxics);
+                    let applied = entry.apply(new.settings, listener, &self.inner.plane).await;
+                    (new.name, applied)
                 }
+            };
+            if let Err(error) = applied {
+                return Err(PopulateError {
+                    error,
+                    proxies: Some(done),
+                });
             }
-            let view = self.insert_new(&mut registry, new).map_err(|e| partial(e, &done))?;
-            done.push(view);
+            if let Some(entry) = registry.get(&name) {
+                done.push(entry.view(&name));
+            }
         }
         Ok(done)
     }
@@ -368,30 +340,25 @@ impl AppState {
     /// `POST /reset`: enable every proxy, remove every toxic, and (an
     /// extension) zero the stats and connection indexes so that a run after
     /// a reset replays like a fresh process with the same seed. Every proxy
-    /// is tried; the first failure is reported.
+    /// is tried (each start changes nothing when it fails); the first
+    /// failure is reported.
     pub async fn reset(&self) -> Result<(), ApiError> {
         let mut registry = self.inner.registry.lock().await;
         let mut first_error = None;
         for entry in registry.values_mut() {
-            if let Err(e) = self.start_entry(entry) {
+            if let Err(e) = entry.start(&self.inner.plane).await {
                 first_error.get_or_insert(e);
             }
-            entry.toxics.clear();
-            entry.shared.publish(&entry.toxics);
-            Self::reset_stats_of(entry);
+            entry.set_toxics(Vec::new());
+            entry.reset_stats();
         }
         first_error.map_or(Ok(()), Err)
-    }
-
-    fn reset_stats_of(entry: &ProxyEntry) {
-        entry.shared.stats.reset();
-        entry.shared.next_connection.store(0, Relaxed);
     }
 
     /// `GET /proxies/{p}/toxics`.
     pub async fn toxics(&self, proxy: &str) -> Result<Vec<Toxic>, ApiError> {
         let registry = self.inner.registry.lock().await;
-        let entry = registry.get(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get(proxy).ok_or_else(not_found)?;
         Ok(listing(&entry.toxics))
     }
 
@@ -399,7 +366,7 @@ impl AppState {
     /// their next event.
     pub async fn add_toxic(&self, proxy: &str, body: Value) -> Result<Toxic, ApiError> {
         let mut registry = self.inner.registry.lock().await;
-        let entry = registry.get_mut(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get_mut(proxy).ok_or_else(not_found)?;
         let toxic = Toxic::from_create_json(body)?;
         if entry.toxics.iter().any(|t| t.name == toxic.name) {
             return Err(ApiError::Conflict("toxic already exists"));
@@ -409,15 +376,16 @@ impl AppState {
                 "too many toxics: at most {TOXICS_PER_PROXY_COUNT_MAX} per proxy"
             )));
         }
-        entry.toxics.push(toxic.clone());
-        entry.shared.publish(&entry.toxics);
+        let mut toxics = entry.toxics.clone();
+        toxics.push(toxic.clone());
+        entry.set_toxics(toxics);
         Ok(toxic)
     }
 
     /// `GET /proxies/{p}/toxics/{t}`.
     pub async fn toxic(&self, proxy: &str, name: &str) -> Result<Toxic, ApiError> {
         let registry = self.inner.registry.lock().await;
-        let entry = registry.get(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get(proxy).ok_or_else(not_found)?;
         entry
             .toxics
             .iter()
@@ -430,7 +398,7 @@ impl AppState {
     /// and scope; name, type and stream cannot change.
     pub async fn update_toxic(&self, proxy: &str, name: &str, body: Value) -> Result<Toxic, ApiError> {
         let mut registry = self.inner.registry.lock().await;
-        let entry = registry.get_mut(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get_mut(proxy).ok_or_else(not_found)?;
         let slot = entry
             .toxics
             .iter_mut()
@@ -445,7 +413,7 @@ impl AppState {
     /// `DELETE /proxies/{p}/toxics/{t}`. Never waits on connections.
     pub async fn delete_toxic(&self, proxy: &str, name: &str) -> Result<(), ApiError> {
         let mut registry = self.inner.registry.lock().await;
-        let entry = registry.get_mut(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get_mut(proxy).ok_or_else(not_found)?;
         let before = entry.toxics.len();
         entry.toxics.retain(|t| t.name != name);
         if entry.toxics.len() == before {
@@ -458,7 +426,7 @@ impl AppState {
     /// `GET /proxies/{p}/stats` (extension).
     pub async fn stats(&self, proxy: &str) -> Result<StatsView, ApiError> {
         let registry = self.inner.registry.lock().await;
-        let entry = registry.get(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get(proxy).ok_or_else(not_found)?;
         Ok(entry.shared.stats.view(proxy, self.seed()))
     }
 
@@ -466,8 +434,8 @@ impl AppState {
     /// connection index, keep the toxics.
     pub async fn reset_stats(&self, proxy: &str) -> Result<(), ApiError> {
         let registry = self.inner.registry.lock().await;
-        let entry = registry.get(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
-        Self::reset_stats_of(entry);
+        let entry = registry.get(proxy).ok_or_else(not_found)?;
+        entry.reset_stats();
         Ok(())
     }
 
@@ -475,7 +443,7 @@ impl AppState {
     pub async fn shutdown(&self) {
         let mut registry = self.inner.registry.lock().await;
         for entry in registry.values_mut() {
-            Self::stop_entry(entry).await;
+            entry.stop().await;
         }
     }
 }

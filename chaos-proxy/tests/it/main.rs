@@ -4,6 +4,7 @@
 //! waits on a sleep to let something happen, tests sync on socket events.
 
 mod api;
+mod atomic;
 mod cli;
 mod determinism;
 mod harness;
