@@ -38,6 +38,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod link;
+mod loops;
 pub mod proxy;
 mod registry;
 pub mod rng;

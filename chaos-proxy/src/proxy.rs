@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::config::{ACCEPT_ERROR_BACKOFF_MS_MAX, PROXY_STOP_TIMEOUT_MS, UPSTREAM_HOST_ALIASES};
 use crate::error::ApiError;
 use crate::link::{self, ConnCtx, ExchangeTracker, LinkEnd};
+use crate::loops;
 use crate::stats::Stats;
 use crate::toxic::{Direction, Toxic};
 
@@ -269,6 +270,7 @@ pub fn start(bound: Bound, upstream: Upstream, shared: Arc<ProxyShared>, plane: 
     tracing::info!(proxy = %shared.name, listen = %addr, upstream = %upstream, "proxy started");
     let run = Arc::new(RunCtx {
         shared,
+        listen: addr,
         upstream,
         plane,
     });
@@ -279,6 +281,8 @@ pub fn start(bound: Bound, upstream: Upstream, shared: Arc<ProxyShared>, plane: 
 /// What every connection of one run shares.
 struct RunCtx {
     shared: Arc<ProxyShared>,
+    /// The bound address of this run.
+    listen: SocketAddr,
     upstream: Upstream,
     plane: Arc<DataPlane>,
 }
@@ -329,13 +333,29 @@ async fn accept_loop(listener: TcpListener, run: Arc<RunCtx>, mut stop_rx: watch
     listener
 }
 
-async fn dial(upstream: &Upstream, allow_remote: bool) -> std::io::Result<TcpStream> {
-    match upstream {
+/// Connects to the run's upstream. Never to the run's own listen address:
+/// the API refuses such an upstream, but a host name can start resolving to
+/// it later, or a proxy re-enabled on port 0 can land on its upstream's
+/// port, and each looped connection would dial again, up to the connection
+/// cap (see `loops.rs`).
+async fn dial(run: &RunCtx) -> std::io::Result<TcpStream> {
+    let refused = |addr| {
+        std::io::Error::other(format!(
+            "upstream {addr} is this proxy's own listen address {} (a proxy loop)",
+            run.listen
+        ))
+    };
+    match &run.upstream {
+        Upstream::Addr(addr) if loops::reaches(*addr, run.listen) => Err(refused(*addr)),
         Upstream::Addr(addr) => TcpStream::connect(addr).await,
         Upstream::Host(host, port) => {
             let mut last = std::io::Error::other(format!("{host}: no address"));
             for addr in tokio::net::lookup_host((host.as_str(), *port)).await? {
-                if !allow_remote && !addr.ip().is_loopback() {
+                if !run.plane.allow_remote && !addr.ip().is_loopback() {
+                    continue;
+                }
+                if loops::reaches(addr, run.listen) {
+                    last = refused(addr);
                     continue;
                 }
                 match TcpStream::connect(addr).await {
@@ -417,7 +437,7 @@ async fn handle_connection(
 
     let dialed = tokio::select! {
         () = stopped(&mut stop_rx) => return,
-        r = tokio::time::timeout(plane.dial_timeout, dial(&run.upstream, plane.allow_remote)) => r,
+        r = tokio::time::timeout(plane.dial_timeout, dial(&run)) => r,
     };
     let mut upstream = match dialed {
         Ok(Ok(s)) => s,
@@ -468,4 +488,49 @@ fn dial_failed(shared: &ProxyShared, client: &TcpStream, connection: u64, why: &
     // An RST tells the client at once that nothing is behind the proxy; a
     // FIN would look like an empty answer.
     let _ = client.set_zero_linger();
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Bound on any awaited event in these tests.
+    const HANG_GUARD: Duration = Duration::from_secs(10);
+
+    /// A run whose upstream is its own address, started behind the API's
+    /// back (as a DNS change or a port 0 landing on the upstream's port
+    /// would make it): the connection is refused at the dial instead of
+    /// looping through the proxy up to the connection cap.
+    #[tokio::test]
+    async fn a_run_never_dials_its_own_address() {
+        let plane = Arc::new(DataPlane {
+            seed: 1,
+            allow_remote: false,
+            dial_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            permits: Arc::new(Semaphore::new(64)),
+            resolver: Arc::new(SystemResolver),
+        });
+        let shared = ProxyShared::new("self".into(), &[]);
+        let bound = bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap_or_else(|e| panic!("{e}"));
+        let addr = bound.addr;
+        let running = start(bound, Upstream::Addr(addr), shared.clone(), plane);
+
+        let mut client = tokio::time::timeout(HANG_GUARD, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let _ = client.write_all(b"x").await;
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(HANG_GUARD, client.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "the client must be closed, got {read:?}"
+        );
+        assert_eq!(shared.stats.upstream_dial_failures.load(Relaxed), 1);
+        assert_eq!(shared.stats.connections_accepted.load(Relaxed), 1);
+        running.stop().await;
+    }
 }

@@ -25,9 +25,19 @@ pub(crate) struct Settings {
     /// `listen` resolved (before the registry lock was taken); the real
     /// bound address once started.
     pub listen_addr: SocketAddr,
-    pub upstream: String,
-    pub target: Upstream,
+    pub upstream: UpstreamSpec,
     pub enabled: bool,
+}
+
+/// An upstream as given, parsed, and resolved for the loop check.
+#[derive(Clone, Debug)]
+pub(crate) struct UpstreamSpec {
+    /// Verbatim, as toxiproxy stores and echoes it.
+    pub text: String,
+    pub target: Upstream,
+    /// What it resolved to when it was set (empty if a host name did not
+    /// resolve then; the data plane resolves it again at every dial).
+    pub addrs: Vec<SocketAddr>,
 }
 
 /// A proxy as the API shows it (toxiproxy's keys, in its order).
@@ -62,6 +72,16 @@ pub(crate) enum Listener {
     Fresh(Bound),
 }
 
+impl Listener {
+    /// The address the proxy will listen on with this listener.
+    pub fn addr(&self, next: &Settings) -> SocketAddr {
+        match self {
+            Listener::Fresh(bound) => bound.addr,
+            _ => next.listen_addr,
+        }
+    }
+}
+
 /// Toxics in toxiproxy's listing order: upstream ones first, then
 /// downstream ones, each in creation order.
 pub(crate) fn listing(toxics: &[Toxic]) -> Vec<Toxic> {
@@ -93,7 +113,7 @@ impl ProxyEntry {
         ProxyView {
             name: name.to_owned(),
             listen: self.settings.listen.clone(),
-            upstream: self.settings.upstream.clone(),
+            upstream: self.settings.upstream.text.clone(),
             enabled: self.settings.enabled,
             toxics: listing(&self.toxics),
         }
@@ -102,7 +122,7 @@ impl ProxyEntry {
     /// Whether `next` changes the addresses, which restarts a running proxy
     /// (toxiproxy compares the resolved listen and the upstream string).
     pub fn moves(&self, next: &Settings) -> bool {
-        next.upstream != self.settings.upstream || next.listen_addr != self.settings.listen_addr
+        next.upstream.text != self.settings.upstream.text || next.listen_addr != self.settings.listen_addr
     }
 
     /// The settings an update asks for: fields not given keep their value,
@@ -110,7 +130,7 @@ impl ProxyEntry {
     pub fn merged(
         &self,
         listen: Option<(String, SocketAddr)>,
-        upstream: Option<(String, Upstream)>,
+        upstream: Option<UpstreamSpec>,
         enabled: Option<bool>,
     ) -> Settings {
         let mut next = self.settings.clone();
@@ -120,9 +140,8 @@ impl ProxyEntry {
             next.listen = listen;
             next.listen_addr = addr;
         }
-        if let Some((upstream, target)) = upstream {
+        if let Some(upstream) = upstream {
             next.upstream = upstream;
-            next.target = target;
         }
         next.enabled = enabled.unwrap_or(self.settings.enabled);
         next
@@ -180,7 +199,7 @@ impl ProxyEntry {
         self.settings.listen = bound.addr.to_string();
         self.settings.listen_addr = bound.addr;
         self.settings.enabled = true;
-        let target = self.settings.target.clone();
+        let target = self.settings.upstream.target.clone();
         self.running = Some(proxy::start(bound, target, self.shared.clone(), plane.clone()));
     }
 

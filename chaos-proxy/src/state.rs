@@ -21,9 +21,10 @@ use tokio::sync::{Mutex, Semaphore};
 
 use crate::config::{Config, NAME_BYTES_MAX, PROXIES_COUNT_MAX, TOXICS_PER_PROXY_COUNT_MAX};
 use crate::error::ApiError;
+use crate::loops::{Node, find_loop};
 use crate::proxy::{self, DataPlane, Resolve, Upstream};
 pub use crate::registry::ProxyView;
-use crate::registry::{Listener, ProxyEntry, Settings, listing};
+use crate::registry::{Listener, ProxyEntry, Settings, UpstreamSpec, listing};
 use crate::stats::StatsView;
 use crate::toxic::Toxic;
 
@@ -85,6 +86,46 @@ fn not_found() -> ApiError {
     ApiError::NotFound("proxy not found")
 }
 
+/// Refuses a change after which a proxy's upstream leads back to it, alone
+/// or through other proxies of this server (see `loops.rs`). `changed`: the
+/// proxies the change sets, each with the address it will listen on.
+/// Disabled proxies count: enabling one must not close a loop unchecked.
+fn check_loops(
+    registry: &BTreeMap<String, ProxyEntry>,
+    changed: &[(&str, &Settings, SocketAddr)],
+) -> Result<(), ApiError> {
+    let mut nodes: Vec<Node<'_>> = registry
+        .iter()
+        .filter(|(name, _)| !changed.iter().any(|(c, _, _)| c == name))
+        .map(|(name, entry)| Node {
+            name,
+            listen: entry.settings.listen_addr,
+            upstreams: &entry.settings.upstream.addrs,
+        })
+        .collect();
+    let first_changed = nodes.len();
+    nodes.extend(changed.iter().map(|(name, settings, listen)| Node {
+        name,
+        listen: *listen,
+        upstreams: &settings.upstream.addrs,
+    }));
+    for (i, (name, settings, listen)) in changed.iter().enumerate() {
+        let Some(path) = find_loop(&nodes, first_changed + i) else {
+            continue;
+        };
+        let why = if path == format!("{name} -> {name}") {
+            format!(
+                "proxy loop: the upstream {} of {name} is its own listen address {listen}",
+                settings.upstream.text
+            )
+        } else {
+            format!("proxy loop: {path} (each upstream is the next proxy's listen address)")
+        };
+        return Err(ApiError::BadRequest(why));
+    }
+    Ok(())
+}
+
 impl AppState {
     pub fn new(config: &Config) -> AppState {
         Self::with_resolver(config, Arc::new(proxy::SystemResolver))
@@ -129,7 +170,7 @@ impl AppState {
             .upstream
             .filter(|u| !u.is_empty())
             .ok_or_else(|| ApiError::BadRequest("missing required field: upstream".into()))?;
-        let target = self.parse_upstream(&upstream)?;
+        let upstream = self.upstream(upstream).await?;
         let toxics = Self::toxics_of(body.toxics.unwrap_or_default())?;
         let listen = body.listen.unwrap_or_default();
         let listen_addr = self.resolve(&listen).await?;
@@ -137,7 +178,6 @@ impl AppState {
             listen,
             listen_addr,
             upstream,
-            target,
             enabled: body.enabled.unwrap_or(true),
         };
         Ok(NewProxy { name, settings, toxics })
@@ -161,8 +201,16 @@ impl AppState {
         Ok(toxics)
     }
 
-    fn parse_upstream(&self, upstream: &str) -> Result<Upstream, ApiError> {
-        proxy::parse_upstream(upstream, self.inner.plane.allow_remote)
+    /// Parses an upstream and resolves it for the loop check (before the
+    /// registry lock). A host name that does not resolve now is accepted,
+    /// as toxiproxy does: it is resolved again at every dial.
+    async fn upstream(&self, text: String) -> Result<UpstreamSpec, ApiError> {
+        let target = proxy::parse_upstream(&text, self.inner.plane.allow_remote)?;
+        let addrs = match &target {
+            Upstream::Addr(addr) => vec![*addr],
+            Upstream::Host(host, port) => proxy::lookup(&self.inner.plane, host, *port).await.unwrap_or_default(),
+        };
+        Ok(UpstreamSpec { text, target, addrs })
     }
 
     async fn resolve(&self, listen: &str) -> Result<SocketAddr, ApiError> {
@@ -189,6 +237,7 @@ impl AppState {
         }
         let mut entry = ProxyEntry::new(&new.name, &new.settings, new.toxics);
         let listener = entry.prepare(&new.settings)?;
+        check_loops(&registry, &[(&new.name, &new.settings, listener.addr(&new.settings))])?;
         entry.apply(new.settings, listener, &self.inner.plane).await?;
         let view = entry.view(&new.name);
         registry.insert(new.name, entry);
@@ -217,16 +266,15 @@ impl AppState {
             None => None,
         };
         let upstream = match body.upstream.filter(|u| !u.is_empty()) {
-            Some(upstream) => {
-                let target = self.parse_upstream(&upstream)?;
-                Some((upstream, target))
-            }
+            Some(upstream) => Some(self.upstream(upstream).await?),
             None => None,
         };
         let mut registry = self.inner.registry.lock().await;
-        let entry = registry.get_mut(name).ok_or_else(not_found)?;
+        let entry = registry.get(name).ok_or_else(not_found)?;
         let next = entry.merged(listen, upstream, body.enabled);
         let listener = entry.prepare(&next)?;
+        check_loops(&registry, &[(name, &next, listener.addr(&next))])?;
+        let entry = registry.get_mut(name).ok_or_else(not_found)?;
         entry.apply(next, listener, &self.inner.plane).await?;
         Ok(entry.view(name))
     }
@@ -295,6 +343,14 @@ impl AppState {
             };
             steps.push(step);
         }
+        let changed: Vec<(&str, &Settings, SocketAddr)> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Put(new, listener) => Some((new.name.as_str(), &new.settings, listener.addr(&new.settings))),
+                Step::Keep(_) => None,
+            })
+            .collect();
+        check_loops(registry, &changed)?;
         Ok(steps)
     }
 
@@ -475,6 +531,37 @@ mod tests {
                 Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
             })
         }
+    }
+
+    /// A resolver that answers 127.0.0.1 for every name at once.
+    struct Loopback;
+
+    impl Resolve for Loopback {
+        fn lookup(&self, _host: &str, port: u16) -> LookupFuture {
+            Box::pin(async move { Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))]) })
+        }
+    }
+
+    /// An upstream host name that resolves to the proxy's own listen
+    /// address is a loop too (names other than the aliases are resolved
+    /// only with --allow-remote).
+    #[tokio::test]
+    async fn an_upstream_name_resolving_to_the_proxy_itself_is_refused() {
+        let mut config = Config::new(1);
+        config.allow_remote = true;
+        let state = AppState::with_resolver(&config, Arc::new(Loopback));
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = free.local_addr().expect("addr").port();
+        drop(free);
+        let body = serde_json::json!({
+            "name": "me",
+            "listen": format!("127.0.0.1:{port}"),
+            "upstream": format!("me.example:{port}"),
+        });
+        let e = state.create(body).await.expect_err("refused");
+        assert_eq!(e.status().as_u16(), 400);
+        assert!(e.message().starts_with("proxy loop"), "{e}");
+        assert!(state.list().await.is_empty());
     }
 
     async fn guard<T>(what: &str, f: impl Future<Output = T>) -> T {

@@ -9,6 +9,7 @@ mod cli;
 mod determinism;
 mod harness;
 mod load;
+mod loops;
 mod resets;
 mod robustness;
 mod toxics;
