@@ -181,7 +181,7 @@ impl Toxic {
             ty,
             stream,
             direction,
-            toxicity: body.toxicity.map_or(1.0, |t| t as f32),
+            toxicity: body.toxicity.map_or(Ok(1.0), toxicity)?,
             scope: Scope::Connection,
             attributes: [0; ATTRIBUTES_COUNT_MAX],
         };
@@ -198,7 +198,7 @@ impl Toxic {
         let body: ToxicUpdateBody = serde_json::from_value(value).map_err(ApiError::bad_body)?;
         let mut next = self.clone();
         if let Some(t) = body.toxicity {
-            next.toxicity = t as f32;
+            next.toxicity = toxicity(t)?;
         }
         next.apply_scope(body.toxicity_scope.as_deref())?;
         if let Some(attrs) = body.attributes {
@@ -250,6 +250,19 @@ impl Toxic {
     /// fires, ≤ 0 never does (toxiproxy's `rand < toxicity` test).
     pub fn fires(&self, roll: f64) -> bool {
         roll < f64::from(self.toxicity)
+    }
+}
+
+/// A toxicity is a probability: a finite number from 0 to 1. toxiproxy
+/// stores anything (7, -1) and clamps its effect; here such a value is a
+/// mistake worth a 400, not a silent "always" or "never".
+fn toxicity(t: f64) -> Result<f32, ApiError> {
+    if t.is_finite() && (0.0..=1.0).contains(&t) {
+        Ok(t as f32)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "toxicity must be a number from 0 to 1, got {t}"
+        )))
     }
 }
 

@@ -13,3 +13,4 @@ mod loops;
 mod resets;
 mod robustness;
 mod toxics;
+mod validation;

@@ -1,0 +1,62 @@
+//! Input the API refuses with a 400 in toxiproxy's error shape, changing
+//! nothing: out-of-range toxicity, a name twice in one populate, names that
+//! are not printable.
+
+use serde_json::json;
+
+use crate::harness::*;
+
+fn assert_400(r: &Resp, expected: &str) {
+    assert_eq!(r.status, 400, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["status"], 400, "{}", r.body);
+    let error = v["error"].as_str().expect("error");
+    assert!(error.contains(expected), "{error:?} does not contain {expected:?}");
+}
+
+/// toxiproxy stores a toxicity of 7 or -1 and clamps its effect; here it
+/// must be a finite number in [0, 1], on create and on update.
+#[tokio::test]
+async fn toxicity_must_be_a_probability() {
+    let p = spawn_proxy().await;
+    p.create("db", "127.0.0.1:9".parse().expect("addr")).await;
+    let t = p
+        .toxic("db", json!({"type":"latency","name":"lat","toxicity":0.5}))
+        .await;
+    let bad: [(&str, &str); 6] = [
+        ("-0.1", "toxicity must be a number from 0 to 1"),
+        ("-1", "toxicity must be a number from 0 to 1"),
+        ("1.0001", "toxicity must be a number from 0 to 1"),
+        ("7", "toxicity must be a number from 0 to 1"),
+        // Not numbers JSON can hold: the decoder refuses them.
+        ("1e999", "bad request body"),
+        ("\"NaN\"", "bad request body"),
+    ];
+    for (value, expected) in bad {
+        let create = format!(r#"{{"type":"latency","name":"new","toxicity":{value}}}"#);
+        assert_400(&p.call("POST", "/proxies/db/toxics", Some(&create)).await, expected);
+        let update = format!(r#"{{"toxicity":{value}}}"#);
+        assert_400(&p.call("POST", "/proxies/db/toxics/lat", Some(&update)).await, expected);
+        let listed = p.call("GET", "/proxies/db/toxics", None).await.json();
+        assert_eq!(listed, json!([t]), "after toxicity {value}");
+    }
+    let populate = json!([{"name":"cfg","upstream":"127.0.0.1:9","listen":"127.0.0.1:0",
+                           "toxics":[{"type":"latency","toxicity":1.5}]}]);
+    assert_400(
+        &p.call("POST", "/populate", Some(&populate.to_string())).await,
+        "toxicity must be a number from 0 to 1",
+    );
+    assert_eq!(p.call("GET", "/proxies/cfg", None).await.status, 404);
+    // The ends of the range are fine.
+    for value in [0, 1] {
+        let r = p
+            .call(
+                "PATCH",
+                "/proxies/db/toxics/lat",
+                Some(&format!(r#"{{"toxicity":{value}}}"#)),
+            )
+            .await;
+        assert_eq!((r.status, r.json()["toxicity"].clone()), (200, json!(value)));
+    }
+    p.shutdown().await;
+}
