@@ -310,9 +310,15 @@ impl AppState {
                 "too many proxies: at most {PROXIES_COUNT_MAX}"
             )));
         }
-        let mut news = Vec::with_capacity(items.len());
+        let mut news: Vec<NewProxy> = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            news.push(self.prepare(item).await.map_err(|e| e.at_proxy(i + 1))?);
+            let new = self.prepare(item).await.map_err(|e| e.at_proxy(i + 1))?;
+            // Which of the two would win is a guess; refuse instead.
+            if news.iter().any(|n| n.name == new.name) {
+                let twice = format!("proxy name {:?} given twice", new.name);
+                return Err(ApiError::BadRequest(twice).at_proxy(i + 1));
+            }
+            news.push(new);
         }
         Ok(news)
     }

@@ -2,7 +2,7 @@
 //! nothing: out-of-range toxicity, a name twice in one populate, names that
 //! are not printable.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::harness::*;
 
@@ -57,6 +57,36 @@ async fn toxicity_must_be_a_probability() {
             )
             .await;
         assert_eq!((r.status, r.json()["toxicity"].clone()), (200, json!(value)));
+    }
+    p.shutdown().await;
+}
+
+async fn proxies(p: &TestProxy) -> Value {
+    p.call("GET", "/proxies", None).await.json()
+}
+
+/// The same name twice in one populate is a 400 naming the second item, in
+/// populate's JSON error shape, and nothing is created or replaced.
+#[tokio::test]
+async fn populate_refuses_a_name_given_twice() {
+    let p = spawn_proxy().await;
+    let echo = spawn_echo().await;
+    p.create("x", echo.addr).await;
+    let before = proxies(&p).await;
+    let item = |name: &str, upstream: &str| json!({"name": name, "listen": "127.0.0.1:0", "upstream": upstream});
+    for body in [
+        json!([
+            item("a", "127.0.0.1:9"),
+            item("b", "127.0.0.1:9"),
+            item("a", "127.0.0.1:9")
+        ]),
+        json!([item("x", &echo.addr.to_string()), item("x", "127.0.0.1:9")]),
+    ] {
+        let r = p.call("POST", "/populate", Some(&body.to_string())).await;
+        assert_eq!(r.content_type, "application/json");
+        assert_400(&r, "given twice at proxy");
+        assert_eq!(r.json()["proxies"], Value::Null);
+        assert_eq!(proxies(&p).await, before, "after {body}");
     }
     p.shutdown().await;
 }
