@@ -19,14 +19,14 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::config::{Config, NAME_BYTES_MAX, PROXIES_COUNT_MAX, TOXICS_PER_PROXY_COUNT_MAX};
+use crate::config::{Config, PROXIES_COUNT_MAX, TOXICS_PER_PROXY_COUNT_MAX};
 use crate::error::ApiError;
 use crate::loops::{Node, find_loop};
 use crate::proxy::{self, DataPlane, Resolve, Upstream};
 pub use crate::registry::ProxyView;
 use crate::registry::{Listener, ProxyEntry, Settings, UpstreamSpec, listing};
 use crate::stats::StatsView;
-use crate::toxic::Toxic;
+use crate::toxic::{Toxic, check_name};
 
 /// Shared handle on the whole server state (cheap to clone).
 #[derive(Clone)]
@@ -161,11 +161,7 @@ impl AppState {
             .name
             .filter(|n| !n.is_empty())
             .ok_or_else(|| ApiError::BadRequest("missing required field: name".into()))?;
-        if name.len() > NAME_BYTES_MAX {
-            return Err(ApiError::BadRequest(format!(
-                "proxy name longer than {NAME_BYTES_MAX} bytes"
-            )));
-        }
+        check_name("proxy", &name)?;
         let upstream = body
             .upstream
             .filter(|u| !u.is_empty())

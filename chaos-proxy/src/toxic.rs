@@ -171,11 +171,7 @@ impl Toxic {
             Some(n) if !n.is_empty() => n,
             _ => format!("{}_{}", ty.as_str(), stream),
         };
-        if name.len() > NAME_BYTES_MAX {
-            return Err(ApiError::BadRequest(format!(
-                "toxic name longer than {NAME_BYTES_MAX} bytes"
-            )));
-        }
+        check_name("toxic", &name)?;
         let mut toxic = Toxic {
             name,
             ty,
@@ -251,6 +247,28 @@ impl Toxic {
     pub fn fires(&self, roll: f64) -> bool {
         roll < f64::from(self.toxicity)
     }
+}
+
+/// Proxy and toxic names are printable: non-empty, at most
+/// [`NAME_BYTES_MAX`] bytes, no control characters (they appear in URLs,
+/// logs and terminal tables, where a newline or an escape sequence forges
+/// lines or rewrites the screen).
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::BadRequest(format!("{what} name is empty")));
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "{what} name longer than {NAME_BYTES_MAX} bytes"
+        )));
+    }
+    if let Some((at, c)) = name.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(ApiError::BadRequest(format!(
+            "{what} name must be printable: control character U+{:04X} at byte {at}",
+            u32::from(c)
+        )));
+    }
+    Ok(())
 }
 
 /// A toxicity is a probability: a finite number from 0 to 1. toxiproxy

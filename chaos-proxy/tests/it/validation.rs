@@ -90,3 +90,64 @@ async fn populate_refuses_a_name_given_twice() {
     }
     p.shutdown().await;
 }
+
+/// Names are printable: at most 256 bytes, no control characters; any
+/// other character (spaces, non-ASCII) is fine.
+#[tokio::test]
+async fn names_are_printable() {
+    let p = spawn_proxy().await;
+    let long = "n".repeat(257);
+    let bad = [
+        "a\nb",
+        "nul\u{0}",
+        "tab\there",
+        "del\u{7f}",
+        "nel\u{85}",
+        "esc\u{1b}[2J",
+        long.as_str(),
+    ];
+    let proxy = |name: &str| json!({"name": name, "listen": "127.0.0.1:0", "upstream": "127.0.0.1:9"});
+    for name in bad {
+        let expected = if name.len() > 256 {
+            "name longer than 256 bytes"
+        } else {
+            "name must be printable"
+        };
+        assert_400(
+            &p.call("POST", "/proxies", Some(&proxy(name).to_string())).await,
+            expected,
+        );
+        let r = p
+            .call("POST", "/populate", Some(&json!([proxy(name)]).to_string()))
+            .await;
+        assert_400(&r, expected);
+        assert_eq!(proxies(&p).await, json!({}), "after {name:?}");
+    }
+    for name in ["my proxy", "päyment-ü", "redis:6379", &"n".repeat(256)] {
+        let r = p.call("POST", "/proxies", Some(&proxy(name).to_string())).await;
+        assert_eq!(r.status, 201, "{name:?}: {}", r.body);
+    }
+
+    let before = p.call("GET", "/proxies/my%20proxy/toxics", None).await.json();
+    for name in bad {
+        let toxic = json!({"type": "latency", "name": name});
+        let expected = if name.len() > 256 {
+            "name longer than 256 bytes"
+        } else {
+            "name must be printable"
+        };
+        assert_400(
+            &p.call("POST", "/proxies/my%20proxy/toxics", Some(&toxic.to_string()))
+                .await,
+            expected,
+        );
+        let with_toxic = json!([{"name": "t", "upstream": "127.0.0.1:9", "toxics": [toxic]}]);
+        assert_400(
+            &p.call("POST", "/populate", Some(&with_toxic.to_string())).await,
+            expected,
+        );
+    }
+    assert_eq!(p.call("GET", "/proxies/my%20proxy/toxics", None).await.json(), before);
+    assert_eq!(p.call("GET", "/proxies/t", None).await.status, 404);
+    p.shutdown().await;
+}
