@@ -33,26 +33,32 @@
 //! - Every decision is a pure function of the seed and the connection's
 //!   accept index, so a serial replay with the same seed is identical.
 
-pub mod api;
-pub mod bench;
+// Modules are private to the crate; the public API is `run`, `Config` and
+// `config` (scenarios and the binary), `run_bench` (the binary), and the
+// seeded roll with its `Direction` (tests replay decisions with them).
+pub(crate) mod api;
+pub(crate) mod bench;
 pub mod config;
-pub mod error;
-pub mod link;
+pub(crate) mod error;
+pub(crate) mod link;
 mod loops;
-pub mod proxy;
+pub(crate) mod proxy;
 mod registry;
-pub mod rng;
-pub mod state;
-pub mod stats;
-pub mod toxic;
+pub(crate) mod rng;
+pub(crate) mod state;
+pub(crate) mod stats;
+pub(crate) mod toxic;
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+pub use bench::run_bench;
 pub use config::Config;
-pub use state::AppState;
+pub use rng::toxicity_roll;
+use state::AppState;
+pub use toxic::Direction;
 
 /// Serves the control API on `listener` (after creating the startup
 /// proxies) until `shutdown` resolves, then stops every proxy.

@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Some(Command::Bench) = cli.command {
-        return chaos_proxy::bench::run_bench();
+        return chaos_proxy::run_bench();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

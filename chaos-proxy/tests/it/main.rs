@@ -12,5 +12,6 @@ mod load;
 mod loops;
 mod resets;
 mod robustness;
+mod style;
 mod toxics;
 mod validation;
