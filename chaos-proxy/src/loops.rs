@@ -49,14 +49,23 @@ pub(crate) fn reaches(upstream: SocketAddr, listen: SocketAddr) -> bool {
     family_ok && ((at.is_unspecified() && is_local(up)) || (up.is_unspecified() && is_local(at)))
 }
 
+/// For each node, the nodes its upstream reaches: computed once per check,
+/// so that searching from every changed proxy stays linear per search.
+pub(crate) fn edges(nodes: &[Node<'_>]) -> Vec<Vec<usize>> {
+    let reached = |from: &Node<'_>, to: &Node<'_>| from.upstreams.iter().any(|u| reaches(*u, to.listen));
+    nodes
+        .iter()
+        .map(|from| (0..nodes.len()).filter(|&j| reached(from, &nodes[j])).collect())
+        .collect()
+}
+
 /// A loop through `nodes[start]`, as the names along it (`a -> b -> a`), or
-/// `None`. A depth-first search; the graph has at most one node per proxy.
-pub(crate) fn find_loop(nodes: &[Node<'_>], start: usize) -> Option<String> {
-    let next =
-        |i: usize| (0..nodes.len()).filter(move |&j| nodes[i].upstreams.iter().any(|u| reaches(*u, nodes[j].listen)));
+/// `None`. A depth-first search over [`edges`]; the graph has at most one
+/// node per proxy.
+pub(crate) fn find_loop(nodes: &[Node<'_>], edges: &[Vec<usize>], start: usize) -> Option<String> {
     let mut seen = vec![false; nodes.len()];
     // Each frame: a node on the current path and the targets left to try.
-    let mut path: Vec<(usize, Vec<usize>)> = vec![(start, next(start).collect())];
+    let mut path: Vec<(usize, Vec<usize>)> = vec![(start, edges[start].clone())];
     seen[start] = true;
     while let Some((_, targets)) = path.last_mut() {
         let Some(j) = targets.pop() else {
@@ -70,7 +79,7 @@ pub(crate) fn find_loop(nodes: &[Node<'_>], start: usize) -> Option<String> {
         }
         if !seen[j] {
             seen[j] = true;
-            path.push((j, next(j).collect()));
+            path.push((j, edges[j].clone()));
         }
     }
     None
@@ -127,11 +136,12 @@ mod tests {
             node("c", "0.0.0.0:3", &ups[2]),
             node("d", "127.0.0.1:4", &ups[3]),
         ];
-        assert_eq!(find_loop(&cycle, 0).as_deref(), Some("a -> b -> c -> a"));
-        assert_eq!(find_loop(&cycle, 3), None);
+        let search = |nodes: &[Node<'_>], start| find_loop(nodes, &edges(nodes), start);
+        assert_eq!(search(&cycle, 0).as_deref(), Some("a -> b -> c -> a"));
+        assert_eq!(search(&cycle, 3), None);
         let selfish = [node("s", "127.0.0.1:9", &ups[3])];
-        assert_eq!(find_loop(&selfish, 0).as_deref(), Some("s -> s"));
+        assert_eq!(search(&selfish, 0).as_deref(), Some("s -> s"));
         let chain = [node("a", "127.0.0.1:1", &ups[0]), node("b", "127.0.0.1:2", &ups[3])];
-        assert_eq!(find_loop(&chain, 0), None);
+        assert_eq!(search(&chain, 0), None);
     }
 }

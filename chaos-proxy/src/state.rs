@@ -21,7 +21,7 @@ use tokio::sync::{Mutex, Semaphore};
 
 use crate::config::{Config, PROXIES_COUNT_MAX, TOXICS_PER_PROXY_COUNT_MAX};
 use crate::error::ApiError;
-use crate::loops::{Node, find_loop};
+use crate::loops::{Node, edges, find_loop};
 use crate::proxy::{self, DataPlane, Resolve, Upstream};
 pub use crate::registry::ProxyView;
 use crate::registry::{Listener, ProxyEntry, Settings, UpstreamSpec, listing};
@@ -109,8 +109,9 @@ fn check_loops(
         listen: *listen,
         upstreams: &settings.upstream.addrs,
     }));
+    let edges = edges(&nodes);
     for (i, (name, settings, listen)) in changed.iter().enumerate() {
-        let Some(path) = find_loop(&nodes, first_changed + i) else {
+        let Some(path) = find_loop(&nodes, &edges, first_changed + i) else {
             continue;
         };
         let why = if path == format!("{name} -> {name}") {
