@@ -55,6 +55,15 @@ pub const LINK_BUFFER_BYTES_MIN: usize = 16 * 1024;
 /// transfers (toxiproxy copies in 32 KiB chunks).
 pub const LINK_BUFFER_BYTES_MAX: usize = 512 * 1024;
 
+/// Bytes a link forwards before it yields to the scheduler. A bulk link whose
+/// sockets stay ready never returns `Pending` on its own (tokio's budget
+/// counts operations, and one read can move [`LINK_BUFFER_BYTES_MAX`]), so
+/// without this every other task (the API, the accept loop, new connections)
+/// waited behind tens of MiB per bulk link. 256 KiB is about 100 µs of
+/// copying here: a yield costs ~1 % of that, and 64 bulk links go round in
+/// a few milliseconds.
+pub const LINK_YIELD_BYTES: usize = 256 * 1024;
+
 /// Bytes a direction may hold back in its latency queue before it stops
 /// reading (backpressure instead of unbounded buffering).
 pub const LATENCY_QUEUE_BYTES_MAX: usize = 1024 * 1024;

@@ -13,8 +13,6 @@ use axum::response::{IntoResponse, Response};
 pub enum ApiError {
     /// 400: malformed or invalid input; nothing was changed.
     BadRequest(String),
-    /// 403: refused by policy (the browser guard).
-    Forbidden(String),
     /// 404: `proxy not found` / `toxic not found`.
     NotFound(&'static str),
     /// 409: `proxy already exists` / `toxic already exists`.
@@ -35,7 +33,6 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -46,9 +43,7 @@ impl ApiError {
     /// The `error` string.
     pub fn message(&self) -> &str {
         match self {
-            ApiError::BadRequest(m) | ApiError::Forbidden(m) | ApiError::PayloadTooLarge(m) | ApiError::Internal(m) => {
-                m
-            }
+            ApiError::BadRequest(m) | ApiError::PayloadTooLarge(m) | ApiError::Internal(m) => m,
             ApiError::NotFound(m) | ApiError::Conflict(m) => m,
         }
     }
@@ -59,16 +54,10 @@ impl ApiError {
         match self {
             ApiError::BadRequest(m) => ApiError::BadRequest(suffix(&m)),
             ApiError::Internal(m) => ApiError::Internal(suffix(&m)),
-            ApiError::Forbidden(m) => ApiError::Forbidden(suffix(&m)),
             ApiError::PayloadTooLarge(m) => ApiError::PayloadTooLarge(suffix(&m)),
             ApiError::NotFound(m) => ApiError::BadRequest(suffix(m)),
             ApiError::Conflict(m) => ApiError::BadRequest(suffix(m)),
         }
-    }
-
-    /// `{"error":…,"status":N}` without the trailing newline.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({"error": self.message(), "status": self.status().as_u16()})
     }
 }
 

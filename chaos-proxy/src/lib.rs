@@ -6,51 +6,68 @@
 //! - [`run`] (this file): the seam. Serves the API on a given listener until
 //!   a shutdown future resolves; tests call it on `127.0.0.1:0`, `main.rs`
 //!   passes Ctrl-C/SIGTERM.
-//! - [`api`]: the axum router ([`api::app`]), toxiproxy's routes, status
+//! - `api`: the axum router (`api::app`), toxiproxy's routes, status
 //!   codes and bodies, the browser guard, body limit and request deadline.
-//! - [`state`]: the control plane. A registry of proxies behind one async
+//! - `state`: the control plane. A registry of proxies behind one async
 //!   mutex; every API operation with toxiproxy's semantics (populate, reset,
-//!   update-restarts, listing order).
-//! - [`proxy`]: the data plane of one proxy: its accept loop and connection
+//!   update-restarts, listing order). Names are resolved before the lock.
+//! - `registry`: one entry and its two-step changes: `prepare` (binds, all
+//!   that can fail) then `apply` (stop the old run, start the new one), so a
+//!   failed create, update or populate changes nothing.
+//! - `loops`: refuses an upstream that leads back to the proxy, itself or
+//!   through other proxies (the data plane also never dials its own address).
+//! - `proxy`: the data plane of one proxy: its accept loop and connection
 //!   tasks (asynchronous upstream dial with a timeout, connection cap, idle
 //!   limit), address parsing (loopback policy, the `payment` alias).
-//! - [`link`]: one direction of a connection: the fast copy path and the
-//!   toxic state machine (latency queue, reset/close deadline, shaping).
-//! - [`toxic`]: toxic types, attributes, defaults, and their exact JSON.
-//! - [`rng`]: deterministic decisions from `(seed, proxy, connection,
+//! - `link`: one direction of a connection: the fast copy path and the
+//!   toxic state machine (latency queue, reset/close deadline, shaping);
+//!   it yields every `LINK_YIELD_BYTES` so bulk flows cannot starve the API.
+//! - `toxic`: toxic types, attributes, defaults, and their exact JSON.
+//! - `rng`: deterministic decisions from `(seed, proxy, connection,
 //!   direction, toxic, exchange)` through `Xoshiro256PlusPlus`.
-//! - [`stats`]: per-proxy counters and the bounded fault log.
-//! - [`error`]: [`error::ApiError`], rendered as `{"error","status"}`.
+//! - `stats`: per-proxy counters and the bounded fault log.
+//! - `error`: `error::ApiError`, rendered as `{"error","status"}`.
 //! - [`config`]: [`Config`], every limit as a named constant, config files.
-//! - [`bench`]: the `chaos-proxy bench` measurement (direct vs proxied).
+//! - `bench`: the `chaos-proxy bench` measurement (direct vs proxied, then
+//!   the API and new connections under 64 bulk streams).
 //!
 //! # Invariants
 //!
 //! - The control plane never waits on a connection: toxic changes are
-//!   published with `watch::Sender::send_replace`.
+//!   published with `watch::Sender::send_replace`; the registry lock is never
+//!   held across a host-name lookup.
+//! - A failed create, update or populate changes nothing.
 //! - SO_LINGER 0 is set only on a connection whose reset_peer fired (or
 //!   whose peer aborted), never because a toxic merely exists.
 //! - Every decision is a pure function of the seed and the connection's
 //!   accept index, so a serial replay with the same seed is identical.
 
-pub mod api;
-pub mod bench;
+// Modules are private to the crate; the public API is `run`, `Config` and
+// `config` (scenarios and the binary), `run_bench` (the binary), and the
+// seeded roll with its `Direction` (tests replay decisions with them).
+pub(crate) mod api;
+pub(crate) mod bench;
 pub mod config;
-pub mod error;
-pub mod link;
-pub mod proxy;
-pub mod rng;
-pub mod state;
-pub mod stats;
-pub mod toxic;
+pub(crate) mod error;
+pub(crate) mod link;
+mod loops;
+pub(crate) mod proxy;
+mod registry;
+pub(crate) mod rng;
+pub(crate) mod state;
+pub(crate) mod stats;
+pub(crate) mod toxic;
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+pub use bench::run_bench;
 pub use config::Config;
-pub use state::AppState;
+pub use rng::toxicity_roll;
+use state::AppState;
+pub use toxic::Direction;
 
 /// Serves the control API on `listener` (after creating the startup
 /// proxies) until `shutdown` resolves, then stops every proxy.

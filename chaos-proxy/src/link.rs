@@ -21,7 +21,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use crate::config::{LATENCY_QUEUE_BYTES_MAX, LINK_BUFFER_BYTES_MAX, LINK_BUFFER_BYTES_MIN, TOXIC_DURATION_MS_MAX};
+use crate::config::{
+    LATENCY_QUEUE_BYTES_MAX, LINK_BUFFER_BYTES_MAX, LINK_BUFFER_BYTES_MIN, LINK_YIELD_BYTES, TOXIC_DURATION_MS_MAX,
+};
 use crate::proxy::{Chain, ProxyShared};
 use crate::rng::{self, Purpose};
 use crate::toxic::{Direction, Scope, Toxic, ToxicType};
@@ -304,28 +306,9 @@ impl Link<'_> {
                         return (0, now, shape);
                     }
                 }
-                ToxicType::Latency => {
+                ToxicType::Latency | ToxicType::Bandwidth | ToxicType::Slicer => {
                     self.record(st, t, exchange);
-                    let jitter = t.attribute("jitter").clamp(0, TOXIC_DURATION_MS_MAX);
-                    let mut ms = t.attribute("latency").clamp(0, TOXIC_DURATION_MS_MAX);
-                    if jitter > 0 {
-                        ms += slow.shape_rng.random_range(-jitter..jitter);
-                    }
-                    release += Duration::from_millis(ms.clamp(0, TOXIC_DURATION_MS_MAX) as u64);
-                }
-                ToxicType::Bandwidth => {
-                    self.record(st, t, exchange);
-                    let rate = t.attribute("rate");
-                    if rate > 0 {
-                        shape.rate = if shape.rate == 0 { rate } else { shape.rate.min(rate) };
-                    }
-                }
-                ToxicType::Slicer => {
-                    self.record(st, t, exchange);
-                    let avg = t.attribute("average_size");
-                    if avg > 0 {
-                        shape.slicer = Some((avg, t.attribute("size_variation"), t.attribute("delay")));
-                    }
+                    shape_chunk(t, &mut slow.shape_rng, &mut release, &mut shape);
                 }
             }
         }
@@ -345,6 +328,34 @@ impl Link<'_> {
             }
         }
         delay
+    }
+}
+
+/// What a firing latency, bandwidth or slicer toxic does to a chunk: delay
+/// its release, or pace or slice its write.
+fn shape_chunk(t: &Toxic, rng: &mut Xoshiro256PlusPlus, release: &mut Instant, shape: &mut Shape) {
+    match t.ty {
+        ToxicType::Latency => {
+            let jitter = t.attribute("jitter").clamp(0, TOXIC_DURATION_MS_MAX);
+            let mut ms = t.attribute("latency").clamp(0, TOXIC_DURATION_MS_MAX);
+            if jitter > 0 {
+                ms += rng.random_range(-jitter..jitter);
+            }
+            *release += Duration::from_millis(ms.clamp(0, TOXIC_DURATION_MS_MAX) as u64);
+        }
+        ToxicType::Bandwidth => {
+            let rate = t.attribute("rate");
+            if rate > 0 {
+                shape.rate = if shape.rate == 0 { rate } else { shape.rate.min(rate) };
+            }
+        }
+        ToxicType::Slicer => {
+            let avg = t.attribute("average_size");
+            if avg > 0 {
+                shape.slicer = Some((avg, t.attribute("size_variation"), t.attribute("delay")));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -409,6 +420,25 @@ async fn write_shaped<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Cooperative scheduling for a link: a yield once [`LINK_YIELD_BYTES`] were
+/// forwarded since the last one (so after every read of a full-size buffer),
+/// so that a bulk flow whose sockets never block cannot hold a worker thread
+/// (see the constant).
+#[derive(Default)]
+struct Fairness {
+    since_yield: usize,
+}
+
+impl Fairness {
+    async fn forwarded(&mut self, n: usize) {
+        self.since_yield += n;
+        if self.since_yield >= LINK_YIELD_BYTES {
+            self.since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// Forwards the end of the stream as a half-close.
 async fn finish_eof<W: AsyncWrite + Unpin>(dst: &mut W) -> LinkEnd {
     // A failed shutdown means the peer is already gone; the connection
@@ -424,152 +454,326 @@ pub async fn pump<R, W>(
     dir: Direction,
     src: &mut R,
     dst: &mut W,
-    mut chain_rx: watch::Receiver<Arc<Chain>>,
+    chain_rx: watch::Receiver<Arc<Chain>>,
 ) -> LinkEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let link = Link { ctx, dir };
-    let (received, sent) = ctx.counters(dir);
-    let mut buf = vec![0u8; LINK_BUFFER_BYTES_MIN];
-    let mut chain = chain_rx.borrow_and_update().clone();
-    // The sender lives as long as the proxy; once it is gone, stop watching
-    // (a closed `changed()` would otherwise resolve in a busy loop).
-    let mut watching = true;
-    let mut slow = Slow::new(rng::rng_for(
-        ctx.seed,
-        &ctx.proxy.name,
-        ctx.connection,
-        dir,
-        "",
-        0,
-        Purpose::Shape,
-    ));
-    let mut slow_started = false;
-
+    let mut pump = Pump::new(ctx, dir, chain_rx);
     loop {
-        let toxics = chain.for_direction(dir);
-        if toxics.is_empty() && slow.is_idle() {
-            slow_started = false;
-            tokio::select! {
-                biased;
-                changed = chain_rx.changed(), if watching => {
-                    match changed {
-                        Ok(()) => chain = chain_rx.borrow_and_update().clone(),
-                        Err(_) => watching = false,
-                    }
-                }
-                r = src.read(&mut buf) => {
-                    let n = match r {
-                        Ok(0) => return finish_eof(dst).await,
-                        Ok(n) => n,
-                        Err(_) => return LinkEnd::Broken,
-                    };
-                    ctx.activity.store(true, Relaxed);
-                    ctx.exchanges.on_data(dir);
-                    received.fetch_add(n as u64, Relaxed);
-                    if dst.write_all(&buf[..n]).await.is_err() {
-                        return LinkEnd::Broken;
-                    }
-                    sent.fetch_add(n as u64, Relaxed);
-                    if n == buf.len() && buf.len() < LINK_BUFFER_BYTES_MAX {
-                        // A full read means a bulk flow: grow the buffer.
-                        buf.resize(buf.len() * 2, 0);
-                    }
-                }
-            }
-            continue;
+        let fast = pump.chain.for_direction(dir).is_empty() && pump.slow.is_idle();
+        let step = if fast {
+            pump.fast_step(src, dst).await
+        } else {
+            pump.slow_step(src, dst).await
+        };
+        if let Some(end) = step {
+            return end;
         }
+    }
+}
 
-        // Slow path.
-        let chain_now = chain.clone();
-        let toxics = chain_now.for_direction(dir);
-        if !slow_started {
-            slow_started = true;
-            link.on_chain(&mut slow, toxics);
+/// One direction's state between events. A step returns `Some` when the
+/// link ends.
+struct Pump<'a> {
+    link: Link<'a>,
+    received: &'a AtomicU64,
+    sent: &'a AtomicU64,
+    buf: Vec<u8>,
+    chain_rx: watch::Receiver<Arc<Chain>>,
+    chain: Arc<Chain>,
+    /// The sender lives as long as the proxy; once it is gone, stop watching
+    /// (a closed `changed()` would otherwise resolve in a busy loop).
+    watching: bool,
+    slow: Slow,
+    /// The slow path ran since the link last took the fast one.
+    slow_started: bool,
+    fairness: Fairness,
+}
+
+impl<'a> Pump<'a> {
+    fn new(ctx: &'a ConnCtx, dir: Direction, mut chain_rx: watch::Receiver<Arc<Chain>>) -> Self {
+        let (received, sent) = ctx.counters(dir);
+        let chain = chain_rx.borrow_and_update().clone();
+        let shape_rng = rng::rng_for(ctx.seed, &ctx.proxy.name, ctx.connection, dir, "", 0, Purpose::Shape);
+        Pump {
+            link: Link { ctx, dir },
+            received,
+            sent,
+            buf: vec![0u8; LINK_BUFFER_BYTES_MIN],
+            chain_rx,
+            chain,
+            watching: true,
+            slow: Slow::new(shape_rng),
+            slow_started: false,
+            fairness: Fairness::default(),
         }
-        if slow.stop_reading && slow.queue.is_empty() && !slow.resetting {
-            if slow.finish == LinkEnd::Eof {
-                let delay = link.slow_close_delay(&mut slow, toxics);
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                return finish_eof(dst).await;
+    }
+
+    /// Takes a new chain; false when the sender is gone.
+    fn on_chain_change(&mut self, changed: Result<(), watch::error::RecvError>) -> bool {
+        match changed {
+            Ok(()) => {
+                self.chain = self.chain_rx.borrow_and_update().clone();
+                true
             }
-            return slow.finish;
+            Err(_) => {
+                self.watching = false;
+                false
+            }
+        }
+    }
+
+    /// Notes `n` bytes read; returns the exchange they belong to.
+    fn on_read(&self, n: usize) -> u64 {
+        let ctx = self.link.ctx;
+        ctx.activity.store(true, Relaxed);
+        self.received.fetch_add(n as u64, Relaxed);
+        ctx.exchanges.on_data(self.link.dir)
+    }
+
+    /// No toxic in this direction: read, write, count.
+    async fn fast_step<R, W>(&mut self, src: &mut R, dst: &mut W) -> Option<LinkEnd>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        self.slow_started = false;
+        let read = tokio::select! {
+            biased;
+            changed = self.chain_rx.changed(), if self.watching => {
+                self.on_chain_change(changed);
+                return None;
+            }
+            r = src.read(&mut self.buf) => r,
+        };
+        let n = match read {
+            Ok(0) => return Some(finish_eof(dst).await),
+            Ok(n) => n,
+            Err(_) => return Some(LinkEnd::Broken),
+        };
+        self.on_read(n);
+        if dst.write_all(&self.buf[..n]).await.is_err() {
+            return Some(LinkEnd::Broken);
+        }
+        self.sent.fetch_add(n as u64, Relaxed);
+        if n == self.buf.len() && self.buf.len() < LINK_BUFFER_BYTES_MAX {
+            // A full read means a bulk flow: grow the buffer.
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        self.fairness.forwarded(n).await;
+        None
+    }
+
+    /// Toxics apply, or something is still pending (queue, deadline, end).
+    async fn slow_step<R, W>(&mut self, src: &mut R, dst: &mut W) -> Option<LinkEnd>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let chain = self.chain.clone();
+        let toxics = chain.for_direction(self.link.dir);
+        if !self.slow_started {
+            self.slow_started = true;
+            self.link.on_chain(&mut self.slow, toxics);
+        }
+        let slow = &self.slow;
+        if slow.stop_reading && slow.queue.is_empty() && !slow.resetting {
+            return Some(self.finish(toxics, dst).await);
         }
         let can_read = !slow.stop_reading && slow.queued_bytes < LATENCY_QUEUE_BYTES_MAX;
         let deadline_at = slow.deadline.as_ref().map(|d| d.at);
         let head_at = slow.queue.front().map(|q| q.release);
         tokio::select! {
             biased;
-            changed = chain_rx.changed(), if watching => {
-                match changed {
-                    Ok(()) => {
-                        chain = chain_rx.borrow_and_update().clone();
-                        link.on_chain(&mut slow, chain.for_direction(dir));
-                    }
-                    Err(_) => watching = false,
+            changed = self.chain_rx.changed(), if self.watching => {
+                if self.on_chain_change(changed) {
+                    let chain = self.chain.clone();
+                    self.link.on_chain(&mut self.slow, chain.for_direction(self.link.dir));
                 }
+                None
             }
-            () = sleep_until_opt(deadline_at) => {
-                if let Some(d) = slow.deadline.take() {
-                    if d.end == LinkEnd::Close {
-                        // An idle link closed by a timeout toxic records here.
-                        if let Some(t) = toxics.iter().find(|t| t.name == d.toxic) {
-                            let key = if t.scope == Scope::Request {
-                                ctx.exchanges.requests.load(Relaxed)
-                            } else {
-                                0
-                            };
-                            let st = link.state(&mut slow, t, key);
-                            link.record(st, t, key);
-                        }
-                    }
-                    return d.end;
-                }
-            }
-            () = sleep_until_opt(head_at) => {
-                if let Some(q) = slow.queue.pop_front() {
-                    slow.queued_bytes -= q.data.len();
-                    let r = write_shaped(dst, &q.data, q.shape, &mut slow.shape_rng, &mut slow.pace_next).await;
-                    if r.is_err() {
-                        return LinkEnd::Broken;
-                    }
-                    sent.fetch_add(q.data.len() as u64, Relaxed);
-                }
-            }
-            r = src.read(&mut buf), if can_read => {
-                let n = match r {
-                    Ok(0) => {
-                        slow.stop_reading = true;
-                        continue;
-                    }
-                    Ok(n) => n,
-                    Err(_) => return LinkEnd::Broken,
-                };
-                ctx.activity.store(true, Relaxed);
-                let exchange = ctx.exchanges.on_data(dir);
-                received.fetch_add(n as u64, Relaxed);
-                if slow.resetting {
-                    continue; // reset_peer fired: the rest of the stream is dropped
-                }
-                let (pass, release, shape) = link.process(&mut slow, toxics, n, exchange);
-                if pass == 0 {
-                    continue;
-                }
-                if release > Instant::now() || !slow.queue.is_empty() {
-                    slow.queued_bytes += pass;
-                    slow.queue.push_back(Queued { release, data: buf[..pass].to_vec(), shape });
-                } else {
-                    let r = write_shaped(dst, &buf[..pass], shape, &mut slow.shape_rng, &mut slow.pace_next).await;
-                    if r.is_err() {
-                        return LinkEnd::Broken;
-                    }
-                    sent.fetch_add(pass as u64, Relaxed);
-                }
-            }
+            () = sleep_until_opt(deadline_at) => self.on_deadline(toxics),
+            () = sleep_until_opt(head_at) => self.release_head(dst).await,
+            r = src.read(&mut self.buf), if can_read => self.on_slow_read(r, toxics, dst).await,
         }
+    }
+
+    /// The source ended (or limit_data was reached) and the queue is empty.
+    async fn finish<W: AsyncWrite + Unpin>(&mut self, toxics: &[Toxic], dst: &mut W) -> LinkEnd {
+        if self.slow.finish != LinkEnd::Eof {
+            return self.slow.finish;
+        }
+        let delay = self.link.slow_close_delay(&mut self.slow, toxics);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        finish_eof(dst).await
+    }
+
+    /// The reset/close deadline passed: the link ends.
+    fn on_deadline(&mut self, toxics: &[Toxic]) -> Option<LinkEnd> {
+        let d = self.slow.deadline.take()?;
+        if d.end == LinkEnd::Close
+            && let Some(t) = toxics.iter().find(|t| t.name == d.toxic)
+        {
+            // An idle link closed by a timeout toxic records here.
+            let key = if t.scope == Scope::Request {
+                self.link.ctx.exchanges.requests.load(Relaxed)
+            } else {
+                0
+            };
+            let st = self.link.state(&mut self.slow, t, key);
+            self.link.record(st, t, key);
+        }
+        Some(d.end)
+    }
+
+    /// The head of the latency queue is due: write it.
+    async fn release_head<W: AsyncWrite + Unpin>(&mut self, dst: &mut W) -> Option<LinkEnd> {
+        let q = self.slow.queue.pop_front()?;
+        self.slow.queued_bytes -= q.data.len();
+        let slow = &mut self.slow;
+        let r = write_shaped(dst, &q.data, q.shape, &mut slow.shape_rng, &mut slow.pace_next).await;
+        if r.is_err() {
+            return Some(LinkEnd::Broken);
+        }
+        self.sent.fetch_add(q.data.len() as u64, Relaxed);
+        None
+    }
+
+    /// A read on the slow path: through the toxics, then queued or written.
+    async fn on_slow_read<W: AsyncWrite + Unpin>(
+        &mut self,
+        read: std::io::Result<usize>,
+        toxics: &[Toxic],
+        dst: &mut W,
+    ) -> Option<LinkEnd> {
+        let n = match read {
+            Ok(0) => {
+                self.slow.stop_reading = true;
+                return None;
+            }
+            Ok(n) => n,
+            Err(_) => return Some(LinkEnd::Broken),
+        };
+        let exchange = self.on_read(n);
+        self.fairness.forwarded(n).await;
+        if self.slow.resetting {
+            return None; // reset_peer fired: the rest of the stream is dropped
+        }
+        let (pass, release, shape) = self.link.process(&mut self.slow, toxics, n, exchange);
+        if pass == 0 {
+            return None;
+        }
+        let slow = &mut self.slow;
+        if release > Instant::now() || !slow.queue.is_empty() {
+            slow.queued_bytes += pass;
+            let data = self.buf[..pass].to_vec();
+            slow.queue.push_back(Queued { release, data, shape });
+            return None;
+        }
+        let r = write_shaped(dst, &self.buf[..pass], shape, &mut slow.shape_rng, &mut slow.pace_next).await;
+        if r.is_err() {
+            return Some(LinkEnd::Broken);
+        }
+        self.sent.fetch_add(pass as u64, Relaxed);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicU64;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::proxy::ProxyShared;
+
+    /// A source that is always ready (unlike a socket, it never touches
+    /// tokio's budget): `left` bytes of zeros, then EOF.
+    struct AlwaysReady {
+        left: usize,
+    }
+
+    impl AsyncRead for AlwaysReady {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = buf.remaining().min(self.left);
+            buf.put_slice(&vec![0u8; n]);
+            self.left -= n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A destination that is always ready and discards everything.
+    struct Discard;
+
+    impl AsyncWrite for Discard {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The copy loop yields every `LINK_YIELD_BYTES` even when its sockets
+    /// never block, so that another task on the same (single) thread runs.
+    /// Deterministic: without the yield the other task never runs before
+    /// the link ends.
+    #[tokio::test]
+    async fn a_link_that_never_blocks_still_yields() {
+        let shared = ProxyShared::new("p".into(), &[]);
+        let ctx = ConnCtx {
+            seed: 1,
+            proxy: shared.clone(),
+            connection: 0,
+            exchanges: ExchangeTracker::default(),
+            activity: AtomicBool::new(false),
+        };
+        let polls = Arc::new(AtomicU64::new(0));
+        let counter = polls.clone();
+        let other = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        let rounds = 64;
+        let mut src = AlwaysReady {
+            left: rounds * LINK_YIELD_BYTES,
+        };
+        let end = pump(
+            &ctx,
+            Direction::Upstream,
+            &mut src,
+            &mut Discard,
+            shared.chain.subscribe(),
+        )
+        .await;
+        other.abort();
+        assert_eq!(end, LinkEnd::Eof);
+        assert_eq!(
+            shared.stats.upstream_bytes_sent.load(Relaxed),
+            (rounds * LINK_YIELD_BYTES) as u64
+        );
+        // One yield per LINK_YIELD_BYTES, or per read when a read is bigger.
+        let per_yield = LINK_YIELD_BYTES.max(LINK_BUFFER_BYTES_MAX);
+        let expected = (rounds * LINK_YIELD_BYTES / per_yield - 1) as u64;
+        let polled = polls.load(Relaxed);
+        assert!(
+            polled >= expected,
+            "the other task ran {polled} times, expected {expected}"
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! the accept loop and every connection of that run observe.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::config::{ACCEPT_ERROR_BACKOFF_MS_MAX, PROXY_STOP_TIMEOUT_MS, UPSTREAM_HOST_ALIASES};
 use crate::error::ApiError;
 use crate::link::{self, ConnCtx, ExchangeTracker, LinkEnd};
+use crate::loops;
 use crate::stats::Stats;
 use crate::toxic::{Direction, Toxic};
 
@@ -83,6 +85,27 @@ pub struct DataPlane {
     pub idle_timeout: Duration,
     /// One permit per live proxied connection, all proxies together.
     pub permits: Arc<Semaphore>,
+    /// Host-name lookups of the control plane (listen and upstream names).
+    pub resolver: Arc<dyn Resolve>,
+}
+
+/// What a host-name lookup returns.
+pub type LookupFuture = Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>;
+
+/// Host-name resolution for the control plane. A trait so that tests can
+/// hold a lookup open and show that nothing waits on it.
+pub trait Resolve: Send + Sync {
+    fn lookup(&self, host: &str, port: u16) -> LookupFuture;
+}
+
+/// The system resolver (`getaddrinfo` on tokio's blocking pool).
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn lookup(&self, host: &str, port: u16) -> LookupFuture {
+        let host = host.to_owned();
+        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), port)).await?.collect()) })
+    }
 }
 
 /// A parsed upstream address.
@@ -135,7 +158,8 @@ pub fn parse_upstream(s: &str, allow_remote: bool) -> Result<Upstream, ApiError>
 /// Resolves a listen string to the address to bind. Without `allow_remote`
 /// wildcard addresses (`0.0.0.0`, `[::]`, empty host) bind 127.0.0.1, so the
 /// workshop's `"listen": "0.0.0.0:8888"` stays on loopback.
-pub async fn resolve_listen(s: &str, allow_remote: bool, timeout: Duration) -> Result<SocketAddr, ApiError> {
+pub async fn resolve_listen(s: &str, plane: &DataPlane) -> Result<SocketAddr, ApiError> {
+    let allow_remote = plane.allow_remote;
     let loopback = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
     let bad = |why: &str| ApiError::BadRequest(format!("invalid listen {s:?}: {why}"));
     if s.is_empty() {
@@ -171,58 +195,94 @@ pub async fn resolve_listen(s: &str, allow_remote: bool, timeout: Duration) -> R
             "only loopback addresses and localhost are allowed; start with --allow-remote for other hosts",
         ));
     }
-    let mut addrs = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
-        .await
-        .map_err(|_| ApiError::Internal(format!("lookup {host}: timed out")))?
-        .map_err(|e| ApiError::Internal(format!("lookup {host}: {e}")))?;
-    addrs
+    lookup(plane, host, port)
+        .await?
+        .into_iter()
         .next()
         .ok_or_else(|| ApiError::Internal(format!("lookup {host}: no address")))
+}
+
+/// Resolves `host` within the dial budget, in toxiproxy's error wording.
+pub async fn lookup(plane: &DataPlane, host: &str, port: u16) -> Result<Vec<SocketAddr>, ApiError> {
+    tokio::time::timeout(plane.dial_timeout, plane.resolver.lookup(host, port))
+        .await
+        .map_err(|_| ApiError::Internal(format!("lookup {host}: timed out")))?
+        .map_err(|e| ApiError::Internal(format!("lookup {host}: {e}")))
 }
 
 /// A started proxy: its accept loop and the flag that stops its run.
 pub struct Running {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
-    accept: JoinHandle<()>,
+    /// The accept loop hands its socket back when it stops.
+    accept: JoinHandle<TcpListener>,
 }
 
 impl Running {
-    /// Stops accepting, closes the listening socket, and tells every
-    /// connection of this run to close. Waits only for the accept loop (which
-    /// exits at its next poll) so that the port is free when this returns.
-    pub async fn stop(self) {
+    /// Stops accepting and tells every connection of this run to close.
+    /// Waits only for the accept loop (which exits at its next poll) and
+    /// returns its still-bound socket, so that a restart on the same address
+    /// cannot lose the port; `None` only if the loop did not stop in time
+    /// (it is aborted then, which closes the socket).
+    pub async fn stop(self) -> Option<Bound> {
         self.stop.send_replace(true);
         let guard = Duration::from_millis(PROXY_STOP_TIMEOUT_MS);
-        if tokio::time::timeout(guard, self.accept).await.is_err() {
-            tracing::warn!(addr = %self.addr, "accept loop did not stop in time");
+        let mut accept = self.accept;
+        match tokio::time::timeout(guard, &mut accept).await {
+            Ok(Ok(listener)) => Some(Bound {
+                listener,
+                addr: self.addr,
+            }),
+            Ok(Err(e)) => {
+                tracing::error!(addr = %self.addr, error = %e, "accept loop failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(addr = %self.addr, "accept loop did not stop in time; aborting it");
+                accept.abort();
+                None
+            }
         }
     }
 }
 
-/// Binds `listen` and starts accepting for `shared`.
-pub async fn start(
-    listen: SocketAddr,
-    upstream: Upstream,
-    shared: Arc<ProxyShared>,
-    plane: Arc<DataPlane>,
-) -> std::io::Result<Running> {
-    let listener = TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
+/// A bound listening socket and its real address (port 0 resolved).
+pub struct Bound {
+    pub listener: TcpListener,
+    pub addr: SocketAddr,
+}
+
+/// Binds `listen` at once (a plain socket call, nothing to wait for), in
+/// toxiproxy's error wording.
+pub fn bind(listen: SocketAddr) -> Result<Bound, ApiError> {
+    let fail = |e: std::io::Error| ApiError::Internal(format!("listen tcp {listen}: {e}"));
+    let std_listener = std::net::TcpListener::bind(listen).map_err(fail)?;
+    std_listener.set_nonblocking(true).map_err(fail)?;
+    let addr = std_listener.local_addr().map_err(fail)?;
+    let listener = TcpListener::from_std(std_listener).map_err(fail)?;
+    Ok(Bound { listener, addr })
+}
+
+/// Starts accepting on `bound` for `shared`.
+pub fn start(bound: Bound, upstream: Upstream, shared: Arc<ProxyShared>, plane: Arc<DataPlane>) -> Running {
+    let Bound { listener, addr } = bound;
     let (stop, stop_rx) = watch::channel(false);
     tracing::info!(proxy = %shared.name, listen = %addr, upstream = %upstream, "proxy started");
     let run = Arc::new(RunCtx {
         shared,
+        listen: addr,
         upstream,
         plane,
     });
     let accept = tokio::spawn(accept_loop(listener, run, stop_rx));
-    Ok(Running { addr, stop, accept })
+    Running { addr, stop, accept }
 }
 
 /// What every connection of one run shares.
 struct RunCtx {
     shared: Arc<ProxyShared>,
+    /// The bound address of this run.
+    listen: SocketAddr,
     upstream: Upstream,
     plane: Arc<DataPlane>,
 }
@@ -232,7 +292,7 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-async fn accept_loop(listener: TcpListener, run: Arc<RunCtx>, mut stop_rx: watch::Receiver<bool>) {
+async fn accept_loop(listener: TcpListener, run: Arc<RunCtx>, mut stop_rx: watch::Receiver<bool>) -> TcpListener {
     let mut backoff_ms = 1;
     loop {
         let accepted = tokio::select! {
@@ -270,15 +330,32 @@ async fn accept_loop(listener: TcpListener, run: Arc<RunCtx>, mut stop_rx: watch
         }
     }
     tracing::info!(proxy = %run.shared.name, "proxy stopped");
+    listener
 }
 
-async fn dial(upstream: &Upstream, allow_remote: bool) -> std::io::Result<TcpStream> {
-    match upstream {
+/// Connects to the run's upstream. Never to the run's own listen address:
+/// the API refuses such an upstream, but a host name can start resolving to
+/// it later, or a proxy re-enabled on port 0 can land on its upstream's
+/// port, and each looped connection would dial again, up to the connection
+/// cap (see `loops.rs`).
+async fn dial(run: &RunCtx) -> std::io::Result<TcpStream> {
+    let refused = |addr| {
+        std::io::Error::other(format!(
+            "upstream {addr} is this proxy's own listen address {} (a proxy loop)",
+            run.listen
+        ))
+    };
+    match &run.upstream {
+        Upstream::Addr(addr) if loops::reaches(*addr, run.listen) => Err(refused(*addr)),
         Upstream::Addr(addr) => TcpStream::connect(addr).await,
         Upstream::Host(host, port) => {
             let mut last = std::io::Error::other(format!("{host}: no address"));
             for addr in tokio::net::lookup_host((host.as_str(), *port)).await? {
-                if !allow_remote && !addr.ip().is_loopback() {
+                if !run.plane.allow_remote && !addr.ip().is_loopback() {
+                    continue;
+                }
+                if loops::reaches(addr, run.listen) {
+                    last = refused(addr);
                     continue;
                 }
                 match TcpStream::connect(addr).await {
@@ -360,7 +437,7 @@ async fn handle_connection(
 
     let dialed = tokio::select! {
         () = stopped(&mut stop_rx) => return,
-        r = tokio::time::timeout(plane.dial_timeout, dial(&run.upstream, plane.allow_remote)) => r,
+        r = tokio::time::timeout(plane.dial_timeout, dial(&run)) => r,
     };
     let mut upstream = match dialed {
         Ok(Ok(s)) => s,
@@ -411,4 +488,49 @@ fn dial_failed(shared: &ProxyShared, client: &TcpStream, connection: u64, why: &
     // An RST tells the client at once that nothing is behind the proxy; a
     // FIN would look like an empty answer.
     let _ = client.set_zero_linger();
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Bound on any awaited event in these tests.
+    const HANG_GUARD: Duration = Duration::from_secs(10);
+
+    /// A run whose upstream is its own address, started behind the API's
+    /// back (as a DNS change or a port 0 landing on the upstream's port
+    /// would make it): the connection is refused at the dial instead of
+    /// looping through the proxy up to the connection cap.
+    #[tokio::test]
+    async fn a_run_never_dials_its_own_address() {
+        let plane = Arc::new(DataPlane {
+            seed: 1,
+            allow_remote: false,
+            dial_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            permits: Arc::new(Semaphore::new(64)),
+            resolver: Arc::new(SystemResolver),
+        });
+        let shared = ProxyShared::new("self".into(), &[]);
+        let bound = bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap_or_else(|e| panic!("{e}"));
+        let addr = bound.addr;
+        let running = start(bound, Upstream::Addr(addr), shared.clone(), plane);
+
+        let mut client = tokio::time::timeout(HANG_GUARD, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let _ = client.write_all(b"x").await;
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(HANG_GUARD, client.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "the client must be closed, got {read:?}"
+        );
+        assert_eq!(shared.stats.upstream_dial_failures.load(Relaxed), 1);
+        assert_eq!(shared.stats.connections_accepted.load(Relaxed), 1);
+        running.stop().await;
+    }
 }

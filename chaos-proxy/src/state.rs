@@ -2,25 +2,31 @@
 //! offers on it, with toxiproxy's semantics.
 //!
 //! One async mutex serialises API mutations (so "create a proxy, then add its
-//! toxic" can never race, toxiproxy #148). It is held only across binds and
-//! accept-loop stops, never across anything the data plane does: toxics
-//! reach connections through `watch::Sender::send_replace`, which does not
-//! wait (toxiproxy #558 hangs because it waits on connections under a lock).
+//! toxic" can never race, toxiproxy #148). Host names are resolved before it
+//! is taken; under it only binds (plain socket calls) and accept-loop stops
+//! happen, never anything the data plane does: toxics reach connections
+//! through `watch::Sender::send_replace`, which does not wait (toxiproxy #558
+//! hangs because it waits on connections under a lock).
+//!
+//! Every change is prepared (all that can fail) before it is applied (see
+//! `registry.rs`), so a failed create, update or populate changes nothing.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::config::{Config, NAME_BYTES_MAX, PROXIES_COUNT_MAX, TOXICS_PER_PROXY_COUNT_MAX};
+use crate::config::{Config, PROXIES_COUNT_MAX, TOXICS_PER_PROXY_COUNT_MAX};
 use crate::error::ApiError;
-use crate::proxy::{self, DataPlane, ProxyShared, Running, Upstream};
+use crate::loops::{Node, edges, find_loop};
+use crate::proxy::{self, DataPlane, Resolve, Upstream};
+pub use crate::registry::ProxyView;
+use crate::registry::{Listener, ProxyEntry, Settings, UpstreamSpec, listing};
 use crate::stats::StatsView;
-use crate::toxic::{Direction, Toxic};
+use crate::toxic::{Toxic, check_name};
 
 /// Shared handle on the whole server state (cheap to clone).
 #[derive(Clone)]
@@ -31,28 +37,6 @@ pub struct AppState {
 struct Inner {
     plane: Arc<DataPlane>,
     registry: Mutex<BTreeMap<String, ProxyEntry>>,
-}
-
-struct ProxyEntry {
-    /// As given, until the proxy is started; then the real bound address.
-    listen: String,
-    upstream: String,
-    target: Upstream,
-    enabled: bool,
-    /// Creation order across both directions.
-    toxics: Vec<Toxic>,
-    shared: Arc<ProxyShared>,
-    running: Option<Running>,
-}
-
-/// A proxy as the API shows it (toxiproxy's keys, in its order).
-#[derive(Serialize, Clone, Debug)]
-pub struct ProxyView {
-    pub name: String,
-    pub listen: String,
-    pub upstream: String,
-    pub enabled: bool,
-    pub toxics: Vec<Toxic>,
 }
 
 /// A proxy create (or populate item) body. `toxics` is an extension.
@@ -74,49 +58,82 @@ struct ProxyUpdateBody {
     enabled: Option<bool>,
 }
 
-/// A validated create request.
+/// A validated create request, its addresses resolved.
 struct NewProxy {
     name: String,
-    listen: String,
-    upstream: String,
-    target: Upstream,
-    enabled: bool,
+    settings: Settings,
     toxics: Vec<Toxic>,
 }
 
-/// Toxics in toxiproxy's listing order: upstream ones first, then
-/// downstream ones, each in creation order.
-fn listing(toxics: &[Toxic]) -> Vec<Toxic> {
-    let mut out: Vec<Toxic> = toxics
-        .iter()
-        .filter(|t| t.direction == Direction::Upstream)
-        .cloned()
-        .collect();
-    out.extend(toxics.iter().filter(|t| t.direction == Direction::Downstream).cloned());
-    out
+/// One populate item, prepared: what committing it does.
+enum Step {
+    /// The proxy exists with the same addresses: kept untouched (its toxics
+    /// replaced when the item brings some).
+    Keep(NewProxy),
+    /// A new proxy, or a brand-new one in place of one whose addresses
+    /// differ, on the prepared listener.
+    Put(NewProxy, Listener),
 }
 
-impl ProxyEntry {
-    fn view(&self, name: &str) -> ProxyView {
-        ProxyView {
-            name: name.to_owned(),
-            listen: self.listen.clone(),
-            upstream: self.upstream.clone(),
-            enabled: self.enabled,
-            toxics: listing(&self.toxics),
-        }
-    }
-}
-
-/// Outcome of a populate that failed part-way: the error and the proxies
-/// created or kept before it.
+/// Outcome of a populate that failed: the error and, only if a commit
+/// failed part-way (see [`ProxyEntry::apply`]), the proxies done before it.
 pub struct PopulateError {
     pub error: ApiError,
     pub proxies: Option<Vec<ProxyView>>,
 }
 
+fn not_found() -> ApiError {
+    ApiError::NotFound("proxy not found")
+}
+
+/// Refuses a change after which a proxy's upstream leads back to it, alone
+/// or through other proxies of this server (see `loops.rs`). `changed`: the
+/// proxies the change sets, each with the address it will listen on.
+/// Disabled proxies count: enabling one must not close a loop unchecked.
+fn check_loops(
+    registry: &BTreeMap<String, ProxyEntry>,
+    changed: &[(&str, &Settings, SocketAddr)],
+) -> Result<(), ApiError> {
+    let mut nodes: Vec<Node<'_>> = registry
+        .iter()
+        .filter(|(name, _)| !changed.iter().any(|(c, _, _)| c == name))
+        .map(|(name, entry)| Node {
+            name,
+            listen: entry.settings.listen_addr,
+            upstreams: &entry.settings.upstream.addrs,
+        })
+        .collect();
+    let first_changed = nodes.len();
+    nodes.extend(changed.iter().map(|(name, settings, listen)| Node {
+        name,
+        listen: *listen,
+        upstreams: &settings.upstream.addrs,
+    }));
+    let edges = edges(&nodes);
+    for (i, (name, settings, listen)) in changed.iter().enumerate() {
+        let Some(path) = find_loop(&nodes, &edges, first_changed + i) else {
+            continue;
+        };
+        let why = if path == format!("{name} -> {name}") {
+            format!(
+                "proxy loop: the upstream {} of {name} is its own listen address {listen}",
+                settings.upstream.text
+            )
+        } else {
+            format!("proxy loop: {path} (each upstream is the next proxy's listen address)")
+        };
+        return Err(ApiError::BadRequest(why));
+    }
+    Ok(())
+}
+
 impl AppState {
     pub fn new(config: &Config) -> AppState {
+        Self::with_resolver(config, Arc::new(proxy::SystemResolver))
+    }
+
+    /// A state whose host-name lookups go through `resolver`.
+    pub(crate) fn with_resolver(config: &Config, resolver: Arc<dyn Resolve>) -> AppState {
         AppState {
             inner: Arc::new(Inner {
                 plane: Arc::new(DataPlane {
@@ -125,6 +142,7 @@ impl AppState {
                     dial_timeout: config.dial_timeout,
                     idle_timeout: config.idle_timeout,
                     permits: Arc::new(Semaphore::new(config.connections_count_max)),
+                    resolver,
                 }),
                 registry: Mutex::new(BTreeMap::new()),
             }),
@@ -136,103 +154,64 @@ impl AppState {
         self.inner.plane.seed
     }
 
-    fn validate(&self, value: Value) -> Result<NewProxy, ApiError> {
+    /// Validates a create body and resolves its addresses. Called before the
+    /// registry lock is taken: a slow lookup must not stall the API.
+    async fn prepare(&self, value: Value) -> Result<NewProxy, ApiError> {
         let body: ProxyBody = serde_json::from_value(value).map_err(ApiError::bad_body)?;
         let name = body
             .name
             .filter(|n| !n.is_empty())
             .ok_or_else(|| ApiError::BadRequest("missing required field: name".into()))?;
-        if name.len() > NAME_BYTES_MAX {
-            return Err(ApiError::BadRequest(format!(
-                "proxy name longer than {NAME_BYTES_MAX} bytes"
-            )));
-        }
+        check_name("proxy", &name)?;
         let upstream = body
             .upstream
             .filter(|u| !u.is_empty())
             .ok_or_else(|| ApiError::BadRequest("missing required field: upstream".into()))?;
-        let target = proxy::parse_upstream(&upstream, self.inner.plane.allow_remote)?;
-        let mut toxics: Vec<Toxic> = Vec::new();
-        for t in body.toxics.unwrap_or_default() {
+        let upstream = self.upstream(upstream).await?;
+        let toxics = Self::toxics_of(body.toxics.unwrap_or_default())?;
+        let listen = body.listen.unwrap_or_default();
+        let listen_addr = self.resolve(&listen).await?;
+        let settings = Settings {
+            listen,
+            listen_addr,
+            upstream,
+            enabled: body.enabled.unwrap_or(true),
+        };
+        Ok(NewProxy { name, settings, toxics })
+    }
+
+    /// The toxics a create body brings (an extension), validated.
+    fn toxics_of(bodies: Vec<Value>) -> Result<Vec<Toxic>, ApiError> {
+        if bodies.len() > TOXICS_PER_PROXY_COUNT_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "too many toxics: at most {TOXICS_PER_PROXY_COUNT_MAX} per proxy"
+            )));
+        }
+        let mut toxics: Vec<Toxic> = Vec::with_capacity(bodies.len());
+        for t in bodies {
             let toxic = Toxic::from_create_json(t)?;
             if toxics.iter().any(|x| x.name == toxic.name) {
                 return Err(ApiError::Conflict("toxic already exists"));
             }
             toxics.push(toxic);
         }
-        if toxics.len() > TOXICS_PER_PROXY_COUNT_MAX {
-            return Err(ApiError::BadRequest(format!(
-                "too many toxics: at most {TOXICS_PER_PROXY_COUNT_MAX} per proxy"
-            )));
-        }
-        Ok(NewProxy {
-            name,
-            listen: body.listen.unwrap_or_default(),
-            upstream,
-            target,
-            enabled: body.enabled.unwrap_or(true),
-            toxics,
-        })
+        Ok(toxics)
+    }
+
+    /// Parses an upstream and resolves it for the loop check (before the
+    /// registry lock). A host name that does not resolve now is accepted,
+    /// as toxiproxy does: it is resolved again at every dial.
+    async fn upstream(&self, text: String) -> Result<UpstreamSpec, ApiError> {
+        let target = proxy::parse_upstream(&text, self.inner.plane.allow_remote)?;
+        let addrs = match &target {
+            Upstream::Addr(addr) => vec![*addr],
+            Upstream::Host(host, port) => proxy::lookup(&self.inner.plane, host, *port).await.unwrap_or_default(),
+        };
+        Ok(UpstreamSpec { text, target, addrs })
     }
 
     async fn resolve(&self, listen: &str) -> Result<SocketAddr, ApiError> {
-        proxy::resolve_listen(listen, self.inner.plane.allow_remote, self.inner.plane.dial_timeout).await
-    }
-
-    /// Starts `entry` on its listen address; on success `listen` becomes the
-    /// real bound address (port 0 resolved), as toxiproxy echoes it.
-    async fn start_entry(&self, entry: &mut ProxyEntry) -> Result<(), ApiError> {
-        if entry.running.is_some() {
-            return Ok(());
-        }
-        let addr = self.resolve(&entry.listen).await?;
-        let running = proxy::start(
-            addr,
-            entry.target.clone(),
-            entry.shared.clone(),
-            self.inner.plane.clone(),
-        )
-        .await
-        .map_err(|e| ApiError::Internal(format!("listen tcp {addr}: {e}")))?;
-        entry.listen = running.addr.to_string();
-        entry.running = Some(running);
-        entry.enabled = true;
-        Ok(())
-    }
-
-    async fn stop_entry(entry: &mut ProxyEntry) {
-        if let Some(running) = entry.running.take() {
-            running.stop().await;
-        }
-        entry.enabled = false;
-    }
-
-    /// Creates (and, if enabled, starts) a validated proxy and inserts it.
-    async fn insert_new(
-        &self,
-        registry: &mut BTreeMap<String, ProxyEntry>,
-        new: NewProxy,
-    ) -> Result<ProxyView, ApiError> {
-        if registry.len() >= PROXIES_COUNT_MAX {
-            return Err(ApiError::BadRequest(format!(
-                "too many proxies: at most {PROXIES_COUNT_MAX}"
-            )));
-        }
-        let mut entry = ProxyEntry {
-            listen: new.listen,
-            upstream: new.upstream,
-            target: new.target,
-            enabled: false,
-            shared: ProxyShared::new(new.name.clone(), &new.toxics),
-            toxics: new.toxics,
-            running: None,
-        };
-        if new.enabled {
-            self.start_entry(&mut entry).await?;
-        }
-        let view = entry.view(&new.name);
-        registry.insert(new.name, entry);
-        Ok(view)
+        proxy::resolve_listen(listen, &self.inner.plane).await
     }
 
     /// `GET /proxies`.
@@ -243,123 +222,176 @@ impl AppState {
 
     /// `POST /proxies`.
     pub async fn create(&self, body: Value) -> Result<ProxyView, ApiError> {
-        let new = self.validate(body)?;
+        let new = self.prepare(body).await?;
         let mut registry = self.inner.registry.lock().await;
         if registry.contains_key(&new.name) {
             return Err(ApiError::Conflict("proxy already exists"));
         }
-        self.insert_new(&mut registry, new).await
+        if registry.len() >= PROXIES_COUNT_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "too many proxies: at most {PROXIES_COUNT_MAX}"
+            )));
+        }
+        let mut entry = ProxyEntry::new(&new.name, &new.settings, new.toxics);
+        let listener = entry.prepare(&new.settings)?;
+        check_loops(&registry, &[(&new.name, &new.settings, listener.addr(&new.settings))])?;
+        entry.apply(new.settings, listener, &self.inner.plane).await?;
+        let view = entry.view(&new.name);
+        registry.insert(new.name, entry);
+        Ok(view)
     }
 
     /// `GET /proxies/{p}`.
     pub async fn get(&self, name: &str) -> Result<ProxyView, ApiError> {
         let registry = self.inner.registry.lock().await;
-        let entry = registry.get(name).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get(name).ok_or_else(not_found)?;
         Ok(entry.view(name))
     }
 
-    /// Whether `listen` names the address `entry` is (or would be) bound to.
-    async fn same_listen(&self, entry: &ProxyEntry, listen: &str) -> Result<bool, ApiError> {
-        let wanted = self.resolve(listen).await?;
-        let current = match &entry.running {
-            Some(r) => r.addr,
-            None => match self.resolve(&entry.listen).await {
-                Ok(a) => a,
-                Err(_) => return Ok(false),
-            },
-        };
-        Ok(wanted == current)
-    }
-
-    /// `PATCH|POST /proxies/{p}`: merge, restart on an address change, then
-    /// apply `enabled`. A failed rebind leaves the proxy disabled with the
-    /// new listen stored (toxiproxy behaves the same).
+    /// `PATCH|POST /proxies/{p}`: merge; on an address change, restart;
+    /// then apply `enabled`. Unlike toxiproxy (which leaves the proxy
+    /// disabled with the new listen stored), a failed rebind changes nothing:
+    /// the new socket is bound before the old run stops.
     pub async fn update(&self, name: &str, body: Value) -> Result<ProxyView, ApiError> {
         let body: ProxyUpdateBody = serde_json::from_value(body).map_err(ApiError::bad_body)?;
+        // Resolve before locking: a slow lookup must not stall the API.
+        let listen = match body.listen {
+            Some(listen) => {
+                let addr = self.resolve(&listen).await?;
+                Some((listen, addr))
+            }
+            None => None,
+        };
+        let upstream = match body.upstream.filter(|u| !u.is_empty()) {
+            Some(upstream) => Some(self.upstream(upstream).await?),
+            None => None,
+        };
         let mut registry = self.inner.registry.lock().await;
-        let entry = registry.get_mut(name).ok_or(ApiError::NotFound("proxy not found"))?;
-        let listen = body.listen.unwrap_or_else(|| entry.listen.clone());
-        let upstream = body
-            .upstream
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| entry.upstream.clone());
-        let enabled = body.enabled.unwrap_or(entry.enabled);
-        let target = proxy::parse_upstream(&upstream, self.inner.plane.allow_remote)?;
-        // Validate the new listen before touching anything.
-        self.resolve(&listen).await?;
-        let changed = upstream != entry.upstream || !self.same_listen(entry, &listen).await?;
-        if changed {
-            Self::stop_entry(entry).await;
-            entry.listen = listen;
-            entry.upstream = upstream;
-            entry.target = target;
-        }
-        if enabled {
-            self.start_entry(entry).await?;
-        } else {
-            Self::stop_entry(entry).await;
-        }
+        let entry = registry.get(name).ok_or_else(not_found)?;
+        let next = entry.merged(listen, upstream, body.enabled);
+        let listener = entry.prepare(&next)?;
+        check_loops(&registry, &[(name, &next, listener.addr(&next))])?;
+        let entry = registry.get_mut(name).ok_or_else(not_found)?;
+        entry.apply(next, listener, &self.inner.plane).await?;
         Ok(entry.view(name))
     }
 
     /// `DELETE /proxies/{p}`: stop and forget (toxics and stats included).
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
         let mut registry = self.inner.registry.lock().await;
-        let mut entry = registry.remove(name).ok_or(ApiError::NotFound("proxy not found"))?;
-        Self::stop_entry(&mut entry).await;
+        let mut entry = registry.remove(name).ok_or_else(not_found)?;
+        entry.stop().await;
         Ok(())
     }
 
-    /// `POST /populate` (and `--config`): validates every item first; an
-    /// existing proxy with the same listen and upstream is kept untouched
-    /// (toxics included, unless the item brings its own), a different one is
-    /// replaced.
+    /// `POST /populate` (and `--config`), all or nothing: every item is
+    /// validated and resolved, then every listener it needs is bound, and
+    /// only then is anything changed. An existing proxy with the same listen
+    /// and upstream is kept untouched (toxics included, unless the item
+    /// brings its own); a different one is replaced by a new proxy.
     pub async fn populate(&self, body: Value) -> Result<Vec<ProxyView>, PopulateError> {
         let fail = |error| PopulateError { error, proxies: None };
+        let news = self.prepare_all(body).await.map_err(fail)?;
+        let mut registry = self.inner.registry.lock().await;
+        let steps = Self::plan(&registry, news).map_err(fail)?;
+        self.commit(&mut registry, steps).await
+    }
+
+    /// Validates and resolves every populate item (before locking).
+    async fn prepare_all(&self, body: Value) -> Result<Vec<NewProxy>, ApiError> {
         let Value::Array(items) = body else {
-            return Err(fail(ApiError::bad_body("expected a JSON array of proxies")));
+            return Err(ApiError::bad_body("expected a JSON array of proxies"));
         };
         if items.len() > PROXIES_COUNT_MAX {
-            return Err(fail(ApiError::BadRequest(format!(
+            return Err(ApiError::BadRequest(format!(
                 "too many proxies: at most {PROXIES_COUNT_MAX}"
-            ))));
+            )));
         }
-        let mut news = Vec::with_capacity(items.len());
+        let mut news: Vec<NewProxy> = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            let new = self.validate(item).map_err(|e| fail(e.at_proxy(i + 1)))?;
-            self.resolve(&new.listen).await.map_err(|e| fail(e.at_proxy(i + 1)))?;
+            let new = self.prepare(item).await.map_err(|e| e.at_proxy(i + 1))?;
+            // Which of the two would win is a guess; refuse instead.
+            if news.iter().any(|n| n.name == new.name) {
+                let twice = format!("proxy name {:?} given twice", new.name);
+                return Err(ApiError::BadRequest(twice).at_proxy(i + 1));
+            }
             news.push(new);
         }
-        let mut registry = self.inner.registry.lock().await;
-        let mut done = Vec::with_capacity(news.len());
-        for new in news {
-            let partial = |error, done: &Vec<ProxyView>| PopulateError {
-                error,
-                proxies: Some(done.clone()),
+        Ok(news)
+    }
+
+    /// What populate will do per item, with every listener it needs bound:
+    /// all that can fail, with nothing changed yet. On an error the sockets
+    /// bound so far are dropped (closed).
+    fn plan(registry: &BTreeMap<String, ProxyEntry>, news: Vec<NewProxy>) -> Result<Vec<Step>, ApiError> {
+        let created = news.iter().filter(|n| !registry.contains_key(&n.name)).count();
+        if registry.len() + created > PROXIES_COUNT_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "too many proxies: at most {PROXIES_COUNT_MAX}"
+            )));
+        }
+        let mut steps = Vec::with_capacity(news.len());
+        for (i, new) in news.into_iter().enumerate() {
+            let step = match registry.get(&new.name) {
+                Some(entry) if !entry.moves(&new.settings) => Step::Keep(new),
+                Some(entry) => {
+                    let listener = entry.prepare(&new.settings).map_err(|e| e.at_proxy(i + 1))?;
+                    Step::Put(new, listener)
+                }
+                None => {
+                    let fresh = ProxyEntry::new(&new.name, &new.settings, Vec::new());
+                    let listener = fresh.prepare(&new.settings).map_err(|e| e.at_proxy(i + 1))?;
+                    Step::Put(new, listener)
+                }
             };
-            if let Some(entry) = registry.get_mut(&new.name) {
-                let same = new.upstream == entry.upstream
-                    && self
-                        .same_listen(entry, &new.listen)
-                        .await
-                        .map_err(|e| partial(e, &done))?;
-                if same {
-                    if !new.toxics.is_empty() {
-                        entry.toxics = new.toxics;
-                        entry.shared.publish(&entry.toxics);
+            steps.push(step);
+        }
+        let changed: Vec<(&str, &Settings, SocketAddr)> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Put(new, listener) => Some((new.name.as_str(), &new.settings, listener.addr(&new.settings))),
+                Step::Keep(_) => None,
+            })
+            .collect();
+        check_loops(registry, &changed)?;
+        Ok(steps)
+    }
+
+    /// Applies populate's prepared steps in item order.
+    async fn commit(
+        &self,
+        registry: &mut BTreeMap<String, ProxyEntry>,
+        steps: Vec<Step>,
+    ) -> Result<Vec<ProxyView>, PopulateError> {
+        let mut done = Vec::with_capacity(steps.len());
+        for step in steps {
+            let (name, applied) = match step {
+                Step::Keep(new) => {
+                    if let Some(entry) = registry.get_mut(&new.name)
+                        && !new.toxics.is_empty()
+                    {
+                        entry.set_toxics(new.toxics);
                     }
-                    done.push(entry.view(&new.name));
-                    continue;
+                    (new.name, Ok(()))
                 }
-                if let Some(mut old) = registry.remove(&new.name) {
-                    Self::stop_entry(&mut old).await;
+                Step::Put(new, listener) => {
+                    let entry = registry
+                        .entry(new.name.clone())
+                        .or_insert_with(|| ProxyEntry::new(&new.name, &new.settings, Vec::new()));
+                    entry.renew(&new.name, new.toxics);
+                    let applied = entry.apply(new.settings, listener, &self.inner.plane).await;
+                    (new.name, applied)
                 }
+            };
+            if let Err(error) = applied {
+                return Err(PopulateError {
+                    error,
+                    proxies: Some(done),
+                });
             }
-            let view = self
-                .insert_new(&mut registry, new)
-                .await
-                .map_err(|e| partial(e, &done))?;
-            done.push(view);
+            if let Some(entry) = registry.get(&name) {
+                done.push(entry.view(&name));
+            }
         }
         Ok(done)
     }
@@ -367,30 +399,25 @@ impl AppState {
     /// `POST /reset`: enable every proxy, remove every toxic, and (an
     /// extension) zero the stats and connection indexes so that a run after
     /// a reset replays like a fresh process with the same seed. Every proxy
-    /// is tried; the first failure is reported.
+    /// is tried (each start changes nothing when it fails); the first
+    /// failure is reported.
     pub async fn reset(&self) -> Result<(), ApiError> {
         let mut registry = self.inner.registry.lock().await;
         let mut first_error = None;
         for entry in registry.values_mut() {
-            if let Err(e) = self.start_entry(entry).await {
+            if let Err(e) = entry.start(&self.inner.plane).await {
                 first_error.get_or_insert(e);
             }
-            entry.toxics.clear();
-            entry.shared.publish(&entry.toxics);
-            Self::reset_stats_of(entry);
+            entry.set_toxics(Vec::new());
+            entry.reset_stats();
         }
         first_error.map_or(Ok(()), Err)
-    }
-
-    fn reset_stats_of(entry: &ProxyEntry) {
-        entry.shared.stats.reset();
-        entry.shared.next_connection.store(0, Relaxed);
     }
 
     /// `GET /proxies/{p}/toxics`.
     pub async fn toxics(&self, proxy: &str) -> Result<Vec<Toxic>, ApiError> {
         let registry = self.inner.registry.lock().await;
-        let entry = registry.get(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get(proxy).ok_or_else(not_found)?;
         Ok(listing(&entry.toxics))
     }
 
@@ -398,7 +425,7 @@ impl AppState {
     /// their next event.
     pub async fn add_toxic(&self, proxy: &str, body: Value) -> Result<Toxic, ApiError> {
         let mut registry = self.inner.registry.lock().await;
-        let entry = registry.get_mut(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get_mut(proxy).ok_or_else(not_found)?;
         let toxic = Toxic::from_create_json(body)?;
         if entry.toxics.iter().any(|t| t.name == toxic.name) {
             return Err(ApiError::Conflict("toxic already exists"));
@@ -408,15 +435,16 @@ impl AppState {
                 "too many toxics: at most {TOXICS_PER_PROXY_COUNT_MAX} per proxy"
             )));
         }
-        entry.toxics.push(toxic.clone());
-        entry.shared.publish(&entry.toxics);
+        let mut toxics = entry.toxics.clone();
+        toxics.push(toxic.clone());
+        entry.set_toxics(toxics);
         Ok(toxic)
     }
 
     /// `GET /proxies/{p}/toxics/{t}`.
     pub async fn toxic(&self, proxy: &str, name: &str) -> Result<Toxic, ApiError> {
         let registry = self.inner.registry.lock().await;
-        let entry = registry.get(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get(proxy).ok_or_else(not_found)?;
         entry
             .toxics
             .iter()
@@ -429,7 +457,7 @@ impl AppState {
     /// and scope; name, type and stream cannot change.
     pub async fn update_toxic(&self, proxy: &str, name: &str, body: Value) -> Result<Toxic, ApiError> {
         let mut registry = self.inner.registry.lock().await;
-        let entry = registry.get_mut(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get_mut(proxy).ok_or_else(not_found)?;
         let slot = entry
             .toxics
             .iter_mut()
@@ -444,7 +472,7 @@ impl AppState {
     /// `DELETE /proxies/{p}/toxics/{t}`. Never waits on connections.
     pub async fn delete_toxic(&self, proxy: &str, name: &str) -> Result<(), ApiError> {
         let mut registry = self.inner.registry.lock().await;
-        let entry = registry.get_mut(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get_mut(proxy).ok_or_else(not_found)?;
         let before = entry.toxics.len();
         entry.toxics.retain(|t| t.name != name);
         if entry.toxics.len() == before {
@@ -457,7 +485,7 @@ impl AppState {
     /// `GET /proxies/{p}/stats` (extension).
     pub async fn stats(&self, proxy: &str) -> Result<StatsView, ApiError> {
         let registry = self.inner.registry.lock().await;
-        let entry = registry.get(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
+        let entry = registry.get(proxy).ok_or_else(not_found)?;
         Ok(entry.shared.stats.view(proxy, self.seed()))
     }
 
@@ -465,8 +493,8 @@ impl AppState {
     /// connection index, keep the toxics.
     pub async fn reset_stats(&self, proxy: &str) -> Result<(), ApiError> {
         let registry = self.inner.registry.lock().await;
-        let entry = registry.get(proxy).ok_or(ApiError::NotFound("proxy not found"))?;
-        Self::reset_stats_of(entry);
+        let entry = registry.get(proxy).ok_or_else(not_found)?;
+        entry.reset_stats();
         Ok(())
     }
 
@@ -474,7 +502,138 @@ impl AppState {
     pub async fn shutdown(&self) {
         let mut registry = self.inner.registry.lock().await;
         for entry in registry.values_mut() {
-            Self::stop_entry(entry).await;
+            entry.stop().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::proxy::LookupFuture;
+
+    /// Bound on any awaited event in these tests.
+    const HANG_GUARD: Duration = Duration::from_secs(10);
+
+    /// A resolver whose lookups answer 127.0.0.1 only once released.
+    struct GatedResolver {
+        started: Arc<Notify>,
+        release: Arc<Semaphore>,
+    }
+
+    impl Resolve for GatedResolver {
+        fn lookup(&self, _host: &str, port: u16) -> LookupFuture {
+            let (started, release) = (self.started.clone(), self.release.clone());
+            Box::pin(async move {
+                started.notify_one();
+                let _permit = release.acquire().await;
+                Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
+            })
+        }
+    }
+
+    /// A resolver that answers 127.0.0.1 for every name at once.
+    struct Loopback;
+
+    impl Resolve for Loopback {
+        fn lookup(&self, _host: &str, port: u16) -> LookupFuture {
+            Box::pin(async move { Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))]) })
+        }
+    }
+
+    /// An upstream host name that resolves to the proxy's own listen
+    /// address is a loop too (names other than the aliases are resolved
+    /// only with --allow-remote).
+    #[tokio::test]
+    async fn an_upstream_name_resolving_to_the_proxy_itself_is_refused() {
+        let mut config = Config::new(1);
+        config.allow_remote = true;
+        let state = AppState::with_resolver(&config, Arc::new(Loopback));
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = free.local_addr().expect("addr").port();
+        drop(free);
+        let body = serde_json::json!({
+            "name": "me",
+            "listen": format!("127.0.0.1:{port}"),
+            "upstream": format!("me.example:{port}"),
+        });
+        let e = state.create(body).await.expect_err("refused");
+        assert_eq!(e.status().as_u16(), 400);
+        assert!(e.message().starts_with("proxy loop"), "{e}");
+        assert!(state.list().await.is_empty());
+    }
+
+    async fn guard<T>(what: &str, f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(HANG_GUARD, f)
+            .await
+            .unwrap_or_else(|_| panic!("{what} took longer than {HANG_GUARD:?}"))
+    }
+
+    /// Serves the API of `state` on a real loopback socket.
+    async fn serve(state: AppState) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, crate::api::app(state)).await });
+        base
+    }
+
+    async fn call(http: reqwest::Client, method: &'static str, url: String, body: &'static str) -> u16 {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = http
+            .request(method, url)
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("send");
+        resp.status().as_u16()
+    }
+
+    /// A create and an update whose listen names a host are stuck in their
+    /// lookups, and meanwhile every other API call answers: the registry
+    /// lock is taken only after resolving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_lookup_does_not_hold_the_registry() {
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Semaphore::new(0));
+        let mut config = Config::new(1);
+        config.allow_remote = true;
+        let resolver = GatedResolver {
+            started: started.clone(),
+            release: release.clone(),
+        };
+        let base = serve(AppState::with_resolver(&config, Arc::new(resolver))).await;
+        let http = reqwest::Client::new();
+        let a = r#"{"name":"a","listen":"127.0.0.1:0","upstream":"127.0.0.1:9"}"#;
+        assert_eq!(call(http.clone(), "POST", format!("{base}/proxies"), a).await, 201);
+
+        let b = r#"{"name":"b","listen":"slow.test:0","upstream":"127.0.0.1:9"}"#;
+        let create = tokio::spawn(call(http.clone(), "POST", format!("{base}/proxies"), b));
+        guard("create lookup", started.notified()).await;
+        let update = tokio::spawn(call(
+            http.clone(),
+            "POST",
+            format!("{base}/proxies/a"),
+            r#"{"listen":"slow.test:0"}"#,
+        ));
+        guard("update lookup", started.notified()).await;
+
+        let quick = [
+            ("GET", "/proxies", ""),
+            ("POST", "/proxies/a/toxics", r#"{"type":"latency"}"#),
+            ("POST", "/proxies/a", r#"{"enabled":false}"#),
+            ("POST", "/reset", ""),
+        ];
+        for (method, path, body) in quick {
+            let status = guard(path, call(http.clone(), method, format!("{base}{path}"), body)).await;
+            assert!(status < 300, "{method} {path}: {status}");
+        }
+        assert!(!create.is_finished() && !update.is_finished());
+        release.add_permits(2);
+        assert_eq!(guard("create", create).await.expect("create task"), 201);
+        assert_eq!(guard("update", update).await.expect("update task"), 200);
     }
 }

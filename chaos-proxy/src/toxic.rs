@@ -171,17 +171,13 @@ impl Toxic {
             Some(n) if !n.is_empty() => n,
             _ => format!("{}_{}", ty.as_str(), stream),
         };
-        if name.len() > NAME_BYTES_MAX {
-            return Err(ApiError::BadRequest(format!(
-                "toxic name longer than {NAME_BYTES_MAX} bytes"
-            )));
-        }
+        check_name("toxic", &name)?;
         let mut toxic = Toxic {
             name,
             ty,
             stream,
             direction,
-            toxicity: body.toxicity.map_or(1.0, |t| t as f32),
+            toxicity: body.toxicity.map_or(Ok(1.0), toxicity)?,
             scope: Scope::Connection,
             attributes: [0; ATTRIBUTES_COUNT_MAX],
         };
@@ -198,7 +194,7 @@ impl Toxic {
         let body: ToxicUpdateBody = serde_json::from_value(value).map_err(ApiError::bad_body)?;
         let mut next = self.clone();
         if let Some(t) = body.toxicity {
-            next.toxicity = t as f32;
+            next.toxicity = toxicity(t)?;
         }
         next.apply_scope(body.toxicity_scope.as_deref())?;
         if let Some(attrs) = body.attributes {
@@ -250,6 +246,41 @@ impl Toxic {
     /// fires, ≤ 0 never does (toxiproxy's `rand < toxicity` test).
     pub fn fires(&self, roll: f64) -> bool {
         roll < f64::from(self.toxicity)
+    }
+}
+
+/// Proxy and toxic names are printable: non-empty, at most
+/// [`NAME_BYTES_MAX`] bytes, no control characters (they appear in URLs,
+/// logs and terminal tables, where a newline or an escape sequence forges
+/// lines or rewrites the screen).
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::BadRequest(format!("{what} name is empty")));
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "{what} name longer than {NAME_BYTES_MAX} bytes"
+        )));
+    }
+    if let Some((at, c)) = name.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(ApiError::BadRequest(format!(
+            "{what} name must be printable: control character U+{:04X} at byte {at}",
+            u32::from(c)
+        )));
+    }
+    Ok(())
+}
+
+/// A toxicity is a probability: a finite number from 0 to 1. toxiproxy
+/// stores anything (7, -1) and clamps its effect; here such a value is a
+/// mistake worth a 400, not a silent "always" or "never".
+fn toxicity(t: f64) -> Result<f32, ApiError> {
+    if t.is_finite() && (0.0..=1.0).contains(&t) {
+        Ok(t as f32)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "toxicity must be a number from 0 to 1, got {t}"
+        )))
     }
 }
 

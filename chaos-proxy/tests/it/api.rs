@@ -352,7 +352,8 @@ async fn populate_shapes_and_errors() {
     let r = p.call("POST", "/populate", Some(body)).await;
     assert_eq!(r.json()["error"], "invalid toxic type at proxy 1");
 
-    // A start failure mid-list: 500 with the proxies created before it.
+    // A start failure mid-list: toxiproxy's 500 in populate's JSON shape,
+    // but all or nothing (toxiproxy keeps the proxies created before it).
     let busy = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let body = format!(
         r#"[{{"name":"c","upstream":"127.0.0.1:1","listen":"127.0.0.1:0"}},{{"name":"d","upstream":"127.0.0.1:1","listen":"{}"}}]"#,
@@ -360,7 +361,10 @@ async fn populate_shapes_and_errors() {
     );
     let r = p.call("POST", "/populate", Some(&body)).await;
     assert_eq!(r.status, 500, "{}", r.body);
-    assert_eq!(r.json()["proxies"][0]["name"], "c");
+    assert_eq!(r.content_type, "application/json");
+    assert!(r.json()["error"].as_str().expect("error").starts_with("listen tcp"));
+    assert_eq!(r.json()["proxies"], serde_json::Value::Null);
+    assert_eq!(p.call("GET", "/proxies/c", None).await.status, 404);
 
     // /reset enables proxies created disabled.
     assert_eq!(p.call("POST", "/reset", Some("ignored")).await.status, 204);

@@ -4,9 +4,14 @@
 //! waits on a sleep to let something happen, tests sync on socket events.
 
 mod api;
+mod atomic;
 mod cli;
 mod determinism;
 mod harness;
+mod load;
+mod loops;
 mod resets;
 mod robustness;
+mod style;
 mod toxics;
+mod validation;

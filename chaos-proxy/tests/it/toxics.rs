@@ -216,8 +216,7 @@ async fn disabling_closes_the_listener_and_connections() {
 
 #[tokio::test]
 async fn per_request_scope_rolls_each_exchange() {
-    use chaos_proxy::rng::toxicity_roll;
-    use chaos_proxy::toxic::Direction;
+    use chaos_proxy::{Direction, toxicity_roll};
     let p = spawn_proxy().await; // seed 42
     let echo = spawn_echo().await;
     let addr = p.create("kv", echo.addr).await;
