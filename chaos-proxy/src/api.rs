@@ -6,11 +6,7 @@
 //! cap and an overall request deadline.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -23,11 +19,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{API_BODY_BYTES_MAX, API_CONNECTIONS_COUNT_MAX, API_IDLE_TIMEOUT_SECS, API_REQUEST_TIMEOUT_MS};
+use crate::config::{API_BODY_BYTES_MAX, API_REQUEST_TIMEOUT_MS};
 use crate::error::ApiError;
 use crate::state::{AppState, PopulateError};
 
@@ -264,137 +257,4 @@ async fn chaos_info(State(state): State<AppState>) -> Response {
     info.insert("toxiproxy_api", Value::from(TOXIPROXY_API_VERSION));
     info.insert("seed", Value::from(state.seed()));
     json(StatusCode::OK, &info)
-}
-
-/// A listener that holds at most [`API_CONNECTIONS_COUNT_MAX`] connections:
-/// it stops accepting (the kernel backlog queues) until one closes.
-pub struct LimitedListener {
-    inner: TcpListener,
-    permits: Arc<Semaphore>,
-}
-
-impl LimitedListener {
-    pub fn new(inner: TcpListener) -> Self {
-        LimitedListener {
-            inner,
-            permits: Arc::new(Semaphore::new(API_CONNECTIONS_COUNT_MAX)),
-        }
-    }
-}
-
-/// An API connection, its permit, and its idle deadline.
-pub struct LimitedStream {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-    idle: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl LimitedStream {
-    fn new(stream: TcpStream, permit: OwnedSemaphorePermit) -> Self {
-        LimitedStream {
-            stream,
-            _permit: permit,
-            idle: Box::pin(tokio::time::sleep(Self::idle_limit())),
-        }
-    }
-
-    fn idle_limit() -> Duration {
-        Duration::from_secs(API_IDLE_TIMEOUT_SECS)
-    }
-
-    /// Pushes the idle deadline back after traffic.
-    fn touch(&mut self) {
-        let next = tokio::time::Instant::now() + Self::idle_limit();
-        self.idle.as_mut().reset(next);
-    }
-
-    /// When the socket has nothing for us: fail once the idle deadline
-    /// passed, which makes hyper drop the connection.
-    fn check_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        match self.idle.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "api connection idle")),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl axum::serve::Listener for LimitedListener {
-    type Io = LimitedStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                // The semaphore is never closed; wait rather than spin.
-                std::future::pending::<()>().await;
-                continue;
-            };
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    return (LimitedStream::new(stream, permit), addr);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "api accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-impl AsyncRead for LimitedStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let filled = buf.filled().len();
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                if buf.filled().len() > filled {
-                    self.touch();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.check_idle(cx).map(Err),
-        }
-    }
-}
-
-impl AsyncWrite for LimitedStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                self.touch();
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.check_idle(cx).map(Err),
-        }
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                self.touch();
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.check_idle(cx).map(Err),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
 }

@@ -16,15 +16,19 @@ pub const API_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// No handler waits on the data plane, so a healthy request takes microseconds.
 pub const API_REQUEST_TIMEOUT_MS: u64 = 10_000;
 
-/// Concurrent API connections. The API is a local control plane; a few dozen
-/// is plenty, and the cap keeps a misbehaving script from exhausting fds.
-pub const API_CONNECTIONS_COUNT_MAX: usize = 64;
-
-/// An API connection with no byte read or written for this long is closed,
-/// so idle keep-alive clients cannot pin [`API_CONNECTIONS_COUNT_MAX`] slots
-/// (axum sets no hyper timer, so hyper's own header timeout is off). Longer
-/// than [`API_REQUEST_TIMEOUT_MS`] so that no request in flight is cut.
-pub const API_IDLE_TIMEOUT_SECS: u64 = 30;
+/// The API server's bounds (eo-core's bounded server). The API is a local
+/// control plane: 1024 connections is far more than any script opens and
+/// cheap to hold, so 70 slow clients (which used to take the 64 slots) are
+/// harmless; a request head or body must arrive within 10 s (so a slow
+/// client costs its attacker a reconnection every 10 s); a connection
+/// moving no bytes for 30 s is closed; on shutdown requests get 2 s.
+pub const API_SERVER_LIMITS: eo_core::serve::Limits = eo_core::serve::Limits {
+    connections_max: 1024,
+    header_read_ms_max: 10_000,
+    body_read_ms_max: 10_000,
+    idle_ms_max: 30_000,
+    drain_ms_max: API_SHUTDOWN_GRACE_MS,
+};
 
 /// Proxies one process manages: each owns a listening socket.
 pub const PROXIES_COUNT_MAX: usize = 256;
@@ -160,5 +164,5 @@ pub fn fresh_seed() -> u64 {
         .unwrap_or(0);
     // Mix in the pid so two processes started in the same tick differ; keep
     // the result small enough to type back in comfortably.
-    crate::rng::mix64(nanos ^ u64::from(std::process::id()).rotate_left(32)) % 1_000_000_000
+    eo_core::seed::mix64(nanos ^ u64::from(std::process::id()).rotate_left(32)) % 1_000_000_000
 }

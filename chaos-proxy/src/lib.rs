@@ -58,8 +58,6 @@ pub(crate) mod state;
 pub(crate) mod stats;
 pub(crate) mod toxic;
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
@@ -88,11 +86,10 @@ pub async fn run(
     tracing::info!(api = %api_addr, seed = config.seed, "chaos-proxy serving (replay this run with --seed {})", config.seed);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server =
-        axum::serve(api::LimitedListener::new(listener), api::app(state.clone())).with_graceful_shutdown(async {
-            let _ = stop_rx.await;
-        });
-    let mut server = tokio::spawn(async move { server.await });
+    let app = api::app(state.clone());
+    let mut server = tokio::spawn(eo_core::serve::serve(listener, app, config::API_SERVER_LIMITS, async {
+        let _ = stop_rx.await;
+    }));
     tokio::select! {
         r = &mut server => {
             state.shutdown().await;
@@ -103,13 +100,7 @@ pub async fn run(
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
     state.shutdown().await;
-    let grace = Duration::from_millis(config::API_SHUTDOWN_GRACE_MS);
-    match tokio::time::timeout(grace, &mut server).await {
-        Ok(r) => r.context("api server task")?.context("api server")?,
-        Err(_) => {
-            tracing::warn!("api connections still open after the grace period; closing them");
-            server.abort();
-        }
-    }
+    // The server drains within API_SERVER_LIMITS.drain_ms_max on its own.
+    server.await.context("api server task")?.context("api server")?;
     Ok(())
 }

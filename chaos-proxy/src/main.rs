@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chaos_proxy::config::{self, Config};
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// A seeded fault-injecting TCP proxy with a toxiproxy-compatible control API.
 ///
@@ -86,14 +85,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new(format!("{}=info", env!("CARGO_CRATE_NAME")))),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    eo_core::logging::init("chaos_proxy=info");
     if let Some(Command::Bench) = cli.command {
         return chaos_proxy::run_bench();
     }
@@ -128,33 +120,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cli.api)
         .await
         .with_context(|| format!("binding the API on {}", cli.api))?;
+    // Handlers first: a SIGTERM right after the announcement is a clean stop.
+    let shutdown = eo_core::shutdown::signal();
     eprintln!(
         "chaos-proxy: API on http://{} seed {seed} (replay with --seed {seed})",
         listener.local_addr()?
     );
-    chaos_proxy::run(listener, config, shutdown_signal()).await
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    chaos_proxy::run(listener, config, shutdown).await
 }

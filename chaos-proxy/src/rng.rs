@@ -10,6 +10,8 @@
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
+use eo_core::seed::{FNV_OFFSET, fnv1a, mix64};
+
 use crate::toxic::Direction;
 
 /// What a generator is used for; part of the key so that the toxicity roll
@@ -20,23 +22,6 @@ pub enum Purpose {
     Toxicity,
     /// Jitter and slice sizes of one link.
     Shape,
-}
-
-/// SplitMix64 finaliser: spreads the bits of a 64-bit value.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// FNV-1a over a byte string, continuing from `hash`.
-fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
-    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(FNV_PRIME);
-    }
-    hash
 }
 
 /// The generator for one key. Strings are length-prefixed so that
@@ -50,7 +35,6 @@ pub fn rng_for(
     exchange: u64,
     purpose: Purpose,
 ) -> Xoshiro256PlusPlus {
-    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     let mut h = fnv1a(FNV_OFFSET, &seed.to_le_bytes());
     h = fnv1a(h, &(proxy.len() as u64).to_le_bytes());
     h = fnv1a(h, proxy.as_bytes());

@@ -150,3 +150,22 @@ async fn update_moves_the_listener_and_upstream() {
     );
     p.shutdown().await;
 }
+
+/// Slow clients (a request head trickled byte by byte, never finished) used
+/// to take all 64 API slots: 70 of them made the API unreachable. Now the API
+/// has room for them and still answers.
+#[tokio::test]
+async fn the_api_answers_while_slow_clients_hold_connections() {
+    let p = spawn_proxy().await;
+    let mut slow = Vec::new();
+    for _ in 0..150 {
+        let mut s = connect(p.api).await;
+        s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        slow.push(s);
+    }
+    let r = guard("version during the attack", p.call("GET", "/version", None)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    p.shutdown().await;
+}
