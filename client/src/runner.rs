@@ -222,14 +222,14 @@ pub async fn run(target: &str, intents: Vec<Intent>, options: &Options, sinks: S
         let _ = p.await;
     }
     if let Some(history) = &shared.sinks.history {
-        history.flush().context("cannot write the history file")?;
+        history.flush().await.context("cannot write the history file")?;
     }
     let crashed = *shared.crash.borrow();
     if let Some(ledger) = &shared.sinks.ledger {
         if crashed {
-            ledger.abandon_unflushed();
+            ledger.abandon_unflushed().await;
         } else {
-            ledger.flush()?;
+            ledger.flush().await?;
         }
     }
     results.sort_by_key(|r| r.index);
@@ -276,7 +276,7 @@ async fn worker(shared: Arc<Shared>) -> (Vec<IntentResult>, Vec<AttemptRecord>) 
             } else {
                 Finish::GivenUp
             };
-            if let Err(e) = ledger.finish(&intent.key, finish) {
+            if let Err(e) = ledger.finish(&intent.key, finish).await {
                 tracing::warn!(error = %e, "cannot record a finished payment in the ledger");
             }
         }
@@ -316,7 +316,7 @@ async fn pay(shared: &Shared, intent: &Intent, records: &mut Vec<AttemptRecord>)
         let (record, next) = send(shared, intent.index, attempt, key, &body, timeout).await;
         shared.attempts.fetch_add(1, Ordering::Relaxed);
         if let Some(history) = &shared.sinks.history
-            && let Err(e) = history.append(&record)
+            && let Err(e) = history.append(&record).await
         {
             tracing::warn!(error = %e, "cannot write the history file");
         }
