@@ -11,12 +11,13 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::config::{Config, DedupMode};
 use crate::error::{ApiError, Problem};
 use crate::key;
+use crate::lookup::{LOOKUP_BODY_BYTES_MAX, LOOKUP_ROWS_MAX, Lookup};
 use crate::payment::{Payment, PaymentRequest};
 use crate::readers::Readers;
 use crate::stats::{Counters, StatsJson};
@@ -75,6 +76,10 @@ pub fn app(state: AppState) -> Router {
         .route("/stats", get(stats))
         .route("/payments", get(list_payments).post(create_payment).delete(wipe))
         .route("/payments/", get(list_payments).post(create_payment).delete(wipe))
+        .route(
+            "/payments/lookup",
+            post(lookup).layer(DefaultBodyLimit::max(LOOKUP_BODY_BYTES_MAX)),
+        )
         .route("/payments/{id}", get(get_payment))
         .route("/problems/{slug}", get(problem_doc))
         .fallback(not_found)
@@ -114,7 +119,8 @@ async fn index(State(state): State<AppState>) -> Response {
             "POST /payments": "make a payment: {\"src\", \"dest\", \"amount\"} with header Idempotency-Key (or Payment-Idempotence-Key)",
             "GET /payments/{id}": "one payment",
             "GET /payments?after_id=&limit=": "payments in id order, at most 1000 a page",
-            "GET /payments?key=K": "the payments made under key K (reconciliation)",
+            "GET /payments?key=K": "the payments made under key K",
+            "POST /payments/lookup": "the payments of up to 1000 keys: {\"keys\": [...], \"after_id\": 0}, paged by id (reconciliation)",
             "DELETE /payments": "wipe payments, keys and balances",
             "GET /stats": "money moved, invariants checked against the database, request counters",
             "GET /health": "liveness",
@@ -224,15 +230,53 @@ async fn list_payments(
         .readers
         .read(move |c| store::payments(c, after_id, limit, key.as_deref()))
         .await?;
+    Ok(page_json(&page, limit))
+}
+
+/// A page of payments, each rendered as `GET /payments/{id}` renders it;
+/// `next_after_id` is the last id when the page is full (more may follow).
+fn page_json(page: &[Payment], limit: usize) -> Response {
     let next = match page.last() {
         Some(last) if page.len() == limit => last.id.to_string(),
         _ => "null".to_owned(),
     };
     let items: Vec<String> = page.iter().map(Payment::to_json).collect();
-    Ok(json(
+    json(
         StatusCode::OK,
         format!("{{\"payments\":[{}],\"next_after_id\":{next}}}", items.join(",")),
-    ))
+    )
+}
+
+/// `POST /payments/lookup`: the payments of many keys, paged by id, read on
+/// a reader connection (the blocking pool), never on an async worker.
+async fn lookup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    check_content_type(&headers)?;
+    let body = body.map_err(|rejection| body_rejection(rejection, LOOKUP_BODY_BYTES_MAX))?;
+    let Lookup { keys, after_id } = Lookup::from_json(&body)?;
+    let page = state
+        .0
+        .readers
+        .read(move |c| store::payments_by_keys(c, &keys, after_id, LOOKUP_ROWS_MAX))
+        .await?;
+    Ok(page_json(&page, LOOKUP_ROWS_MAX))
+}
+
+fn body_rejection(rejection: BytesRejection, bytes_max: usize) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            Problem::BodyTooLarge,
+            format!("the body is larger than {bytes_max} bytes"),
+        )
+    } else {
+        ApiError::new(
+            Problem::MalformedJson,
+            format!("the body could not be read: {rejection}"),
+        )
+    }
 }
 
 async fn wipe(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -310,19 +354,7 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     check_content_type(headers)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                Problem::BodyTooLarge,
-                format!("the body is larger than {BODY_BYTES_MAX} bytes"),
-            )
-        } else {
-            ApiError::new(
-                Problem::MalformedJson,
-                format!("the body could not be read: {rejection}"),
-            )
-        }
-    })?;
+    let body = body.map_err(|rejection| body_rejection(rejection, BODY_BYTES_MAX))?;
     let key = key.map_err(|e| ApiError::new(Problem::IdempotencyKeyInvalid, e.0))?;
     let request = PaymentRequest::from_json(&body)?;
     if key.is_none() && state.0.config.require_key {

@@ -22,13 +22,14 @@ pub enum Problem {
     BodyTooLarge,
     UnsupportedMediaType,
     InvalidQuery,
+    InvalidLookup,
     NotFound,
     Overloaded,
     TemporarilyUnavailable,
 }
 
 impl Problem {
-    pub const ALL: [Problem; 15] = [
+    pub const ALL: [Problem; 16] = [
         Problem::MalformedJson,
         Problem::MissingField,
         Problem::InvalidAmount,
@@ -41,6 +42,7 @@ impl Problem {
         Problem::BodyTooLarge,
         Problem::UnsupportedMediaType,
         Problem::InvalidQuery,
+        Problem::InvalidLookup,
         Problem::NotFound,
         Problem::Overloaded,
         Problem::TemporarilyUnavailable,
@@ -60,6 +62,7 @@ impl Problem {
             Problem::BodyTooLarge => "body-too-large",
             Problem::UnsupportedMediaType => "unsupported-media-type",
             Problem::InvalidQuery => "invalid-query",
+            Problem::InvalidLookup => "invalid-lookup",
             Problem::NotFound => "not-found",
             Problem::Overloaded => "overloaded",
             Problem::TemporarilyUnavailable => "temporarily-unavailable",
@@ -75,7 +78,8 @@ impl Problem {
             | Problem::SameAccount
             | Problem::IdempotencyKeyMissing
             | Problem::IdempotencyKeyInvalid
-            | Problem::InvalidQuery => StatusCode::BAD_REQUEST,
+            | Problem::InvalidQuery
+            | Problem::InvalidLookup => StatusCode::BAD_REQUEST,
             Problem::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::IdempotencyKeyInUse => StatusCode::CONFLICT,
             Problem::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -99,6 +103,7 @@ impl Problem {
             Problem::BodyTooLarge => "The body is too large",
             Problem::UnsupportedMediaType => "The body must be JSON",
             Problem::InvalidQuery => "The query string is not valid",
+            Problem::InvalidLookup => "The lookup is not valid",
             Problem::NotFound => "Not found",
             Problem::Overloaded => "The service is overloaded",
             Problem::TemporarilyUnavailable => "The service is temporarily unavailable",
@@ -128,7 +133,10 @@ impl Problem {
             Problem::IdempotencyKeyInUse => {
                 "The first request with this key is still being processed. Retry with the same key after Retry-After seconds; it will replay the first answer."
             }
-            Problem::BodyTooLarge => "Send at most 16 KiB.",
+            Problem::InvalidLookup => {
+                "Send {\"keys\": [...]} with 1 to 1000 keys and an optional \"after_id\" >= 0 (the previous answer's next_after_id)."
+            }
+            Problem::BodyTooLarge => "Send at most 16 KiB (a lookup: at most 1000 keys).",
             Problem::UnsupportedMediaType => "Send Content-Type: application/json, or no Content-Type at all.",
             Problem::NotFound => "See GET / for the routes.",
             Problem::Overloaded => {

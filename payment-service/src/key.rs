@@ -54,13 +54,24 @@ fn parse_value(raw: &[u8]) -> Result<String, &'static str> {
     } else {
         text.to_owned()
     };
+    check(&key)?;
+    Ok(key)
+}
+
+/// What every key must be, however it arrived (a header after unquoting, or
+/// a JSON string in `POST /payments/lookup`): 1 to [`KEY_BYTES_MAX`] bytes of
+/// printable ASCII. The one place these rules live.
+pub fn check(key: &str) -> Result<(), &'static str> {
     if key.is_empty() {
         return Err("must not be empty");
     }
     if key.len() > KEY_BYTES_MAX {
         return Err("must be at most 255 characters");
     }
-    Ok(key)
+    if !key.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err("must be printable ASCII (no control or non-ASCII bytes)");
+    }
+    Ok(())
 }
 
 /// Unquotes the rest of an sf-string after its opening quote (RFC 9651 §4.2.5).

@@ -5,7 +5,7 @@
 //! - [`writer`]: the one thread that writes, with group commit and crash injection.
 //! - [`store`]: schema and every SQL statement, as plain functions of a connection.
 //! - [`readers`]: a small pool of read-only connections for GETs.
-//! - [`payment`], [`money`], [`key`]: parsing and validating what clients send.
+//! - [`payment`], [`money`], [`key`], [`lookup`]: parsing and validating what clients send.
 //! - [`error`]: one error type, rendered as RFC 9457 problem+json.
 //! - [`stats`]: request counters and the `/stats` document.
 //! - [`listener`]: bounds open connections and closes idle ones.
@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod key;
 pub mod listener;
+pub mod lookup;
 pub mod money;
 pub mod payment;
 pub mod readers;

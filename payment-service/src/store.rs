@@ -401,6 +401,29 @@ pub fn payments(conn: &Connection, after_id: i64, limit: usize, key: Option<&str
     }
 }
 
+/// The payments whose key is one of `keys` and whose id is above `after_id`,
+/// in id order, at most `limit`. The keys travel as one JSON array bound to
+/// `json_each`, so the statement is prepared once whatever their number;
+/// `INDEXED BY` makes SQLite refuse to run it rather than fall back to a scan
+/// (each key is one search of `payments_by_idem_key` on `(idem_key, id)`).
+pub fn payments_by_keys(
+    conn: &Connection,
+    keys: &[String],
+    after_id: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Payment>> {
+    let keys = serde_json::to_string(keys).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    conn.prepare_cached(LOOKUP_SQL)?
+        .query_map(params![keys, after_id, limit], payment_from_row)?
+        .collect()
+}
+
+const LOOKUP_SQL: &str = "SELECT id, src, dest, amount_minor, idem_key, created_at_ms
+     FROM payments INDEXED BY payments_by_idem_key
+     WHERE idem_key IN (SELECT value FROM json_each(?1)) AND id > ?2
+     ORDER BY id LIMIT ?3";
+
 /// Counts of what `DELETE /payments` removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Wiped {
@@ -586,6 +609,48 @@ mod tests {
             Outcome::Replayed { .. }
         ));
         assert_eq!(payments(&conn, 0, 10, Some("k")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn lookup_by_keys_searches_the_key_index_per_key() {
+        let (_dir, conn) = db();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {LOOKUP_SQL}"))
+            .unwrap()
+            .query_map(params!["[\"a\",\"b\"]", 0, 10], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let text = plan.join("\n");
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("SEARCH payments USING INDEX payments_by_idem_key (idem_key=? AND rowid>?)")),
+            "{text}"
+        );
+        assert!(!plan.iter().any(|step| step.starts_with("SCAN payments")), "{text}");
+    }
+
+    #[test]
+    fn lookup_by_keys_pages_in_id_order() {
+        let (_dir, conn) = db();
+        for key in ["a", "b", "a", "c", "a"] {
+            insert_unchecked(&conn, &request(100), Some(key), 0).unwrap();
+        }
+        insert_unchecked(&conn, &request(100), None, 0).unwrap();
+        let ids = |keys: &[&str], after: i64, limit: usize| -> Vec<i64> {
+            let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+            payments_by_keys(&conn, &keys, after, limit)
+                .unwrap()
+                .iter()
+                .map(|p| p.id)
+                .collect()
+        };
+        assert_eq!(ids(&["a", "a", "zz"], 0, 10), vec![1, 3, 5]);
+        assert_eq!(ids(&["c", "b"], 0, 10), vec![2, 4]);
+        assert_eq!(ids(&["a", "b", "c"], 0, 2), vec![1, 2]);
+        assert_eq!(ids(&["a", "b", "c"], 2, 2), vec![3, 4]);
+        assert_eq!(ids(&["a", "b", "c"], 4, 2), vec![5]);
+        assert!(ids(&["zz"], 0, 10).is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod concurrency;
 mod contract;
 mod crash;
 mod limits;
+mod lookup;
 
 use std::net::SocketAddr;
 use std::time::Duration;
