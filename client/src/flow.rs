@@ -63,7 +63,7 @@ pub enum Ending {
         unfinished: u64,
         ledger: Option<PathBuf>,
     },
-    Judged(Judged),
+    Judged(Box<Judged>),
 }
 
 pub struct Judged {
@@ -153,10 +153,11 @@ pub async fn resume(settings: &Settings, path: &Path) -> anyhow::Result<Ending> 
 /// higher one. Read before anything is sent, so failing here costs nothing.
 pub async fn baseline(service: &str) -> anyhow::Result<i64> {
     let reader = ServiceReader::new(service, Duration::from_millis(BASELINE_DEADLINE_MS))?;
-    let stats = reader
-        .stats()
-        .await
-        .with_context(|| format!("cannot read where the service's ledger stands before sending (is {service} the payment service? --service)"))?;
+    let stats = reader.stats().await.with_context(|| {
+        format!(
+            "cannot read where the service's ledger stands before sending (is {service} the payment service? --service)"
+        )
+    })?;
     Ok(stats.last_payment_id)
 }
 
@@ -231,11 +232,11 @@ async fn execute(
         mode: &mode,
     };
     let (judgement, reading) = judge(&settings.service, settings.reconcile_deadline, &evidence).await;
-    Ok(Ending::Judged(Judged {
+    Ok(Ending::Judged(Box::new(Judged {
         summary: report.summary,
         judgement,
         reading,
-    }))
+    })))
 }
 
 /// Reconciles `evidence` with the service within `deadline`; never fails:
@@ -248,7 +249,14 @@ pub async fn judge(
     let started = Instant::now();
     let reader = match ServiceReader::new(service, deadline) {
         Ok(reader) => reader,
-        Err(e) => return (Err(Inconclusive { reason: format!("{e:#}") }), Reading { requests: 0, ms: 0 }),
+        Err(e) => {
+            return (
+                Err(Inconclusive {
+                    reason: format!("{e:#}"),
+                }),
+                Reading { requests: 0, ms: 0 },
+            );
+        }
     };
     let judgement = reconcile::reconcile(&reader, evidence).await;
     let reading = Reading {

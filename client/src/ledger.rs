@@ -340,13 +340,20 @@ impl<'a> LineReader<'a> {
         self.number += 1;
         if self.buf.last() != Some(&b'\n') {
             if n as u64 == limit {
-                bail!("{}:{}: a line longer than {LEDGER_LINE_BYTES_MAX} bytes: not a ledger", self.path.display(), self.number);
+                bail!(
+                    "{}:{}: a line longer than {LEDGER_LINE_BYTES_MAX} bytes: not a ledger",
+                    self.path.display(),
+                    self.number
+                );
             }
             self.torn = Some(n as u64);
             return Ok(None);
         }
         if self.number > LEDGER_LINES_MAX {
-            bail!("the ledger {} has more than {LEDGER_LINES_MAX} lines", self.path.display());
+            bail!(
+                "the ledger {} has more than {LEDGER_LINES_MAX} lines",
+                self.path.display()
+            );
         }
         self.complete_len += n as u64;
         serde_json::from_slice(&self.buf)
@@ -382,7 +389,10 @@ fn read_header(lines: &mut LineReader) -> anyhow::Result<(Meta, usize)> {
             seed,
         })) if format == LEDGER_FORMAT => {
             if intents > INTENTS_MAX {
-                bail!("{}: announces {intents} payments, more than {INTENTS_MAX}", lines.path.display());
+                bail!(
+                    "{}: announces {intents} payments, more than {INTENTS_MAX}",
+                    lines.path.display()
+                );
             }
             Ok((Meta { baseline_id, seed }, intents))
         }
@@ -435,13 +445,19 @@ fn read_done(lines: &mut LineReader, intents: &[Intent]) -> anyhow::Result<HashS
             None => return Ok(confirmed),
             Some(Line::Done { key, outcome }) => {
                 let Some(&index) = index_of.get(key.as_str()) else {
-                    bail!("{}:{at}: a payment {key:?} that the ledger does not hold", lines.path.display());
+                    bail!(
+                        "{}:{at}: a payment {key:?} that the ledger does not hold",
+                        lines.path.display()
+                    );
                 };
                 if outcome == Finish::Confirmed {
                     confirmed.insert(index);
                 }
             }
-            Some(_) => bail!("{}:{at}: only `done` lines may follow the completion line", lines.path.display()),
+            Some(_) => bail!(
+                "{}:{at}: only `done` lines may follow the completion line",
+                lines.path.display()
+            ),
         }
     }
 }
@@ -466,8 +482,14 @@ mod tests {
         drop(Ledger::create(&path, &intents(3), META).expect("create"));
         assert!(!partial_path(&path).expect("partial").exists());
         let opened = Ledger::open(&path).expect("open");
-        assert_eq!((opened.meta, opened.intents, opened.repaired_bytes), (META, intents(3), None));
-        assert!(Ledger::create(&path, &intents(3), META).is_err(), "never replaces a ledger");
+        assert_eq!(
+            (opened.meta, opened.intents, opened.repaired_bytes),
+            (META, intents(3), None)
+        );
+        assert!(
+            Ledger::create(&path, &intents(3), META).is_err(),
+            "never replaces a ledger"
+        );
     }
 
     #[test]
@@ -479,11 +501,16 @@ mod tests {
         // Cut after the header and four intents: a complete line boundary,
         // and in the middle of a line.
         let lines: Vec<&str> = text.split_inclusive('\n').collect();
-        for cut_text in [lines[..5].concat(), format!("{}{}", lines[..5].concat(), &lines[5][..9])] {
+        for cut_text in [
+            lines[..5].concat(),
+            format!("{}{}", lines[..5].concat(), &lines[5][..9]),
+        ] {
             std::fs::write(&path, cut_text).expect("write");
             let error = format!("{:#}", Ledger::open(&path).err().expect("refused"));
             assert!(
-                error.contains("not a complete ledger") && error.contains("announces 10 payments") && error.contains("after 4"),
+                error.contains("not a complete ledger")
+                    && error.contains("announces 10 payments")
+                    && error.contains("after 4"),
                 "{error}"
             );
         }
@@ -498,7 +525,10 @@ mod tests {
         let path = dir.path().join("l.jsonl");
         drop(Ledger::create(&path, &intents(2), META).expect("create"));
         let complete = std::fs::read(&path).expect("read");
-        let done = format!("{{\"type\":\"done\",\"key\":\"{}\",\"outcome\":\"confirmed\"}}\n", intents(2)[0].key);
+        let done = format!(
+            "{{\"type\":\"done\",\"key\":\"{}\",\"outcome\":\"confirmed\"}}\n",
+            intents(2)[0].key
+        );
         let mut torn = complete.clone();
         torn.extend_from_slice(done.as_bytes());
         torn.extend_from_slice(&done.as_bytes()[..20]);
@@ -515,7 +545,10 @@ mod tests {
         let path = dir.path().join("l.jsonl");
         std::fs::write(partial_path(&path).expect("partial"), "{\"type\":\"header\"").expect("write");
         let error = format!("{:#}", Ledger::open(&path).err().expect("refused"));
-        assert!(error.contains("l.jsonl.partial") && error.contains("was killed"), "{error}");
+        assert!(
+            error.contains("l.jsonl.partial") && error.contains("was killed"),
+            "{error}"
+        );
         let error = format!("{:#}", Ledger::create(&path, &intents(1), META).err().expect("refused"));
         assert!(error.contains("was killed") && error.contains("Remove"), "{error}");
     }

@@ -21,7 +21,9 @@ enum Command {
     },
     /// Drop what is buffered without writing it, and stop: what a process
     /// killed at this moment would have left on disk.
-    Abandon { done: oneshot::Sender<()> },
+    Abandon {
+        done: oneshot::Sender<()>,
+    },
 }
 
 pub(crate) struct LineWriter {
@@ -51,7 +53,10 @@ impl LineWriter {
     /// Writes out everything appended so far; with `sync`, fsyncs it too.
     pub(crate) async fn flush(&self, sync: bool) -> io::Result<()> {
         let (done, answer) = oneshot::channel();
-        self.tx.send(Command::Flush { sync, done }).await.map_err(|_| stopped())?;
+        self.tx
+            .send(Command::Flush { sync, done })
+            .await
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -93,7 +98,9 @@ fn write_lines(mut out: BufWriter<File>, mut rx: mpsc::Receiver<Command>) {
             Command::Flush { sync, done } => {
                 let result = match &failed {
                     Some((kind, why)) => Err(io::Error::new(*kind, why.clone())),
-                    None => out.flush().and_then(|()| if sync { out.get_ref().sync_all() } else { Ok(()) }),
+                    None => out
+                        .flush()
+                        .and_then(|()| if sync { out.get_ref().sync_all() } else { Ok(()) }),
                 };
                 let _ = done.send(result);
             }

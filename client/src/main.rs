@@ -167,7 +167,16 @@ async fn run(cli: Cli) -> u8 {
         Command::Pay(args) => {
             let settings = args.common.settings();
             let o = &settings.options;
-            let paid = match flow::intents(args.csv.as_deref(), args.count, &args.src, &args.dest, args.amount, o.seed).await {
+            let paid = match flow::intents(
+                args.csv.as_deref(),
+                args.count,
+                &args.src,
+                &args.dest,
+                args.amount,
+                o.seed,
+            )
+            .await
+            {
                 Ok(intents) => flow::pay(&settings, intents, args.ledger.as_deref()).await,
                 Err(e) => Err(e),
             };

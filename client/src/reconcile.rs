@@ -20,9 +20,17 @@ use serde::{Deserialize, Serialize};
 use crate::classify::Outcome;
 use crate::history::AttemptRecord;
 use crate::runner::Intent;
-use crate::service::{Inconclusive, LOOKUP_KEYS_MAX, ServicePayment, ServiceReader};
+use crate::service::{Inconclusive, LOOKUP_KEYS_MAX, PAGE_LIMIT, ServicePayment, ServiceReader};
 use crate::strategy::KeyStrategy;
 
+/// Keys per lookup: one fewer than a page, so a chunk whose keys have one
+/// payment each fits in one page that is not full (a full page costs one
+/// more request to learn that nothing follows).
+const LOOKUP_CHUNK_KEYS: usize = if LOOKUP_KEYS_MAX < PAGE_LIMIT {
+    LOOKUP_KEYS_MAX
+} else {
+    PAGE_LIMIT - 1
+};
 /// Problems listed by key in the report; the counts cover all of them.
 const ISSUES_LISTED_MAX: usize = 20;
 /// Payments of this run the judge holds in memory at most (about 50 bytes
@@ -127,7 +135,7 @@ pub struct Reconciliation {
 }
 
 /// Reads what the service holds for this run (by key in chunks of
-/// [`LOOKUP_KEYS_MAX`], and by id after the baseline for payments no intent
+/// [`LOOKUP_CHUNK_KEYS`], and by id after the baseline for payments no intent
 /// explains) and judges it. Any read that fails within the reader's deadline
 /// makes the whole answer inconclusive.
 pub async fn reconcile(reader: &ServiceReader, evidence: &Evidence<'_>) -> Result<Reconciliation, Inconclusive> {
@@ -138,7 +146,7 @@ pub async fn reconcile(reader: &ServiceReader, evidence: &Evidence<'_>) -> Resul
         return Ok(totals_only(evidence.intents, &collector));
     }
     let keys: Vec<&str> = collector.owner.keys().copied().collect();
-    for chunk in keys.chunks(LOOKUP_KEYS_MAX) {
+    for chunk in keys.chunks(LOOKUP_CHUNK_KEYS) {
         reader.lookup(chunk, |p| collector.accept(p)).await?;
     }
     Ok(judge(evidence, &collector))
@@ -149,7 +157,11 @@ enum Found {
     /// The payment of the intent at this position.
     Intent { at: usize, amount_minor: i64 },
     /// Made during the run under one of its keys, but no intent explains it.
-    Orphan { key: String, amount_minor: i64, reused: bool },
+    Orphan {
+        key: String,
+        amount_minor: i64,
+        reused: bool,
+    },
     /// Made before the run under one of its keys, for a different payment.
     Before { key: String },
 }
@@ -172,7 +184,12 @@ struct Collector<'a> {
 
 impl<'a> Collector<'a> {
     fn new(evidence: &Evidence<'a>) -> Collector<'a> {
-        let position: HashMap<usize, usize> = evidence.intents.iter().enumerate().map(|(at, i)| (i.index, at)).collect();
+        let position: HashMap<usize, usize> = evidence
+            .intents
+            .iter()
+            .enumerate()
+            .map(|(at, i)| (i.index, at))
+            .collect();
         let mut owner = HashMap::new();
         if evidence.strategy == KeyStrategy::PerPayment {
             owner.extend(evidence.intents.iter().enumerate().map(|(at, i)| (i.key.as_str(), at)));
@@ -254,7 +271,12 @@ impl Told {
 }
 
 fn told(evidence: &Evidence) -> Vec<Told> {
-    let position: HashMap<usize, usize> = evidence.intents.iter().enumerate().map(|(at, i)| (i.index, at)).collect();
+    let position: HashMap<usize, usize> = evidence
+        .intents
+        .iter()
+        .enumerate()
+        .map(|(at, i)| (i.index, at))
+        .collect();
     let mut told = vec![Told::default(); evidence.intents.len()];
     if let Mode::Resume { confirmed_before, .. } = evidence.mode {
         for (t, intent) in told.iter_mut().zip(evidence.intents) {
@@ -300,7 +322,14 @@ fn judge(evidence: &Evidence, collected: &Collector) -> Reconciliation {
                 r.orphaned += 1;
                 r.payments += 1;
                 r.moved_minor += i128::from(*amount_minor);
-                unexplained.push((key, if *reused { "key reused for another payment" } else { "orphaned" }));
+                unexplained.push((
+                    key,
+                    if *reused {
+                        "key reused for another payment"
+                    } else {
+                        "orphaned"
+                    },
+                ));
             }
             Found::Before { key } => {
                 r.reused_before += 1;
@@ -418,7 +447,7 @@ fn verdict(too_little: bool, too_much: bool) -> Verdict {
 }
 
 /// Minor units as `12.50`, for sums that may exceed an i64.
-pub(crate) fn format_wide(minor: i128) -> String {
+pub fn format_wide(minor: i128) -> String {
     let sign = if minor < 0 { "-" } else { "" };
     let abs = minor.unsigned_abs();
     format!("{sign}{}.{:02}", abs / 100, abs % 100)
@@ -481,7 +510,10 @@ mod tests {
         let fresh = Mode::Fresh { baseline_id: 10 };
         let r = judged(&fresh, &attempts, vec![payment(5, &k0, 100), payment(11, &k1, 100)]);
         assert_eq!((r.failed_but_landed, r.verdict), (1, Verdict::TooMuch), "{r:?}");
-        assert_eq!((r.issues[0].problem, r.issues[0].key.as_str()), ("failed but landed", k0.as_str()));
+        assert_eq!(
+            (r.issues[0].problem, r.issues[0].key.as_str()),
+            ("failed but landed", k0.as_str())
+        );
         // The same key for another amount is not this intent's payment: lost,
         // and (made before the run) not this run's money either.
         let r = judged(&fresh, &attempts, vec![payment(5, &k0, 200), payment(11, &k1, 100)]);
@@ -503,16 +535,28 @@ mod tests {
         };
         let attempts = [attempt(1, &k1, Outcome::Fail)];
         let r = judged(&resume, &attempts, vec![payment(1, &k0, 100), payment(2, &k1, 100)]);
-        assert_eq!((r.verdict, r.failed_but_landed, r.unknown_landed), (Verdict::ExactlyOnce, 0, 1), "{r:?}");
+        assert_eq!(
+            (r.verdict, r.failed_but_landed, r.unknown_landed),
+            (Verdict::ExactlyOnce, 0, 1),
+            "{r:?}"
+        );
         let r = judged(&resume, &attempts, vec![payment(2, &k1, 100)]);
-        assert_eq!((r.acknowledged_but_missing, r.verdict), (1, Verdict::TooLittle), "{r:?}");
+        assert_eq!(
+            (r.acknowledged_but_missing, r.verdict),
+            (1, Verdict::TooLittle),
+            "{r:?}"
+        );
     }
 
     #[test]
     fn a_payment_read_twice_counts_once() {
         let k0 = crate::runner::key_for(3, 0);
         let attempts = [attempt(0, &k0, Outcome::Ok)];
-        let r = judged(&Mode::Fresh { baseline_id: 0 }, &attempts, vec![payment(1, &k0, 100), payment(1, &k0, 100)]);
+        let r = judged(
+            &Mode::Fresh { baseline_id: 0 },
+            &attempts,
+            vec![payment(1, &k0, 100), payment(1, &k0, 100)],
+        );
         assert_eq!((r.exactly_once, r.lost, r.duplicated), (1, 1, 0), "{r:?}");
     }
 

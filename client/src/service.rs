@@ -224,7 +224,11 @@ impl ServiceReader {
 /// cursor beyond it, and (for a lookup) only the keys asked for. Anything
 /// else could make the judge miss payments or loop.
 fn check_page(what: &str, page: &Page, after: i64, asked: Option<&HashSet<&str>>) -> Result<(), Inconclusive> {
-    let broken = |why: String| Err(inconclusive(format!("{what}: the answer breaks the service's contract: {why}")));
+    let broken = |why: String| {
+        Err(inconclusive(format!(
+            "{what}: the answer breaks the service's contract: {why}"
+        )))
+    };
     if page.payments.len() > PAGE_LIMIT {
         return broken(format!("{} payments in one page", page.payments.len()));
     }
@@ -267,7 +271,9 @@ pub fn parse_http_url(text: &str) -> Result<String, String> {
         return Err(format!("{text:?} has no host: write it like http://127.0.0.1:8080"));
     }
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        return Err(format!("{text:?}: give only http://host:port (and a path), without query or credentials"));
+        return Err(format!(
+            "{text:?}: give only http://host:port (and a path), without query or credentials"
+        ));
     }
     Ok(text.trim_end_matches('/').to_owned())
 }
@@ -289,7 +295,10 @@ mod tests {
             let error = parse_http_url(bad).expect_err(bad);
             assert!(error.contains(fix), "{bad}: {error}");
         }
-        assert_eq!(parse_http_url("http://127.0.0.1:8080/").as_deref(), Ok("http://127.0.0.1:8080"));
+        assert_eq!(
+            parse_http_url("http://127.0.0.1:8080/").as_deref(),
+            Ok("http://127.0.0.1:8080")
+        );
         assert_eq!(parse_http_url("http://localhost").as_deref(), Ok("http://localhost"));
     }
 
