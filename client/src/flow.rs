@@ -121,7 +121,15 @@ pub async fn pay(settings: &Settings, intents: Vec<Intent>, ledger: Option<&Path
         }
         None => (None, intents),
     };
-    execute(settings, intents.clone(), &intents, Mode::Fresh { baseline_id }, ledger).await
+    let intents: Arc<[Intent]> = intents.into();
+    execute(
+        settings,
+        Arc::clone(&intents),
+        &intents,
+        Mode::Fresh { baseline_id },
+        ledger,
+    )
+    .await
 }
 
 /// `client resume`: finish the unfinished payments of a ledger with their
@@ -133,7 +141,7 @@ pub async fn resume(settings: &Settings, path: &Path) -> anyhow::Result<Ending> 
     );
     settings.options.validate().map_err(anyhow::Error::msg)?;
     let opened = open_ledger(path).await?;
-    let to_send = opened.unfinished();
+    let to_send: Arc<[Intent]> = opened.unfinished().into();
     eprintln!(
         "resuming {}: {} payments, {} confirmed before, {} to finish",
         path.display(),
@@ -185,7 +193,7 @@ pub async fn open_ledger(path: &Path) -> anyhow::Result<Opened> {
 /// Sends `to_send`, then judges all of `intents` (the whole ledger on resume).
 async fn execute(
     settings: &Settings,
-    to_send: Vec<Intent>,
+    to_send: Arc<[Intent]>,
     intents: &[Intent],
     mode: Mode,
     ledger: Option<(Arc<Ledger>, PathBuf)>,
@@ -248,7 +256,7 @@ pub async fn judge(
 ) -> (Result<Reconciliation, Inconclusive>, Reading) {
     let started = Instant::now();
     let reader = match ServiceReader::new(service, deadline) {
-        Ok(reader) => reader,
+        Ok(reader) => Arc::new(reader),
         Err(e) => {
             return (
                 Err(Inconclusive {

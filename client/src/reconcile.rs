@@ -14,13 +14,15 @@
 //! the answer is [`Inconclusive`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
 
 use crate::classify::Outcome;
 use crate::history::AttemptRecord;
 use crate::runner::Intent;
-use crate::service::{Inconclusive, LOOKUP_KEYS_MAX, PAGE_LIMIT, ServicePayment, ServiceReader};
+use crate::service::{Inconclusive, LOOKUP_KEYS_MAX, PAGE_LIMIT, PAGES_MAX, ServicePayment, ServiceReader};
 use crate::strategy::KeyStrategy;
 
 /// Keys per lookup: one fewer than a page, so a chunk whose keys have one
@@ -31,6 +33,9 @@ const LOOKUP_CHUNK_KEYS: usize = if LOOKUP_KEYS_MAX < PAGE_LIMIT {
 } else {
     PAGE_LIMIT - 1
 };
+/// Reads of the service in flight at once: the service answers reads from
+/// four connections, so more would only queue there.
+const READS_IN_FLIGHT: usize = 4;
 /// Problems listed by key in the report; the counts cover all of them.
 const ISSUES_LISTED_MAX: usize = 20;
 /// Payments of this run the judge holds in memory at most (about 50 bytes
@@ -134,22 +139,80 @@ pub struct Reconciliation {
     pub verdict: Verdict,
 }
 
-/// Reads what the service holds for this run (by key in chunks of
-/// [`LOOKUP_CHUNK_KEYS`], and by id after the baseline for payments no intent
-/// explains) and judges it. Any read that fails within the reader's deadline
-/// makes the whole answer inconclusive.
-pub async fn reconcile(reader: &ServiceReader, evidence: &Evidence<'_>) -> Result<Reconciliation, Inconclusive> {
+/// Reads what the service holds for this run and judges it: the payments by
+/// id after the baseline (orphans, keyless totals), by key in chunks of
+/// [`LOOKUP_CHUNK_KEYS`] (this run's payments, even those made before the
+/// baseline by an earlier run with the same seed), then any made since the
+/// reading began. Reads run [`READS_IN_FLIGHT`] at a time. Any read that
+/// fails within the reader's deadline makes the whole answer inconclusive.
+pub async fn reconcile(reader: &Arc<ServiceReader>, evidence: &Evidence<'_>) -> Result<Reconciliation, Inconclusive> {
     let mut collector = Collector::new(evidence);
     let baseline = evidence.mode.baseline_id();
-    reader.payments_after(baseline, |p| collector.accept(p)).await?;
-    if evidence.strategy == KeyStrategy::None {
-        return Ok(totals_only(evidence.intents, &collector));
+    let end = reader.stats().await?.last_payment_id;
+    let span = u64::try_from(end.saturating_sub(baseline)).unwrap_or(0);
+    let ranges = span.div_ceil(PAGE_LIMIT as u64);
+    if ranges > PAGES_MAX as u64 {
+        return Err(Inconclusive {
+            reason: format!("{span} payment ids after the baseline {baseline}: more than the judge reads"),
+        });
     }
-    let keys: Vec<&str> = collector.owner.keys().copied().collect();
-    for chunk in keys.chunks(LOOKUP_CHUNK_KEYS) {
-        reader.lookup(chunk, |p| collector.accept(p)).await?;
+    let range_start = |k: u64| baseline + (k * PAGE_LIMIT as u64) as i64;
+    let window = (0..ranges).map(|k| Read::Ids(range_start(k)));
+    read_all(reader, window, &mut collector).await?;
+    if evidence.strategy != KeyStrategy::None {
+        let keys: Vec<&str> = collector.owner.keys().copied().collect();
+        let lookups = keys
+            .chunks(LOOKUP_CHUNK_KEYS)
+            .map(|chunk| Read::Keys(chunk.iter().map(|k| (*k).to_owned()).collect()));
+        read_all(reader, lookups, &mut collector).await?;
     }
-    Ok(judge(evidence, &collector))
+    reader
+        .payments_after(range_start(ranges), |p| collector.accept(p))
+        .await?;
+    Ok(match evidence.strategy {
+        KeyStrategy::None => totals_only(evidence.intents, &collector),
+        _ => judge(evidence, &collector),
+    })
+}
+
+/// One read of the service.
+enum Read {
+    /// The payments with ids in `(after, after + PAGE_LIMIT]`.
+    Ids(i64),
+    /// The payments under these keys.
+    Keys(Vec<String>),
+}
+
+/// Runs `reads`, a few at a time, handing what they find to `collector`;
+/// stops at the first that cannot be read (the others are dropped).
+async fn read_all(
+    reader: &Arc<ServiceReader>,
+    reads: impl Iterator<Item = Read>,
+    collector: &mut Collector<'_>,
+) -> Result<(), Inconclusive> {
+    let mut reads = reads.fuse();
+    let mut running = JoinSet::new();
+    loop {
+        while running.len() < READS_IN_FLIGHT {
+            let Some(read) = reads.next() else { break };
+            let reader = Arc::clone(reader);
+            running.spawn(async move {
+                match read {
+                    Read::Ids(after) => reader.id_range(after).await,
+                    Read::Keys(keys) => reader.lookup(&keys).await,
+                }
+            });
+        }
+        match running.join_next().await {
+            None => return Ok(()),
+            Some(Ok(found)) => found?.into_iter().try_for_each(|p| collector.accept(p))?,
+            Some(Err(e)) => {
+                return Err(Inconclusive {
+                    reason: format!("a read of the service failed: {e}"),
+                });
+            }
+        }
+    }
 }
 
 /// What one payment the service holds means for this run.
@@ -171,6 +234,8 @@ struct Collector<'a> {
     intents: &'a [Intent],
     /// Each key this run sent (or would send), to its intent's position.
     owner: HashMap<&'a str, usize>,
+    /// An intent's index to its position in `intents`.
+    position: HashMap<usize, usize>,
     /// `pay-<seed>-`: a key with it that no intent owns is an orphan.
     prefix: String,
     baseline_id: i64,
@@ -202,6 +267,7 @@ impl<'a> Collector<'a> {
         Collector {
             intents: evidence.intents,
             owner,
+            position,
             prefix: evidence.intents.first().map(|i| key_prefix(&i.key)).unwrap_or_default(),
             baseline_id: evidence.mode.baseline_id(),
             keyless: evidence.strategy == KeyStrategy::None,
@@ -270,13 +336,7 @@ impl Told {
     }
 }
 
-fn told(evidence: &Evidence) -> Vec<Told> {
-    let position: HashMap<usize, usize> = evidence
-        .intents
-        .iter()
-        .enumerate()
-        .map(|(at, i)| (i.index, at))
-        .collect();
+fn told(evidence: &Evidence, position: &HashMap<usize, usize>) -> Vec<Told> {
     let mut told = vec![Told::default(); evidence.intents.len()];
     if let Mode::Resume { confirmed_before, .. } = evidence.mode {
         for (t, intent) in told.iter_mut().zip(evidence.intents) {
@@ -337,7 +397,7 @@ fn judge(evidence: &Evidence, collected: &Collector) -> Reconciliation {
             }
         }
     }
-    for ((intent, told), (n, moved)) in intents.iter().zip(told(evidence)).zip(payments) {
+    for ((intent, told), (n, moved)) in intents.iter().zip(told(evidence, &collected.position)).zip(payments) {
         r.payments += n;
         r.moved_minor += moved;
         count_intent(&mut r, intent, told, n);

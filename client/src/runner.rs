@@ -148,7 +148,7 @@ struct Shared {
     client: reqwest::Client,
     url: String,
     options: Options,
-    intents: Vec<Intent>,
+    intents: Arc<[Intent]>,
     sinks: Sinks,
     started: Instant,
     deadline: Instant,
@@ -174,8 +174,16 @@ pub fn http_client(options: &Options) -> anyhow::Result<reqwest::Client> {
     builder.build().context("cannot build the HTTP client")
 }
 
-/// Sends every intent to `target` (`http://host:port`) and returns what happened.
-pub async fn run(target: &str, intents: Vec<Intent>, options: &Options, sinks: Sinks) -> anyhow::Result<RunReport> {
+/// Sends every intent to `target` (`http://host:port`) and returns what
+/// happened. Takes the intents shared (a `Vec` converts), so a caller that
+/// judges them afterwards need not hold a second copy.
+pub async fn run(
+    target: &str,
+    intents: impl Into<Arc<[Intent]>>,
+    options: &Options,
+    sinks: Sinks,
+) -> anyhow::Result<RunReport> {
+    let intents = intents.into();
     options.validate().map_err(anyhow::Error::msg)?;
     if intents.len() > INTENTS_MAX {
         bail!("at most {INTENTS_MAX} payments per run");

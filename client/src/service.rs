@@ -24,9 +24,10 @@ const RETRY_DELAY_MS_MAX: u64 = 2_000;
 /// Default time the judge may spend reading (and re-reading) the service:
 /// a million payments take a few seconds, so this only ends real outages.
 pub const RECONCILE_DEADLINE_MS_DEFAULT: u64 = 120_000;
-/// Pages read at most per request chain: a service that keeps answering full
-/// pages without end cannot keep the judge for ever (10 million payments).
-const PAGES_MAX: usize = 10_000;
+/// Pages read at most per request chain, and id ranges per window: a service
+/// that keeps answering full pages cannot keep the judge for ever (10 million
+/// payments).
+pub const PAGES_MAX: usize = 10_000;
 
 /// A payment as the service documents it (`GET /payments/{id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -124,10 +125,7 @@ impl ServiceReader {
     ) -> Result<(), Inconclusive> {
         let mut after = after_id;
         for _ in 0..PAGES_MAX {
-            let url = format!("{}/payments?after_id={after}&limit={PAGE_LIMIT}", self.base);
-            let what = format!("GET /payments?after_id={after}");
-            let page: Page = self.with_retries(&what, || self.http.get(&url)).await?;
-            check_page(&what, &page, after, None)?;
+            let page = self.page_after(after).await?;
             page.payments.into_iter().try_for_each(&mut each)?;
             match page.next_after_id {
                 Some(next) => after = next,
@@ -140,27 +138,42 @@ impl ServiceReader {
         )))
     }
 
-    /// Every payment made under one of `keys` (at most [`LOOKUP_KEYS_MAX`]).
-    pub async fn lookup(
-        &self,
-        keys: &[&str],
-        mut each: impl FnMut(ServicePayment) -> Result<(), Inconclusive>,
-    ) -> Result<(), Inconclusive> {
+    /// The payments with ids in `(after_id, after_id + PAGE_LIMIT]`: one
+    /// page holds them all, since ids are unique integers. Pages of
+    /// neighbouring ranges can be read at the same time.
+    pub async fn id_range(&self, after_id: i64) -> Result<Vec<ServicePayment>, Inconclusive> {
+        let last = after_id.saturating_add(PAGE_LIMIT as i64);
+        let mut page = self.page_after(after_id).await?;
+        page.payments.retain(|p| p.id <= last);
+        Ok(page.payments)
+    }
+
+    async fn page_after(&self, after: i64) -> Result<Page, Inconclusive> {
+        let url = format!("{}/payments?after_id={after}&limit={PAGE_LIMIT}", self.base);
+        let what = format!("GET /payments?after_id={after}");
+        let page: Page = self.with_retries(&what, || self.http.get(&url)).await?;
+        check_page(&what, &page, after, None)?;
+        Ok(page)
+    }
+
+    /// Every payment made under one of `keys` (at most [`LOOKUP_KEYS_MAX`]),
+    /// all pages of them.
+    pub async fn lookup(&self, keys: &[String]) -> Result<Vec<ServicePayment>, Inconclusive> {
         if keys.len() > LOOKUP_KEYS_MAX {
             return Err(inconclusive(format!("{} keys in one lookup", keys.len())));
         }
         let url = format!("{}/payments/lookup", self.base);
-        let asked: HashSet<&str> = keys.iter().copied().collect();
-        let mut after = 0;
+        let asked: HashSet<&str> = keys.iter().map(String::as_str).collect();
+        let (mut after, mut found) = (0, Vec::new());
         for _ in 0..PAGES_MAX {
             let body = serde_json::json!({ "keys": keys, "after_id": after });
             let what = format!("POST /payments/lookup ({} keys, after_id {after})", keys.len());
             let page: Page = self.with_retries(&what, || self.http.post(&url).json(&body)).await?;
             check_page(&what, &page, after, Some(&asked))?;
-            page.payments.into_iter().try_for_each(&mut each)?;
+            found.extend(page.payments);
             match page.next_after_id {
                 Some(next) => after = next,
-                None => return Ok(()),
+                None => return Ok(found),
             }
         }
         Err(inconclusive(format!(

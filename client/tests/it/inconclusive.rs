@@ -153,7 +153,13 @@ async fn a_failing_or_malformed_page_is_inconclusive() {
         ((404, "{}".to_owned()), "answered 404", false),
     ] {
         let (url, requests) = spawn_stub(move |line| {
-            if line.starts_with("POST /payments/lookup") { lookup.clone() } else { (200, EMPTY_PAGE.to_owned()) }
+            if line.starts_with("POST /payments/lookup") {
+                lookup.clone()
+            } else if line.starts_with("GET /stats") {
+                (200, STATS.to_owned())
+            } else {
+                (200, EMPTY_PAGE.to_owned())
+            }
         })
         .await;
         let (judgement, counted) = judge_quickly(&url).await;

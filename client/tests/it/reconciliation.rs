@@ -160,3 +160,44 @@ async fn the_same_key_for_another_amount_is_not_this_payment() {
     );
     assert_eq!(r["moved_minor"], 0, "the earlier payment is not this run's money");
 }
+
+#[tokio::test]
+async fn ids_with_gaps_are_each_read_once() {
+    // Ids 5, 1500, 2400, 2500: the id ranges are read side by side, and a
+    // page for (0, 1000] also returns later ids, which must not count twice.
+    let ids = [5, 1500, 2400, 2500];
+    let (url, _) = crate::spawn_stub(move |line| {
+        if line.starts_with("GET /stats") {
+            let stats =
+                r#"{"payments":4,"last_payment_id":2500,"total_amount_minor":400,"duplicate_keys":0,"invariants":{}}"#;
+            return (200, stats.to_owned());
+        }
+        let after: i64 = line
+            .split("after_id=")
+            .nth(1)
+            .and_then(|rest| rest.split(['&', ' ']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(i64::MAX);
+        let payments: Vec<String> = ids
+            .iter()
+            .filter(|id| **id > after)
+            .map(|id| {
+                format!(r#"{{"id":{id},"src":"bianca","dest":"marc","amount_minor":100,"idempotency_key":null}}"#)
+            })
+            .collect();
+        (
+            200,
+            format!(r#"{{"payments":[{}],"next_after_id":null}}"#, payments.join(",")),
+        )
+    })
+    .await;
+    let intents = runner::repeat(4, "bianca", "marc", 100, 2);
+    let r = judge(&url, Mode::Fresh { baseline_id: 0 }, &intents, &[], KeyStrategy::None)
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        (r.payments, r.moved_minor, r.verdict),
+        (4, 400, Verdict::ExactlyOnce),
+        "{r:?}"
+    );
+}
