@@ -24,12 +24,16 @@ pub enum Problem {
     InvalidQuery,
     InvalidLookup,
     NotFound,
+    BalanceOutOfRange,
+    RefusedByLedger,
     Overloaded,
     TemporarilyUnavailable,
+    StorageFull,
+    DatabaseReplaced,
 }
 
 impl Problem {
-    pub const ALL: [Problem; 16] = [
+    pub const ALL: [Problem; 20] = [
         Problem::MalformedJson,
         Problem::MissingField,
         Problem::InvalidAmount,
@@ -44,8 +48,12 @@ impl Problem {
         Problem::InvalidQuery,
         Problem::InvalidLookup,
         Problem::NotFound,
+        Problem::BalanceOutOfRange,
+        Problem::RefusedByLedger,
         Problem::Overloaded,
         Problem::TemporarilyUnavailable,
+        Problem::StorageFull,
+        Problem::DatabaseReplaced,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -64,7 +72,11 @@ impl Problem {
             Problem::InvalidQuery => "invalid-query",
             Problem::InvalidLookup => "invalid-lookup",
             Problem::NotFound => "not-found",
+            Problem::BalanceOutOfRange => "balance-out-of-range",
+            Problem::RefusedByLedger => "refused-by-ledger",
             Problem::Overloaded => "overloaded",
+            Problem::StorageFull => "storage-full",
+            Problem::DatabaseReplaced => "database-replaced",
             Problem::TemporarilyUnavailable => "temporarily-unavailable",
         }
     }
@@ -80,12 +92,17 @@ impl Problem {
             | Problem::IdempotencyKeyInvalid
             | Problem::InvalidQuery
             | Problem::InvalidLookup => StatusCode::BAD_REQUEST,
-            Problem::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Problem::IdempotencyKeyReused | Problem::BalanceOutOfRange | Problem::RefusedByLedger => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Problem::IdempotencyKeyInUse => StatusCode::CONFLICT,
             Problem::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Problem::NotFound => StatusCode::NOT_FOUND,
-            Problem::Overloaded | Problem::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::Overloaded
+            | Problem::TemporarilyUnavailable
+            | Problem::StorageFull
+            | Problem::DatabaseReplaced => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -105,7 +122,11 @@ impl Problem {
             Problem::InvalidQuery => "The query string is not valid",
             Problem::InvalidLookup => "The lookup is not valid",
             Problem::NotFound => "Not found",
+            Problem::BalanceOutOfRange => "The payment would take a balance out of range",
+            Problem::RefusedByLedger => "The ledger refuses this payment",
             Problem::Overloaded => "The service is overloaded",
+            Problem::StorageFull => "The service's disk is full",
+            Problem::DatabaseReplaced => "The database file was removed or replaced",
             Problem::TemporarilyUnavailable => "The service is temporarily unavailable",
         }
     }
@@ -139,6 +160,18 @@ impl Problem {
             Problem::BodyTooLarge => "Send at most 16 KiB (a lookup: at most 1000 keys).",
             Problem::UnsupportedMediaType => "Send Content-Type: application/json, or no Content-Type at all.",
             Problem::NotFound => "See GET / for the routes.",
+            Problem::BalanceOutOfRange => {
+                "Nothing was stored. An account balance is a 64-bit number of minor units and this payment would take it past the limit; it would fail again the same way, so do not retry it."
+            }
+            Problem::RefusedByLedger => {
+                "Nothing was stored. The payment breaks a rule of the ledger and would fail again the same way: do not retry it; tell the service's operator."
+            }
+            Problem::StorageFull => {
+                "The database's disk is full; the request may or may not have taken effect. Retry with the same key after Retry-After seconds; the operator must free space."
+            }
+            Problem::DatabaseReplaced => {
+                "The service's database file was removed or replaced while it ran, so it stopped acknowledging payments. The request may or may not have taken effect: retry with the same key later. Operator: put the original file back and restart the service (see its error log)."
+            }
             Problem::Overloaded => {
                 "The write queue is full; nothing was stored. Retry with the same key after Retry-After seconds."
             }
@@ -162,8 +195,9 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(problem: Problem, detail: impl Into<String>) -> ApiError {
-        let retry_after_s = match problem {
-            Problem::IdempotencyKeyInUse | Problem::Overloaded | Problem::TemporarilyUnavailable => Some(1),
+        // Every 409 and 503 tells the client when to come back.
+        let retry_after_s = match problem.status() {
+            StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };
         ApiError {

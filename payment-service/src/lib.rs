@@ -1,33 +1,46 @@
 //! payment-service: a SQLite ledger of payments behind idempotency keys.
 //!
 //! # Layout
-//! - [`api`]: the axum router and handlers; turns writer outcomes into answers.
-//! - [`writer`]: the one thread that writes, with group commit and crash injection.
-//! - [`store`]: schema and every SQL statement, as plain functions of a connection.
-//! - [`readers`]: a small pool of read-only connections for GETs.
-//! - [`payment`], [`money`], [`key`], [`lookup`]: parsing and validating what clients send.
-//! - [`error`]: one error type, rendered as RFC 9457 problem+json.
-//! - [`stats`]: request counters and the `/stats` document.
+//! - `api`: the router, its state, the in-flight bound and the small routes;
+//!   `create` (the write routes) and `reads` (the read routes) hold the rest.
+//! - `extract`: axum extractors for the key headers and JSON bodies.
+//! - `writer`: the one thread that writes, with group commit and crash injection.
+//! - `store`: schema and every SQL statement, as plain functions of a connection;
+//!   `ledger_stats`: the `/stats` figures, with sums that cannot overflow.
+//! - `readers`: a small pool of read-only connections on the blocking pool.
+//! - `db_error`: database failures, typed (transient → 503, permanent → 4xx).
+//! - `db_lock`: one service per database file; `db_file`: is the file at the
+//!   path still the one the service opened?
+//! - `payment`, `money`, `key`, `lookup`: parsing and validating what clients send.
+//! - `error`: one error type, rendered as RFC 9457 problem+json.
+//! - `stats`: request counters and the `/stats` document.
 //! - [`listener`]: bounds open connections and closes idle ones.
 //! - [`bench`]: the durable-commit benchmark behind `payment-service bench`.
 //!
 //! The seam for tests and the binary is [`run`]: give it a bound listener, a
-//! [`Config`] and a shutdown future.
+//! [`Config`] and a shutdown future. [`Service`] and [`app`] are the parts.
 
-pub mod api;
+mod api;
 pub mod bench;
-pub mod clock;
+mod clock;
 pub mod config;
-pub mod error;
-pub mod key;
+mod create;
+mod db_error;
+mod db_file;
+mod db_lock;
+mod error;
+mod extract;
+mod key;
+mod ledger_stats;
 pub mod listener;
-pub mod lookup;
-pub mod money;
-pub mod payment;
-pub mod readers;
-pub mod stats;
-pub mod store;
-pub mod writer;
+mod lookup;
+mod money;
+mod payment;
+mod readers;
+mod reads;
+mod stats;
+mod store;
+mod writer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,58 +50,69 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+pub use api::{AppState, REQUESTS_IN_FLIGHT_MAX, app};
 pub use config::{Config, DedupMode, Synchronous};
+pub use lookup::{LOOKUP_KEYS_MAX, LOOKUP_ROWS_MAX};
 
 /// After the shutdown signal, how long open requests get to finish before the
 /// server stops waiting for them.
 const SHUTDOWN_GRACE_MS: u64 = 10_000;
 
-/// The running parts behind the router: the writer thread and its queue.
+/// The running parts behind the router: the writer thread and the reaper.
+///
+/// Dropping a `Service` without [`Service::stop`] (an early `?`, a panic)
+/// still stops both: the reaper is aborted and the writer thread is asked to
+/// stop, which releases the database lock (a drop guard, as mini-redis has).
 pub struct Service {
     pub state: api::AppState,
-    writer: mpsc::Sender<writer::Op>,
-    writer_thread: std::thread::JoinHandle<()>,
-    reaper: tokio::task::JoinHandle<()>,
+    writer: writer::WriterHandle,
+    reaper: AbortOnDrop,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Service {
-    /// Opens the database (creating the schema), expires leases left by a
-    /// dead process and starts the writer thread.
+    /// Takes the database lock, opens the database (creating the schema),
+    /// expires leases left by a dead process and starts the writer thread and
+    /// the reaper. Blocks while the database opens: from async code, use
+    /// [`Service::open`]. Needs a Tokio runtime (for the reaper).
     pub fn start(config: Config) -> anyhow::Result<Service> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let conn = store::open_writer(&config.db, config.synchronous)
-            .with_context(|| format!("cannot open the database {}", config.db.display()))?;
-        let expired = store::expire_leases(&conn)?;
-        if expired > 0 {
-            tracing::warn!(
-                keys = expired,
-                "keys left in flight by a previous process; their retries take over"
-            );
-        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .context("the payment service must be started inside a Tokio runtime")?;
         let counters = Arc::new(stats::Counters::default());
-        let (writer, writer_thread) = writer::spawn(conn, &config, Arc::clone(&counters))?;
-        let readers = readers::Readers::new(config.db.clone());
-        let reaper = tokio::spawn(reap_periodically(writer.clone(), config.key_retention));
-        let state = api::AppState::new(config, writer.clone(), readers, counters);
-        Ok(Service {
-            state,
-            writer,
-            writer_thread,
-            reaper,
-        })
+        let writer = writer::spawn(&config, Arc::clone(&counters))?;
+        let readers = readers::Readers::new(config.db.clone(), Arc::clone(&writer.watch));
+        let reaper = AbortOnDrop(runtime.spawn(reap_periodically(writer.queue.clone(), config.key_retention)));
+        let state = api::AppState::new(
+            config,
+            writer.queue.clone(),
+            readers,
+            counters,
+            Arc::clone(&writer.watch),
+        );
+        Ok(Service { state, writer, reaper })
+    }
+
+    /// [`Service::start`] on the blocking pool, so that opening the database
+    /// never blocks an async worker thread.
+    pub async fn open(config: Config) -> anyhow::Result<Service> {
+        tokio::task::spawn_blocking(move || Service::start(config))
+            .await
+            .context("the start-up task failed")?
     }
 
     /// Lets the writer finish what is queued, then stops it.
-    pub async fn stop(self) {
-        self.reaper.abort();
-        if self.writer.send(writer::Op::Shutdown).await.is_err() {
-            tracing::warn!("the writer had already stopped");
-        }
-        let joined = tokio::task::spawn_blocking(move || self.writer_thread.join());
-        match tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), joined).await {
-            Ok(Ok(Ok(()))) => tracing::debug!("writer joined"),
-            _ => tracing::error!("the writer did not stop cleanly"),
-        }
+    pub async fn stop(mut self) {
+        self.reaper.0.abort();
+        self.writer.stop(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
     }
 }
 
@@ -114,7 +138,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let service = Service::start(config)?;
+    let service = Service::open(config).await?;
     let app = api::app(service.state.clone());
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {

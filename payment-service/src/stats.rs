@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::config::DedupMode;
-use crate::money;
-use crate::store::LedgerStats;
+use crate::ledger_stats::LedgerStats;
 
 /// Request counters since start. They describe traffic, not money: the money
 /// figures and invariants always come from the database.
@@ -23,9 +22,12 @@ pub struct Counters {
     pub replayed_from_ledger: AtomicU64,
     pub conflicts_409: AtomicU64,
     pub mismatches_422: AtomicU64,
-    /// Requests refused for bad input (400, 413, 415): nothing stored.
+    /// Requests refused for bad input (400, 413, 415) or by the ledger (422
+    /// other than a reused key: a balance out of range, a rule of the
+    /// schema): nothing stored.
     pub rejected: AtomicU64,
-    /// 503s: queue full or the database refused a commit.
+    /// 503s: queue full, the database failed (busy, disk full, I/O) or its
+    /// file was replaced.
     pub unavailable_503: AtomicU64,
     /// Keys taken over from a worker whose lease expired.
     pub lease_takeovers: AtomicU64,
@@ -54,7 +56,8 @@ pub struct StatsJson {
     pub payments: i64,
     pub last_payment_id: i64,
     pub total_amount: String,
-    pub total_amount_minor: i64,
+    /// May exceed `i64::MAX`: serialised as a plain JSON integer.
+    pub total_amount_minor: i128,
     pub keyed_payments: i64,
     pub keyless_payments: i64,
     pub distinct_keys: i64,
@@ -82,7 +85,7 @@ impl StatsJson {
         StatsJson {
             payments: db.payments,
             last_payment_id: db.last_payment_id,
-            total_amount: money::format_minor(db.total_amount_minor),
+            total_amount: format_minor_wide(db.total_amount_minor),
             total_amount_minor: db.total_amount_minor,
             keyed_payments: db.keyed_payments,
             keyless_payments: db.keyless_payments,
@@ -108,5 +111,31 @@ impl StatsJson {
                 balances_match_ledger: db.accounts_off_ledger == 0,
             },
         }
+    }
+}
+
+/// Renders minor units as `12.50`, for totals beyond `i64` (the same shape as
+/// `money::format_minor`).
+fn format_minor_wide(minor: i128) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = minor.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_beyond_i64_render_as_exact_json_integers() {
+        let db = LedgerStats {
+            total_amount_minor: 10_000_000_000_000_000_000, // 1e8 payments of 1e11 minor units
+            ..LedgerStats::default()
+        };
+        let json = serde_json::to_string(&StatsJson::new(&db, &Counters::default(), DedupMode::Unique)).unwrap();
+        assert!(json.contains(r#""total_amount":"100000000000000000.00""#), "{json}");
+        assert!(json.contains(r#""total_amount_minor":10000000000000000000,"#), "{json}");
+        assert_eq!(format_minor_wide(-1), "-0.01");
+        assert_eq!(format_minor_wide(i128::from(i64::MIN) * 4), "-368934881474191032.32");
     }
 }

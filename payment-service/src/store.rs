@@ -19,6 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::config::Synchronous;
+use crate::db_error::{DbError, DbResult};
 use crate::payment::{Payment, PaymentRequest};
 
 /// How long a connection waits for a lock before giving up with SQLITE_BUSY.
@@ -61,24 +62,25 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_by_completion ON idempotency_keys(co
 
 /// Opens (creating if needed) the database for the single writer, with every
 /// setting stated explicitly rather than left to defaults.
-pub fn open_writer(path: &Path, synchronous: Synchronous) -> rusqlite::Result<Connection> {
+pub fn open_writer(path: &Path, synchronous: Synchronous) -> DbResult<Connection> {
     let conn = Connection::open(path)?;
+    // First: every statement below may have to wait for a lock.
+    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(rusqlite::Error::InvalidParameterName(format!(
+        return Err(DbError::Io(format!(
             "journal_mode is {mode}, WAL is required (is the file on a network drive?)"
         )));
     }
     conn.pragma_update(None, "synchronous", synchronous.pragma())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
 
 /// Opens a read-only connection; WAL lets it read a consistent snapshot while
 /// the writer commits.
-pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+pub fn open_reader(path: &Path) -> DbResult<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
@@ -88,11 +90,11 @@ pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 /// Expires every lease held at startup. One service owns a database file, so
 /// a key still in flight when the service starts belongs to a process that
 /// died: its retry should take over at once, not wait out the lease.
-pub fn expire_leases(conn: &Connection) -> rusqlite::Result<usize> {
-    conn.execute(
+pub fn expire_leases(conn: &Connection) -> DbResult<usize> {
+    Ok(conn.execute(
         "UPDATE idempotency_keys SET locked_until_ms = 0 WHERE state = 'in_progress'",
         [],
-    )
+    )?)
 }
 
 /// What happened to a keyed request inside the writer's transaction.
@@ -123,6 +125,9 @@ pub enum Outcome {
     /// The lease of this request was taken over (or wiped) before it could
     /// complete; the new owner finishes the payment.
     LostLease,
+    /// The request failed in a way that would repeat (see
+    /// [`DbError::is_permanent`]); nothing was stored and its key was released.
+    Refused(DbError),
 }
 
 /// The decision for a keyed request before anything is written.
@@ -167,7 +172,7 @@ fn decide(
     key: &str,
     now_ms: i64,
     retention_ms: i64,
-) -> rusqlite::Result<Decision> {
+) -> DbResult<Decision> {
     let mut takeover = false;
     if let Some(row) = key_row(conn, key)? {
         if row.fingerprint != request.fingerprint() {
@@ -225,7 +230,7 @@ pub fn pay_keyed(
     key: &str,
     now_ms: i64,
     retention_ms: i64,
-) -> rusqlite::Result<Outcome> {
+) -> DbResult<Outcome> {
     match decide(conn, request, key, now_ms, retention_ms)? {
         Decision::Done(outcome) => Ok(outcome),
         Decision::Proceed { takeover } => execute_keyed(conn, request, key, now_ms, takeover),
@@ -241,7 +246,7 @@ pub fn claim(
     now_ms: i64,
     lease_ms: i64,
     retention_ms: i64,
-) -> rusqlite::Result<Outcome> {
+) -> DbResult<Outcome> {
     match decide(conn, request, key, now_ms, retention_ms)? {
         Decision::Done(outcome) => Ok(outcome),
         Decision::Proceed { takeover } => {
@@ -261,13 +266,7 @@ pub fn claim(
 
 /// Phase two: execute, but only if `token` still owns the lease (fencing: a
 /// worker whose lease was taken over must not pay a second time).
-pub fn complete(
-    conn: &Connection,
-    request: &PaymentRequest,
-    key: &str,
-    token: i64,
-    now_ms: i64,
-) -> rusqlite::Result<Outcome> {
+pub fn complete(conn: &Connection, request: &PaymentRequest, key: &str, token: i64, now_ms: i64) -> DbResult<Outcome> {
     let owner: Option<Option<i64>> = conn
         .prepare_cached("SELECT lock_owner FROM idempotency_keys WHERE idem_key = ?1 AND state = 'in_progress'")?
         .query_row([key], |r| r.get(0))
@@ -275,7 +274,22 @@ pub fn complete(
     if owner != Some(Some(token)) {
         return Ok(Outcome::LostLease);
     }
-    execute_keyed(conn, request, key, now_ms, false)
+    // A refusal that would repeat must also free the key, or every retry
+    // would meet "in flight" until the lease ran out: undo the attempt only.
+    conn.execute_batch("SAVEPOINT complete_payment")?;
+    match execute_keyed(conn, request, key, now_ms, false) {
+        Ok(outcome) => {
+            conn.execute_batch("RELEASE complete_payment")?;
+            Ok(outcome)
+        }
+        Err(e) if e.is_permanent() => {
+            conn.execute_batch("ROLLBACK TO complete_payment; RELEASE complete_payment")?;
+            conn.prepare_cached("DELETE FROM idempotency_keys WHERE idem_key = ?1 AND lock_owner = ?2")?
+                .execute(params![key, token])?;
+            Ok(Outcome::Refused(e))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Inserts the payment with its permanent unique key, moves the money and
@@ -286,7 +300,7 @@ fn execute_keyed(
     key: &str,
     now_ms: i64,
     takeover: bool,
-) -> rusqlite::Result<Outcome> {
+) -> DbResult<Outcome> {
     let payment = insert_payment(conn, request, Some(key), true, now_ms)?;
     let body = payment.to_json();
     conn.prepare_cached(
@@ -313,7 +327,7 @@ pub fn insert_unchecked(
     request: &PaymentRequest,
     key: Option<&str>,
     now_ms: i64,
-) -> rusqlite::Result<Payment> {
+) -> DbResult<Payment> {
     insert_payment(conn, request, key, false, now_ms)
 }
 
@@ -323,8 +337,19 @@ fn insert_payment(
     key: Option<&str>,
     unique: bool,
     now_ms: i64,
-) -> rusqlite::Result<Payment> {
+) -> DbResult<Payment> {
     let dedup_key = if unique { key } else { None };
+    // Balances first: a payment that cannot be booked writes nothing.
+    let src_balance = balance(conn, &request.src)?
+        .checked_sub(request.amount_minor)
+        .ok_or_else(|| DbError::BalanceOutOfRange {
+            account: request.src.clone(),
+        })?;
+    let dest_balance = balance(conn, &request.dest)?
+        .checked_add(request.amount_minor)
+        .ok_or_else(|| DbError::BalanceOutOfRange {
+            account: request.dest.clone(),
+        })?;
     let id: i64 = conn
         .prepare_cached(
             "INSERT INTO payments (src, dest, amount_minor, idem_key, dedup_key, created_at_ms)
@@ -334,16 +359,8 @@ fn insert_payment(
             params![request.src, request.dest, request.amount_minor, key, dedup_key, now_ms],
             |r| r.get(0),
         )?;
-    conn.prepare_cached(
-        "INSERT INTO accounts (name, balance_minor) VALUES (?1, -?2)
-         ON CONFLICT (name) DO UPDATE SET balance_minor = balance_minor - ?2",
-    )?
-    .execute(params![request.src, request.amount_minor])?;
-    conn.prepare_cached(
-        "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2)
-         ON CONFLICT (name) DO UPDATE SET balance_minor = balance_minor + ?2",
-    )?
-    .execute(params![request.dest, request.amount_minor])?;
+    set_balance(conn, &request.src, src_balance)?;
+    set_balance(conn, &request.dest, dest_balance)?;
     Ok(Payment {
         id,
         src: request.src.clone(),
@@ -352,6 +369,28 @@ fn insert_payment(
         idempotency_key: key.map(str::to_owned),
         created_at_ms: now_ms,
     })
+}
+
+/// An account's balance; 0 for an account not yet used. Only the writer
+/// calls it, inside its transaction, so nothing changes between this read
+/// and the write that follows.
+fn balance(conn: &Connection, account: &str) -> DbResult<i64> {
+    let found = conn
+        .prepare_cached("SELECT balance_minor FROM accounts WHERE name = ?1")?
+        .query_row([account], |r| r.get(0))
+        .optional()?;
+    Ok(found.unwrap_or(0))
+}
+
+/// Stores a balance computed with checked arithmetic in Rust, so SQLite never
+/// does the sum (it would turn an overflow into a float).
+fn set_balance(conn: &Connection, account: &str, balance_minor: i64) -> DbResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET balance_minor = excluded.balance_minor",
+    )?
+    .execute(params![account, balance_minor])?;
+    Ok(())
 }
 
 fn payment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Payment> {
@@ -367,38 +406,41 @@ fn payment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Payment> {
 
 const PAYMENT_COLUMNS: &str = "id, src, dest, amount_minor, idem_key, created_at_ms";
 
-pub fn first_payment_with_key(conn: &Connection, key: &str) -> rusqlite::Result<Option<Payment>> {
+pub fn first_payment_with_key(conn: &Connection, key: &str) -> DbResult<Option<Payment>> {
     conn.prepare_cached(&format!(
         "SELECT {PAYMENT_COLUMNS} FROM payments WHERE idem_key = ?1 ORDER BY id LIMIT 1"
     ))?
     .query_row([key], payment_from_row)
     .optional()
+    .map_err(DbError::from)
 }
 
-pub fn payment(conn: &Connection, id: i64) -> rusqlite::Result<Option<Payment>> {
+pub fn payment(conn: &Connection, id: i64) -> DbResult<Option<Payment>> {
     conn.prepare_cached(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = ?1"))?
         .query_row([id], payment_from_row)
         .optional()
+        .map_err(DbError::from)
 }
 
 /// Payments in id order after `after_id`, at most `limit`, optionally only
 /// those carrying `key`.
-pub fn payments(conn: &Connection, after_id: i64, limit: usize, key: Option<&str>) -> rusqlite::Result<Vec<Payment>> {
+pub fn payments(conn: &Connection, after_id: i64, limit: usize, key: Option<&str>) -> DbResult<Vec<Payment>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    match key {
+    let page = match key {
         Some(key) => conn
             .prepare_cached(&format!(
                 "SELECT {PAYMENT_COLUMNS} FROM payments WHERE idem_key = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
             ))?
             .query_map(params![key, after_id, limit], payment_from_row)?
-            .collect(),
+            .collect::<rusqlite::Result<_>>()?,
         None => conn
             .prepare_cached(&format!(
                 "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id > ?1 ORDER BY id LIMIT ?2"
             ))?
             .query_map(params![after_id, limit], payment_from_row)?
-            .collect(),
-    }
+            .collect::<rusqlite::Result<_>>()?,
+    };
+    Ok(page)
 }
 
 /// The payments whose key is one of `keys` and whose id is above `after_id`,
@@ -406,17 +448,14 @@ pub fn payments(conn: &Connection, after_id: i64, limit: usize, key: Option<&str
 /// `json_each`, so the statement is prepared once whatever their number;
 /// `INDEXED BY` makes SQLite refuse to run it rather than fall back to a scan
 /// (each key is one search of `payments_by_idem_key` on `(idem_key, id)`).
-pub fn payments_by_keys(
-    conn: &Connection,
-    keys: &[String],
-    after_id: i64,
-    limit: usize,
-) -> rusqlite::Result<Vec<Payment>> {
-    let keys = serde_json::to_string(keys).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+pub fn payments_by_keys(conn: &Connection, keys: &[String], after_id: i64, limit: usize) -> DbResult<Vec<Payment>> {
+    let keys = serde_json::to_string(keys).map_err(|e| DbError::Other(format!("keys not encodable: {e}")))?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    conn.prepare_cached(LOOKUP_SQL)?
+    let page = conn
+        .prepare_cached(LOOKUP_SQL)?
         .query_map(params![keys, after_id, limit], payment_from_row)?
-        .collect()
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(page)
 }
 
 const LOOKUP_SQL: &str = "SELECT id, src, dest, amount_minor, idem_key, created_at_ms
@@ -432,7 +471,7 @@ pub struct Wiped {
     pub keys: usize,
 }
 
-pub fn wipe(conn: &Connection) -> rusqlite::Result<Wiped> {
+pub fn wipe(conn: &Connection) -> DbResult<Wiped> {
     let keys = conn.execute("DELETE FROM idempotency_keys", [])?;
     let payments = conn.execute("DELETE FROM payments", [])?;
     let accounts = conn.execute("DELETE FROM accounts", [])?;
@@ -445,76 +484,20 @@ pub fn wipe(conn: &Connection) -> rusqlite::Result<Wiped> {
 
 /// Deletes up to [`REAP_ROWS_MAX`] stored responses older than the retention.
 /// The payments keep their keys, so late retries are still recognised.
-pub fn reap(conn: &Connection, now_ms: i64, retention_ms: i64) -> rusqlite::Result<usize> {
+pub fn reap(conn: &Connection, now_ms: i64, retention_ms: i64) -> DbResult<usize> {
     conn.prepare_cached(
         "DELETE FROM idempotency_keys WHERE idem_key IN (
              SELECT idem_key FROM idempotency_keys
              WHERE state = 'completed' AND completed_at_ms <= ?1 LIMIT ?2)",
     )?
     .execute(params![now_ms.saturating_sub(retention_ms), REAP_ROWS_MAX as i64])
-}
-
-/// Everything `/stats` says about the database, read in one snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LedgerStats {
-    pub payments: i64,
-    /// The highest payment id (0 when empty): a client's reconciliation
-    /// window starts after it.
-    pub last_payment_id: i64,
-    pub total_amount_minor: i64,
-    pub keyed_payments: i64,
-    pub keyless_payments: i64,
-    pub distinct_keys: i64,
-    pub duplicate_keys: i64,
-    pub accounts: i64,
-    pub balance_sum_minor: i64,
-    /// Accounts whose balance differs from credits minus debits in the ledger.
-    pub accounts_off_ledger: i64,
-    pub stored_responses: i64,
-    pub keys_in_flight: i64,
-}
-
-pub fn ledger_stats(conn: &mut Connection) -> rusqlite::Result<LedgerStats> {
-    let tx = conn.transaction()?;
-    let mut s = LedgerStats::default();
-    (s.payments, s.total_amount_minor, s.keyed_payments, s.distinct_keys, s.last_payment_id) = tx.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(amount_minor), 0), COUNT(idem_key), COUNT(DISTINCT idem_key), COALESCE(MAX(id), 0)
-         FROM payments",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-    )?;
-    s.keyless_payments = s.payments - s.keyed_payments;
-    s.duplicate_keys = tx.query_row(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM payments WHERE idem_key IS NOT NULL GROUP BY idem_key HAVING COUNT(*) > 1)",
-        [],
-        |r| r.get(0),
-    )?;
-    (s.accounts, s.balance_sum_minor) = tx.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(balance_minor), 0) FROM accounts",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    s.accounts_off_ledger = tx.query_row(
-        "WITH moved (name, delta) AS (
-             SELECT dest, amount_minor FROM payments UNION ALL SELECT src, -amount_minor FROM payments),
-         ledger (name, balance_minor) AS (SELECT name, SUM(delta) FROM moved GROUP BY name)
-         SELECT COUNT(*) FROM accounts a FULL OUTER JOIN ledger l ON a.name = l.name
-         WHERE COALESCE(a.balance_minor, 0) <> COALESCE(l.balance_minor, 0)",
-        [],
-        |r| r.get(0),
-    )?;
-    (s.stored_responses, s.keys_in_flight) = tx.query_row(
-        "SELECT COALESCE(SUM(state = 'completed'), 0), COALESCE(SUM(state = 'in_progress'), 0) FROM idempotency_keys",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    tx.finish()?;
-    Ok(s)
+    .map_err(DbError::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger_stats::ledger_stats;
 
     fn db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -196,6 +196,28 @@ fn cases() -> Vec<Case> {
         slug: "body-too-large",
         field: None,
     });
+    // What serde_json lets through in fields it skips: raw bytes that are
+    // not UTF-8, and nesting deeper than its recursion limit.
+    let mut not_utf8 = br#"{"src": "bianca", "dest": "marc", "amount": 1, "note": "caf"#.to_vec();
+    not_utf8.extend_from_slice(b"\xe9\xff\"}");
+    let deep = format!(
+        r#"{{"src": "bianca", "dest": "marc", "amount": 1, "note": {}{}}}"#,
+        "[".repeat(8000),
+        "]".repeat(8000)
+    );
+    for (what, body) in [
+        ("extra field not UTF-8", not_utf8),
+        ("8,000-deep extra field", deep.into_bytes()),
+    ] {
+        cases.push(Case {
+            what,
+            headers: vec![("content-type", b"application/json".to_vec())],
+            body,
+            status: 400,
+            slug: "malformed-json",
+            field: None,
+        });
+    }
     for (what, content_type) in [
         ("text/plain", "text/plain"),
         ("form", "application/x-www-form-urlencoded"),

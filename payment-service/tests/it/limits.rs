@@ -14,8 +14,10 @@ use crate::WAIT;
 /// Serves the app behind a listener with `cap` connections and `idle` limit.
 async fn serve_limited(cap: usize, idle: Duration) -> (std::net::SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
-    let service = Service::start(Config::new(dir.path().join("p.db"))).expect("service");
-    let app = payment_service::api::app(service.state.clone());
+    let service = Service::open(Config::new(dir.path().join("p.db")))
+        .await
+        .expect("service");
+    let app = payment_service::app(service.state.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -82,4 +84,70 @@ async fn at_the_cap_a_new_client_waits_for_a_free_slot() {
         rest.ends_with(br#"{"status":"ok"}"#),
         "only the first answer's rest, then EOF: {rest:?}"
     );
+}
+
+/// Polls `done` until it holds, bounded by [`WAIT`].
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_in_flight_bound_holds_until_the_work_is_done_even_when_clients_leave() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = Config::new(dir.path().join("p.db"));
+    // Long enough that the clients are long gone before the work ends.
+    config.processing_delay = Duration::from_millis(2000);
+    let service = Service::open(config).await.expect("service");
+    let state = service.state.with_requests_in_flight_max(2);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = payment_service::app(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // Two payments take both slots; their clients then reset the connection.
+    let mut clients = Vec::new();
+    for (n, key) in ["slot-1", "slot-2"].into_iter().enumerate() {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let body = crate::BODY;
+        let request = format!(
+            "POST /payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: {key}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        until("the payment is admitted", || state.requests_in_flight() == n + 1).await;
+        clients.push(stream);
+    }
+    let third = crate::client()
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .expect("third");
+    assert_eq!(third.status(), 503, "both slots are taken");
+    assert_eq!(
+        state.payments_executed(),
+        0,
+        "the work was still running (the machine is not too slow)"
+    );
+    for stream in clients {
+        stream.set_zero_linger().expect("linger");
+        drop(stream);
+    }
+    // A slot comes free only when a payment's work is done, not when its client leaves.
+    until("a slot comes free", || state.requests_in_flight() < 2).await;
+    assert!(
+        state.payments_executed() >= 1,
+        "a slot came free before any work was done"
+    );
+    until("both are done", || state.requests_in_flight() == 0).await;
+    assert_eq!(state.payments_executed(), 2);
+    let after = crate::client()
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .expect("after");
+    assert_eq!(after.status(), 200);
+    service.stop().await;
 }

@@ -1,7 +1,7 @@
 //! `POST /payments/lookup`: many keys in one call, paged by id.
 
-use payment_service::lookup::{LOOKUP_KEYS_MAX, LOOKUP_ROWS_MAX};
 use payment_service::{DedupMode, Synchronous};
+use payment_service::{LOOKUP_KEYS_MAX, LOOKUP_ROWS_MAX};
 use serde_json::{Value, json};
 
 use crate::{BODY, TestApp, assert_problem, spawn_app};
@@ -110,13 +110,11 @@ async fn duplicates_of_a_key_are_paged_through_with_next_after_id() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn every_bad_lookup_is_a_400_naming_its_field() {
-    let app = spawn_app(|_| {}).await;
-    assert_eq!(app.pay(Some("a"), BODY).await.status(), 201);
+/// Bad lookups: what, body, problem type, field.
+fn bad_lookups() -> Vec<(&'static str, Vec<u8>, &'static str, Option<&'static str>)> {
     let too_many = json!({ "keys": vec!["a"; LOOKUP_KEYS_MAX + 1] }).to_string();
     let long = json!({ "keys": ["k".repeat(256)] }).to_string();
-    let cases: Vec<(&str, Vec<u8>, &str, Option<&str>)> = vec![
+    vec![
         ("not JSON", b"keys=a".to_vec(), "malformed-json", None),
         ("truncated", br#"{"keys": ["a"]"#.to_vec(), "malformed-json", None),
         (
@@ -176,8 +174,14 @@ async fn every_bad_lookup_is_a_400_naming_its_field() {
             "invalid-lookup",
             Some("after_id"),
         ),
-    ];
-    for (what, body, slug, field) in cases {
+    ]
+}
+
+#[tokio::test]
+async fn every_bad_lookup_is_a_400_naming_its_field() {
+    let app = spawn_app(|_| {}).await;
+    assert_eq!(app.pay(Some("a"), BODY).await.status(), 201);
+    for (what, body, slug, field) in bad_lookups() {
         let problem = assert_problem(app.lookup_raw(body).await, 400, slug).await;
         assert_eq!(problem["field"].as_str(), field, "{what}: {problem}");
     }

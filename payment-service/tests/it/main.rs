@@ -6,6 +6,8 @@ mod bad_input;
 mod concurrency;
 mod contract;
 mod crash;
+mod db_file;
+mod failures;
 mod limits;
 mod lookup;
 
@@ -34,8 +36,17 @@ pub struct TestApp {
 /// Starts the service in this process with a fresh database; `configure`
 /// adjusts the defaults.
 pub async fn spawn_app(configure: impl FnOnce(&mut Config)) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = Config::new(dir.path().join("payments.db"));
+    spawn_app_in(tempfile::tempdir().expect("temp dir"), configure).await
+}
+
+/// The database file of a test service in `dir`.
+pub fn db_path(dir: &TempDir) -> std::path::PathBuf {
+    dir.path().join("payments.db")
+}
+
+/// Starts the service on the database in `dir` (a restart when it exists).
+pub async fn spawn_app_in(dir: TempDir, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = Config::new(db_path(&dir));
     configure(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr: SocketAddr = listener.local_addr().expect("addr");
@@ -43,13 +54,23 @@ pub async fn spawn_app(configure: impl FnOnce(&mut Config)) -> TestApp {
     let server = tokio::spawn(payment_service::run(listener, config, async move {
         let _ = stopped.await;
     }));
-    TestApp {
+    let app = TestApp {
         base: format!("http://{addr}"),
         client: client(),
         dir,
         stop: Some(stop),
         server,
-    }
+    };
+    // Started (the database open and locked) before the test goes on: tests
+    // that touch the file next must not race the start.
+    let health = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .expect("the service starts");
+    assert_eq!(health.status(), 200, "the service starts");
+    app
 }
 
 pub fn client() -> reqwest::Client {
@@ -89,7 +110,12 @@ impl TestApp {
     }
 
     /// Stops the server and checks that it shut down cleanly and promptly.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        drop(self.stop_keeping_dir().await);
+    }
+
+    /// [`TestApp::stop`], keeping the database for a restart or a look inside.
+    pub async fn stop_keeping_dir(mut self) -> TempDir {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -97,6 +123,7 @@ impl TestApp {
             .await
             .expect("shutdown within the bound");
         result.expect("server task").expect("server result");
+        self.dir
     }
 }
 
