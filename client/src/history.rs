@@ -2,13 +2,12 @@
 //! `--history FILE` (one JSON object per line).
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
 use crate::classify::{ErrorKind, Outcome};
+use crate::lines::LineWriter;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRecord {
@@ -28,31 +27,25 @@ pub struct AttemptRecord {
     pub replayed: Option<bool>,
 }
 
-/// Appends attempt records to a file as they happen.
+/// Appends attempt records to a file as they happen, from a writer thread.
 pub struct HistoryFile {
-    out: Mutex<BufWriter<File>>,
+    out: LineWriter,
 }
 
 impl HistoryFile {
+    /// Creates (or truncates) the file. Blocking: call it off the async workers.
     pub fn create(path: &Path) -> std::io::Result<HistoryFile> {
         Ok(HistoryFile {
-            out: Mutex::new(BufWriter::new(File::create(path)?)),
+            out: LineWriter::spawn("history", File::create(path)?)?,
         })
     }
 
-    pub fn append(&self, record: &AttemptRecord) -> std::io::Result<()> {
+    pub async fn append(&self, record: &AttemptRecord) -> std::io::Result<()> {
         let line = serde_json::to_string(record).map_err(std::io::Error::other)?;
-        let mut out = self
-            .out
-            .lock()
-            .map_err(|_| std::io::Error::other("history writer poisoned"))?;
-        writeln!(out, "{line}")
+        self.out.append(line).await
     }
 
-    pub fn flush(&self) -> std::io::Result<()> {
-        self.out
-            .lock()
-            .map_err(|_| std::io::Error::other("history writer poisoned"))?
-            .flush()
+    pub async fn flush(&self) -> std::io::Result<()> {
+        self.out.flush(false).await
     }
 }

@@ -2,6 +2,8 @@
 //! payment happened exactly once.
 //!
 //! # Layout
+//! - [`flow`]: `client pay` and `client resume` from start to verdict, and
+//!   how their end is printed; the binary only parses flags.
 //! - [`strategy`]: the knobs: key per payment / per attempt / none, retries,
 //!   backoff, timeouts, connection reuse.
 //! - [`runner`]: the retry loop per payment, `concurrency` at once, every
@@ -9,16 +11,21 @@
 //! - [`classify`]: what an answer or error means (ok / fail / unknown) and
 //!   whether to retry.
 //! - [`backoff`]: seeded full-jitter delays.
-//! - [`ledger`]: intents synced to disk before the first attempt, for `resume`.
+//! - [`ledger`]: intents made durable (atomically) before the first attempt,
+//!   for `resume`.
+//! - [`service`]: reading the service for the judge, with retries within a
+//!   deadline; what cannot be read is inconclusive.
 //! - [`reconcile`]: the per-key check against the service's ledger and the verdict.
-//! - [`report`]: the human-readable summary.
 
 pub mod backoff;
 pub mod classify;
+pub mod flow;
 pub mod history;
 pub mod ledger;
+mod lines;
 pub mod money;
 pub mod reconcile;
-pub mod report;
+mod report;
 pub mod runner;
+pub mod service;
 pub mod strategy;

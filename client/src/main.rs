@@ -1,16 +1,13 @@
-//! The `client` binary: `client pay` sends payments and reconciles them;
-//! `client resume` finishes the payments of a ledger after a crash.
+//! The `client` binary: flags, then the library's flow (`client::flow`).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use client::history::HistoryFile;
-use client::ledger::Ledger;
-use client::reconcile::{self, Verdict};
-use client::runner::{self, Intent, Sinks};
-use client::strategy::{Backoff, ConnectionMode, KeyStrategy, Options, Retries};
+use client::flow::{self, EXIT_CODES_HELP, EXIT_ERROR, Settings};
+use client::reconcile::Verdict;
+use client::service::{RECONCILE_DEADLINE_MS_DEFAULT, parse_http_url};
+use client::strategy::{Backoff, ConnectionMode, DEADLINE_MS_MAX, KeyStrategy, Options, Retries};
 use tracing_subscriber::EnvFilter;
 
 /// A retrying payment client: one idempotency key per payment, reused on every
@@ -20,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Logs: set RUST_LOG (e.g. RUST_LOG=client=debug shows every attempt)."
+    after_help = format!("{EXIT_CODES_HELP}\nLogs: set RUST_LOG (e.g. RUST_LOG=client=debug shows every attempt).")
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,8 +27,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Send payments, then reconcile them with the service and print a verdict
+    #[command(after_help = EXIT_CODES_HELP)]
     Pay(PayArgs),
     /// Finish the unfinished payments of a ledger with their original keys
+    #[command(after_help = EXIT_CODES_HELP)]
     Resume(ResumeArgs),
 }
 
@@ -52,7 +51,8 @@ struct PayArgs {
     /// Read payments from a CSV file of src,dest,amount rows (the workshop's payments.csv)
     #[arg(long, value_name = "FILE")]
     csv: Option<PathBuf>,
-    /// Write each payment's intent here (synced) before sending, so `client resume` can finish it
+    /// Write each payment's intent here (complete and synced, or not at all) before sending,
+    /// so `client resume` can finish it
     #[arg(long, value_name = "FILE")]
     ledger: Option<PathBuf>,
     #[command(flatten)]
@@ -71,10 +71,10 @@ struct ResumeArgs {
 #[derive(Args)]
 struct CommonArgs {
     /// Where payments are sent (by default through the chaos proxy)
-    #[arg(long, default_value = "http://127.0.0.1:8888")]
+    #[arg(long, default_value = "http://127.0.0.1:8888", value_parser = parse_http_url)]
     target: String,
     /// The service itself, read directly for reconciliation
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_parser = parse_http_url)]
     service: String,
     /// Idempotency keys: per-payment (correct), per-attempt or none (the lessons' mistakes)
     #[arg(long, value_enum, default_value_t = KeyStrategy::PerPayment)]
@@ -97,6 +97,11 @@ struct CommonArgs {
     /// Stop starting attempts after this many ms for the whole run
     #[arg(long, default_value_t = 300_000, value_name = "MS")]
     deadline_ms: u64,
+    /// Time the reconciliation may spend reading the service, retries included; past it the
+    /// outcome is INCONCLUSIVE
+    #[arg(long, default_value_t = RECONCILE_DEADLINE_MS_DEFAULT, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=DEADLINE_MS_MAX))]
+    reconcile_deadline_ms: u64,
     /// Payments in flight at once
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
@@ -118,9 +123,8 @@ struct CommonArgs {
 }
 
 impl CommonArgs {
-    fn options(&self) -> Options {
-        let seed = self.seed.unwrap_or_else(random_seed);
-        let mut o = Options::new(seed);
+    fn settings(&self) -> Settings {
+        let mut o = Options::new(self.seed.unwrap_or_else(|| rand::random::<u64>() >> 16));
         o.key = self.key;
         o.retries = self.retries;
         o.backoff = self.backoff;
@@ -130,12 +134,16 @@ impl CommonArgs {
         o.deadline_ms = self.deadline_ms;
         o.concurrency = self.concurrency;
         o.connection = self.connection;
-        o
+        Settings {
+            target: self.target.clone(),
+            service: self.service.clone(),
+            options: o,
+            history: self.history.clone(),
+            progress: !self.json,
+            reconcile_deadline: Duration::from_millis(self.reconcile_deadline_ms),
+            stop: Some(flow::stop_on_ctrl_c()),
+        }
     }
-}
-
-fn random_seed() -> u64 {
-    rand::random::<u64>() >> 16
 }
 
 fn main() -> std::process::ExitCode {
@@ -144,170 +152,47 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
+    let code = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(cli)),
         Err(e) => {
             eprintln!("client: cannot start the runtime: {e}");
-            return std::process::ExitCode::from(2);
+            EXIT_ERROR
         }
     };
-    match runtime.block_on(async {
-        match cli.command {
-            Command::Pay(args) => pay(args).await,
-            Command::Resume(args) => resume(args).await,
+    std::process::ExitCode::from(code)
+}
+
+async fn run(cli: Cli) -> u8 {
+    let (common, ended) = match &cli.command {
+        Command::Pay(args) => {
+            let settings = args.common.settings();
+            let o = &settings.options;
+            let paid = match flow::intents(
+                args.csv.as_deref(),
+                args.count,
+                &args.src,
+                &args.dest,
+                args.amount,
+                o.seed,
+            )
+            .await
+            {
+                Ok(intents) => flow::pay(&settings, intents, args.ledger.as_deref()).await,
+                Err(e) => Err(e),
+            };
+            (&args.common, paid.map(|ending| (ending, settings.options)))
         }
-    }) {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::from(1),
+        Command::Resume(args) => {
+            let settings = args.common.settings();
+            let resumed = flow::resume(&settings, &args.ledger).await;
+            (&args.common, resumed.map(|ending| (ending, settings.options)))
+        }
+    };
+    match ended {
+        Ok((ending, options)) => flow::conclude(&ending, &options, common.json, common.expect),
         Err(e) => {
             eprintln!("client: {e:#}");
-            std::process::ExitCode::from(2)
+            EXIT_ERROR
         }
     }
-}
-
-async fn pay(args: PayArgs) -> anyhow::Result<bool> {
-    let options = args.common.options();
-    options.validate().map_err(anyhow::Error::msg)?;
-    let intents = match &args.csv {
-        Some(path) => runner::read_csv(path, options.seed)?,
-        None => {
-            anyhow::ensure!(
-                args.count <= runner::INTENTS_MAX,
-                "--count must be at most {}",
-                runner::INTENTS_MAX
-            );
-            runner::repeat(args.count, &args.src, &args.dest, args.amount, options.seed)
-        }
-    };
-    let ledger = match &args.ledger {
-        Some(path) => Some(Arc::new(Ledger::create(path, &intents)?)),
-        None => None,
-    };
-    play(
-        &args.common,
-        options,
-        intents.clone(),
-        intents,
-        ledger,
-        args.ledger.as_deref(),
-    )
-    .await
-}
-
-async fn resume(args: ResumeArgs) -> anyhow::Result<bool> {
-    let options = args.common.options();
-    anyhow::ensure!(
-        options.key == KeyStrategy::PerPayment,
-        "resume needs --key per-payment: only the original keys let the service recognise payments made before the crash"
-    );
-    let (ledger, intents, confirmed) = Ledger::open(&args.ledger)?;
-    let unfinished: Vec<Intent> = intents
-        .iter()
-        .filter(|i| !confirmed.contains(&i.key))
-        .cloned()
-        .collect();
-    eprintln!(
-        "resuming {}: {} payments, {} confirmed before, {} to finish",
-        args.ledger.display(),
-        intents.len(),
-        confirmed.len(),
-        unfinished.len()
-    );
-    play(
-        &args.common,
-        options,
-        unfinished,
-        intents,
-        Some(Arc::new(ledger)),
-        Some(&args.ledger),
-    )
-    .await
-}
-
-/// Sends `to_send`, then reconciles all of `intents` (the whole ledger on resume).
-async fn play(
-    common: &CommonArgs,
-    options: Options,
-    to_send: Vec<Intent>,
-    intents: Vec<Intent>,
-    ledger: Option<Arc<Ledger>>,
-    ledger_path: Option<&std::path::Path>,
-) -> anyhow::Result<bool> {
-    let resumed = to_send.len() != intents.len();
-    let after_id = if resumed {
-        0
-    } else {
-        reconcile::baseline(&common.service).await?
-    };
-    let history = match &common.history {
-        Some(path) => Some(Arc::new(
-            HistoryFile::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-        )),
-        None => None,
-    };
-    if !common.json {
-        eprintln!(
-            "client: {} payments to {} (seed {}; reproduce with --seed {})",
-            to_send.len(),
-            common.target,
-            options.seed,
-            options.seed
-        );
-    }
-    // Ctrl-C winds the run down: attempts in flight finish, nothing new starts.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\nclient: stopping: letting attempts in flight finish (Ctrl-C again to quit at once)");
-            stop_tx.send_replace(true);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        }
-    });
-    let sinks = Sinks {
-        history,
-        ledger,
-        progress: !common.json,
-        stop: Some(stop_rx),
-        ..Sinks::default()
-    };
-    let to_send_count = to_send.len();
-    let report = runner::run(&common.target, to_send, &options, sinks).await?;
-    if report.stopped {
-        let confirmed = report.summary.confirmed as usize;
-        eprintln!(
-            "client: interrupted: {confirmed} confirmed, {} unfinished",
-            to_send_count - confirmed
-        );
-        match ledger_path {
-            Some(path) => eprintln!("client: finish them with: client resume --ledger {}", path.display()),
-            None => eprintln!("client: without --ledger the unfinished payments cannot be resumed with their keys"),
-        }
-        return Ok(false);
-    }
-    let reconciliation =
-        reconcile::reconcile(&common.service, after_id, &intents, &report.attempts, options.key).await?;
-    if common.json {
-        let out = serde_json::json!({
-            "seed": options.seed,
-            "summary": report.summary,
-            "reconciliation": reconciliation,
-        });
-        println!("{out}");
-    } else {
-        print!("{}", client::report::render(&options, &report.summary, &reconciliation));
-    }
-    Ok(match common.expect {
-        Some(expected) if expected != reconciliation.verdict => {
-            eprintln!(
-                "client: expected {}, got {}",
-                expected.headline(),
-                reconciliation.verdict.headline()
-            );
-            false
-        }
-        _ => true,
-    })
 }

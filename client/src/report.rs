@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use crate::flow::Judged;
 use crate::reconcile::Reconciliation;
 use crate::runner::Summary;
 use crate::strategy::Options;
@@ -14,7 +15,30 @@ pub fn name(value: impl clap::ValueEnum) -> String {
         .unwrap_or_default()
 }
 
-pub fn render(options: &Options, summary: &Summary, reconciliation: &Reconciliation) -> String {
+/// The whole report: strategy, attempts, then the reconciliation and the
+/// verdict, or INCONCLUSIVE and why.
+pub(crate) fn render(options: &Options, judged: &Judged) -> String {
+    let mut out = attempts(options, &judged.summary);
+    let _ = writeln!(out);
+    let reading = judged.reading;
+    let _ = writeln!(
+        out,
+        "reconciliation against the service's ledger ({} requests, {:.2} s):",
+        reading.requests,
+        reading.ms as f64 / 1000.0
+    );
+    match &judged.judgement {
+        Ok(r) => reconciliation(&mut out, r),
+        Err(why) => {
+            let _ = writeln!(out, "  the service could not be read completely: {why}");
+            let _ = writeln!(out);
+            let _ = writeln!(out, "verdict: INCONCLUSIVE (no verdict without the complete ledger)");
+        }
+    }
+    out
+}
+
+fn attempts(options: &Options, summary: &Summary) -> String {
     let mut out = String::new();
     let s = summary;
     let _ = writeln!(
@@ -54,18 +78,20 @@ pub fn render(options: &Options, summary: &Summary, reconciliation: &Reconciliat
     for (label, value) in rows {
         let _ = writeln!(out, "  {label:<24} {value:>12}");
     }
-    let r = reconciliation;
-    let _ = writeln!(out);
-    let _ = writeln!(out, "reconciliation against the service's ledger:");
+    out
+}
+
+fn reconciliation(out: &mut String, r: &Reconciliation) {
     let _ = writeln!(out, "  {:<24} {:>12}", "money intended", r.expected);
     let _ = writeln!(out, "  {:<24} {:>12}", "money moved", r.moved);
     if r.per_key {
-        let rows: [(&str, u64); 8] = [
+        let rows: [(&str, u64); 9] = [
             ("paid exactly once", r.exactly_once),
             ("lost (never paid)", r.lost),
             ("duplicated", r.duplicated),
             ("  extra payments", r.extra_payments),
             ("orphaned", r.orphaned),
+            ("key used before", r.reused_before),
             ("unknown, landed", r.unknown_landed),
             ("acked but missing (!)", r.acknowledged_but_missing),
             ("failed but landed (!)", r.failed_but_landed),
@@ -89,5 +115,4 @@ pub fn render(options: &Options, summary: &Summary, reconciliation: &Reconciliat
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "verdict: {}", r.verdict.headline());
-    out
 }

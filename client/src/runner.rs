@@ -148,7 +148,7 @@ struct Shared {
     client: reqwest::Client,
     url: String,
     options: Options,
-    intents: Vec<Intent>,
+    intents: Arc<[Intent]>,
     sinks: Sinks,
     started: Instant,
     deadline: Instant,
@@ -174,8 +174,16 @@ pub fn http_client(options: &Options) -> anyhow::Result<reqwest::Client> {
     builder.build().context("cannot build the HTTP client")
 }
 
-/// Sends every intent to `target` (`http://host:port`) and returns what happened.
-pub async fn run(target: &str, intents: Vec<Intent>, options: &Options, sinks: Sinks) -> anyhow::Result<RunReport> {
+/// Sends every intent to `target` (`http://host:port`) and returns what
+/// happened. Takes the intents shared (a `Vec` converts), so a caller that
+/// judges them afterwards need not hold a second copy.
+pub async fn run(
+    target: &str,
+    intents: impl Into<Arc<[Intent]>>,
+    options: &Options,
+    sinks: Sinks,
+) -> anyhow::Result<RunReport> {
+    let intents = intents.into();
     options.validate().map_err(anyhow::Error::msg)?;
     if intents.len() > INTENTS_MAX {
         bail!("at most {INTENTS_MAX} payments per run");
@@ -221,17 +229,8 @@ pub async fn run(target: &str, intents: Vec<Intent>, options: &Options, sinks: S
     if let Some(p) = progress {
         let _ = p.await;
     }
-    if let Some(history) = &shared.sinks.history {
-        history.flush().context("cannot write the history file")?;
-    }
     let crashed = *shared.crash.borrow();
-    if let Some(ledger) = &shared.sinks.ledger {
-        if crashed {
-            ledger.abandon_unflushed();
-        } else {
-            ledger.flush()?;
-        }
-    }
+    flush_sinks(&shared.sinks, crashed).await?;
     results.sort_by_key(|r| r.index);
     attempts.sort_by_key(|a| (a.intent, a.attempt));
     let summary = summarize(&results, &attempts, started.elapsed());
@@ -243,6 +242,22 @@ pub async fn run(target: &str, intents: Vec<Intent>, options: &Options, sinks: S
         attempts,
         summary,
     })
+}
+
+/// Writes out the history, and makes the ledger's `done` lines durable;
+/// after a simulated crash they are lost instead, as they would be.
+async fn flush_sinks(sinks: &Sinks, crashed: bool) -> anyhow::Result<()> {
+    if let Some(history) = &sinks.history {
+        history.flush().await.context("cannot write the history file")?;
+    }
+    if let Some(ledger) = &sinks.ledger {
+        if crashed {
+            ledger.abandon_unflushed().await;
+        } else {
+            ledger.flush().await?;
+        }
+    }
+    Ok(())
 }
 
 fn stopping(shared: &Shared) -> bool {
@@ -276,7 +291,7 @@ async fn worker(shared: Arc<Shared>) -> (Vec<IntentResult>, Vec<AttemptRecord>) 
             } else {
                 Finish::GivenUp
             };
-            if let Err(e) = ledger.finish(&intent.key, finish) {
+            if let Err(e) = ledger.finish(&intent.key, finish).await {
                 tracing::warn!(error = %e, "cannot record a finished payment in the ledger");
             }
         }
@@ -296,15 +311,16 @@ async fn pay(shared: &Shared, intent: &Intent, records: &mut Vec<AttemptRecord>)
         "amount": crate::money::format_minor(intent.amount_minor),
     })
     .to_string();
+    let ended = |confirmed, attempts| IntentResult {
+        index: intent.index,
+        confirmed,
+        attempts,
+    };
     let mut attempt = 0u32;
     loop {
         let now = Instant::now();
         if now >= shared.deadline {
-            return IntentResult {
-                index: intent.index,
-                confirmed: false,
-                attempts: attempt,
-            };
+            return ended(false, attempt);
         }
         attempt += 1;
         let key = match options.key {
@@ -314,37 +330,15 @@ async fn pay(shared: &Shared, intent: &Intent, records: &mut Vec<AttemptRecord>)
         };
         let timeout = Duration::from_millis(options.attempt_timeout_ms).min(shared.deadline - now);
         let (record, next) = send(shared, intent.index, attempt, key, &body, timeout).await;
-        shared.attempts.fetch_add(1, Ordering::Relaxed);
-        if let Some(history) = &shared.sinks.history
-            && let Err(e) = history.append(&record)
-        {
-            tracing::warn!(error = %e, "cannot write the history file");
-        }
-        tracing::debug!(intent = intent.index, attempt, outcome = ?record.outcome, status = ?record.status, error = ?record.error, "attempt");
+        record_attempt(shared, &record).await;
         records.push(record);
         let retry_after = match next {
-            Next::Done => {
-                return IntentResult {
-                    index: intent.index,
-                    confirmed: true,
-                    attempts: attempt,
-                };
-            }
-            Next::Stop => {
-                return IntentResult {
-                    index: intent.index,
-                    confirmed: false,
-                    attempts: attempt,
-                };
-            }
+            Next::Done => return ended(true, attempt),
+            Next::Stop => return ended(false, attempt),
             Next::Retry { retry_after } => retry_after,
         };
         if !options.retries.allows(attempt - 1) || stopping(shared) {
-            return IntentResult {
-                index: intent.index,
-                confirmed: false,
-                attempts: attempt,
-            };
+            return ended(false, attempt);
         }
         let jitter = backoff::delay(
             options.backoff,
@@ -355,17 +349,27 @@ async fn pay(shared: &Shared, intent: &Intent, records: &mut Vec<AttemptRecord>)
         );
         let wait = retry_after.unwrap_or_default().max(jitter);
         if Instant::now() + wait >= shared.deadline {
-            return IntentResult {
-                index: intent.index,
-                confirmed: false,
-                attempts: attempt,
-            };
+            return ended(false, attempt);
         }
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
     }
 }
+
+/// Counts an attempt, and writes it to the history file and the debug log.
+async fn record_attempt(shared: &Shared, record: &AttemptRecord) {
+    shared.attempts.fetch_add(1, Ordering::Relaxed);
+    if let Some(history) = &shared.sinks.history
+        && let Err(e) = history.append(record).await
+    {
+        tracing::warn!(error = %e, "cannot write the history file");
+    }
+    tracing::debug!(intent = record.intent, attempt = record.attempt, outcome = ?record.outcome, status = ?record.status, error = ?record.error, "attempt");
+}
+
+/// What one attempt got: (outcome, status, error, replayed, next step).
+type Answer = (Outcome, Option<u16>, Option<ErrorKind>, Option<bool>, Next);
 
 /// One attempt, with its result classified.
 async fn send(
@@ -394,50 +398,46 @@ async fn send(
             let (outcome, kind) = classify::classify_error(&e);
             (outcome, None, Some(kind), None, Next::Retry { retry_after: None })
         }
-        Ok(response) => {
-            let status = response.status();
-            let replayed = response
-                .headers()
-                .get("idempotent-replayed")
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.eq_ignore_ascii_case("true"));
-            let (outcome, next) = classify::classify_status(status, response.headers());
-            match response.bytes().await {
-                Ok(_) => (outcome, Some(status.as_u16()), None, replayed, next),
-                // The status arrived but the body was cut off: treat as no answer.
-                Err(e) => {
-                    let (outcome, kind) = classify::classify_error(&e);
-                    let kind = if kind == ErrorKind::Other {
-                        ErrorKind::Incomplete
-                    } else {
-                        kind
-                    };
-                    (
-                        outcome,
-                        Some(status.as_u16()),
-                        Some(kind),
-                        replayed,
-                        Next::Retry { retry_after: None },
-                    )
-                }
-            }
-        }
+        Ok(response) => read_answer(response).await,
     };
     let end_us = shared.started.elapsed().as_micros() as u64;
-    (
-        AttemptRecord {
-            intent,
-            key,
-            attempt,
-            start_us,
-            end_us,
-            outcome,
-            status,
-            error,
-            replayed,
-        },
-        next,
-    )
+    let record = AttemptRecord {
+        intent,
+        key,
+        attempt,
+        start_us,
+        end_us,
+        outcome,
+        status,
+        error,
+        replayed,
+    };
+    (record, next)
+}
+
+/// Classifies an answer, reading its body to the end: a status whose body
+/// is cut off is no answer.
+async fn read_answer(response: reqwest::Response) -> Answer {
+    let status = response.status();
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.eq_ignore_ascii_case("true"));
+    let (outcome, next) = classify::classify_status(status, response.headers());
+    match response.bytes().await {
+        Ok(_) => (outcome, Some(status.as_u16()), None, replayed, next),
+        Err(e) => {
+            let (outcome, kind) = classify::classify_error(&e);
+            let kind = if kind == ErrorKind::Other {
+                ErrorKind::Incomplete
+            } else {
+                kind
+            };
+            let retry = Next::Retry { retry_after: None };
+            (outcome, Some(status.as_u16()), Some(kind), replayed, retry)
+        }
+    }
 }
 
 async fn draw_progress(shared: Arc<Shared>, done: Arc<AtomicBool>) {

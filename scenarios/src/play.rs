@@ -5,16 +5,17 @@
 //! history and reconciliation. The runner never opens the database.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use client::classify::ErrorKind;
 use client::history::{AttemptRecord, HistoryFile};
-use client::ledger::Ledger;
-use client::reconcile::{self, Reconciliation, Verdict};
+use client::ledger::Meta;
+use client::reconcile::{Evidence, Mode, Reconciliation, Verdict, format_wide};
 use client::runner::{self, Intent, RunReport, Sinks};
+use client::service::{Inconclusive, ServiceReader, ServiceStats};
 use client::strategy::{self, Options};
 use serde::Serialize;
 
@@ -30,13 +31,20 @@ pub struct Settings {
     pub exe: PathBuf,
 }
 
+/// The time the judge may spend reading the service and the proxy,
+/// retries included; past it the lesson is INCONCLUSIVE.
+const JUDGE_DEADLINE_MS: u64 = 60_000;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     pub name: String,
     pub title: String,
     pub lesson: String,
     pub expected: Verdict,
-    pub verdict: Verdict,
+    /// None when the judge could not read what it needed (see `inconclusive`).
+    pub verdict: Option<Verdict>,
+    /// Why there is no verdict, if there is none.
+    pub inconclusive: Option<String>,
     pub pass: bool,
     /// Why the scenario failed, if it did.
     pub problems: Vec<String>,
@@ -44,8 +52,15 @@ pub struct Outcome {
     pub intended: String,
     pub moved: String,
     pub metrics: BTreeMap<String, u64>,
-    pub reconciliation: Reconciliation,
+    pub reconciliation: Option<Reconciliation>,
     pub elapsed_ms: u64,
+}
+
+impl Outcome {
+    /// `EXACTLY ONCE`, ..., or `INCONCLUSIVE`.
+    pub fn headline(&self) -> &'static str {
+        self.verdict.map_or("INCONCLUSIVE", Verdict::headline)
+    }
 }
 
 /// A scenario's own seed: independent of the others, so adding or removing a
@@ -81,6 +96,49 @@ struct Acted {
     judged: Vec<AttemptRecord>,
 }
 
+impl Acted {
+    fn one(report: RunReport) -> Acted {
+        Acted {
+            judged: report.attempts.clone(),
+            runs: vec![report],
+        }
+    }
+
+    /// Two runs of the same intents, both judged.
+    fn both(first: RunReport, second: RunReport) -> Acted {
+        Acted {
+            judged: first.attempts.iter().chain(&second.attempts).cloned().collect(),
+            runs: vec![first, second],
+        }
+    }
+}
+
+/// What a scenario acts on and is judged by.
+struct Stage<'a> {
+    scenario: &'a Scenario,
+    service: &'a Service,
+    proxy: &'a Proxy,
+    intents: Vec<Intent>,
+    options: Options,
+    /// The service's last payment id before the act.
+    baseline_id: i64,
+    dir: PathBuf,
+    history: Arc<HistoryFile>,
+}
+
+impl Stage<'_> {
+    fn sinks(&self) -> Sinks {
+        Sinks {
+            history: Some(Arc::clone(&self.history)),
+            ..Sinks::default()
+        }
+    }
+
+    async fn run(&self, intents: Vec<Intent>, sinks: Sinks) -> anyhow::Result<RunReport> {
+        runner::run(&self.proxy.url, intents, &self.options, sinks).await
+    }
+}
+
 pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let seed = scenario_seed(settings.seed, &s.name);
@@ -98,116 +156,59 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
         _ => Service::in_process(s, &db).await?,
     };
     let proxy = Proxy::start(s, service.addr, seed).await?;
-    let amount_minor = client::money::parse_minor(&s.client.amount).map_err(anyhow::Error::msg)?;
-    let intents = runner::repeat(payments, "bianca", "marc", amount_minor, seed);
-    let options = options(&s.client, seed);
-    let history = Arc::new(HistoryFile::create(&dir.join("history.jsonl")).context("cannot create the history file")?);
-
-    let acted = act(s, &proxy, &intents, &options, &dir, &history).await;
-    let judged = match acted {
-        Ok(acted) => judge(s, &service, &proxy, &intents, &options, acted, payments, started).await,
-        Err(e) => Err(e),
-    };
+    let outcome = stage_and_play(s, &service, &proxy, dir, payments, seed).await;
     let stopped_proxy = proxy.stop().await;
     let stopped_service = service.stop().await;
-    let outcome = judged.with_context(|| format!("scenario {}", s.name))?;
+    let mut outcome = outcome.with_context(|| format!("scenario {}", s.name))?;
     stopped_proxy?;
     stopped_service?;
+    outcome.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(outcome)
 }
 
-async fn act(
+async fn stage_and_play(
     s: &Scenario,
+    service: &Service,
     proxy: &Proxy,
-    intents: &[Intent],
-    options: &Options,
-    dir: &Path,
-    history: &Arc<HistoryFile>,
-) -> anyhow::Result<Acted> {
-    let sinks = || Sinks {
-        history: Some(Arc::clone(history)),
-        ..Sinks::default()
+    dir: PathBuf,
+    payments: usize,
+    seed: u64,
+) -> anyhow::Result<Outcome> {
+    let amount_minor = client::money::parse_minor(&s.client.amount).map_err(anyhow::Error::msg)?;
+    let history_path = dir.join("history.jsonl");
+    let history = tokio::task::spawn_blocking(move || HistoryFile::create(&history_path))
+        .await?
+        .context("cannot create the history file")?;
+    let stage = Stage {
+        scenario: s,
+        service,
+        proxy,
+        intents: runner::repeat(payments, "bianca", "marc", amount_minor, seed),
+        options: options(&s.client, seed),
+        baseline_id: client::flow::baseline(&service.url).await?,
+        dir,
+        history: Arc::new(history),
     };
-    match &s.act {
-        Act::Plain | Act::CrashService { .. } => {
-            let report = runner::run(&proxy.url, intents.to_vec(), options, sinks()).await?;
-            Ok(Acted {
-                judged: report.attempts.clone(),
-                runs: vec![report],
-            })
-        }
+    let acted = act(&stage).await?;
+    judge(&stage, acted).await
+}
+
+async fn act(stage: &Stage<'_>) -> anyhow::Result<Acted> {
+    let intents = &stage.intents;
+    match &stage.scenario.act {
+        Act::Plain | Act::CrashService { .. } => Ok(Acted::one(stage.run(intents.clone(), stage.sinks()).await?)),
         Act::Duplicates { copies } => {
             // Copies sit next to each other, so they are in flight together.
             let sent: Vec<Intent> = intents
                 .iter()
                 .flat_map(|i| std::iter::repeat_n(i.clone(), *copies))
                 .collect();
-            let report = runner::run(&proxy.url, sent, options, sinks()).await?;
-            Ok(Acted {
-                judged: report.attempts.clone(),
-                runs: vec![report],
-            })
+            Ok(Acted::one(stage.run(sent, stage.sinks()).await?))
         }
-        Act::ProxyOutage { after_percent, down_ms } => {
-            // The first part of the payments goes through; then the network
-            // goes down and the rest start while it is down, so they surely
-            // meet refused connections, and retry until it is back.
-            let split = (intents.len() * *after_percent as usize / 100).min(intents.len());
-            let (before, during) = intents.split_at(split);
-            let first = runner::run(&proxy.url, before.to_vec(), options, sinks()).await?;
-            proxy.set_enabled(false).await?;
-            let back_up = async {
-                tokio::time::sleep(Duration::from_millis(*down_ms)).await;
-                proxy.set_enabled(true).await
-            };
-            let (second, back_up) = tokio::join!(runner::run(&proxy.url, during.to_vec(), options, sinks()), back_up);
-            back_up?;
-            let second = second?;
-            let judged = first.attempts.iter().chain(&second.attempts).cloned().collect();
-            Ok(Acted {
-                runs: vec![first, second],
-                judged,
-            })
-        }
-        Act::ClientCrash { after_percent, resume } => {
-            let ledger_path = dir.join("ledger.jsonl");
-            let ledger = Arc::new(Ledger::create(&ledger_path, intents)?);
-            let crash_at = (intents.len() * *after_percent as usize / 100).max(1);
-            let first_sinks = Sinks {
-                ledger: Some(ledger),
-                crash_after_confirmed: Some(crash_at),
-                ..sinks()
-            };
-            let first = runner::run(&proxy.url, intents.to_vec(), options, first_sinks).await?;
-            anyhow::ensure!(first.crashed, "the client finished before the planned crash");
-            let second = if *resume {
-                let (ledger, all, confirmed) = Ledger::open(&ledger_path)?;
-                let unfinished: Vec<Intent> = all.into_iter().filter(|i| !confirmed.contains(&i.key)).collect();
-                let resumed = Sinks {
-                    ledger: Some(Arc::new(ledger)),
-                    ..sinks()
-                };
-                runner::run(&proxy.url, unfinished, options, resumed).await?
-            } else {
-                // Keys lived in memory only: the restarted client makes new ones.
-                let fresh_seed = options.seed ^ 0x00c0_ffee;
-                let again: Vec<Intent> = intents
-                    .iter()
-                    .map(|i| Intent {
-                        key: runner::key_for(fresh_seed, i.index),
-                        ..i.clone()
-                    })
-                    .collect();
-                runner::run(&proxy.url, again, options, sinks()).await?
-            };
-            let judged = first.attempts.iter().chain(&second.attempts).cloned().collect();
-            Ok(Acted {
-                runs: vec![first, second],
-                judged,
-            })
-        }
+        Act::ProxyOutage { after_percent, down_ms } => proxy_outage(stage, *after_percent, *down_ms).await,
+        Act::ClientCrash { after_percent, resume } => client_crash(stage, *after_percent, *resume).await,
         Act::ReuseKeys { amount } => {
-            let first = runner::run(&proxy.url, intents.to_vec(), options, sinks()).await?;
+            let first = stage.run(intents.clone(), stage.sinks()).await?;
             let other = client::money::parse_minor(amount).map_err(anyhow::Error::msg)?;
             let changed: Vec<Intent> = intents
                 .iter()
@@ -216,7 +217,7 @@ async fn act(
                     ..i.clone()
                 })
                 .collect();
-            let second = runner::run(&proxy.url, changed, options, sinks()).await?;
+            let second = stage.run(changed, stage.sinks()).await?;
             Ok(Acted {
                 judged: first.attempts.clone(),
                 runs: vec![first, second],
@@ -225,84 +226,204 @@ async fn act(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn judge(
-    s: &Scenario,
-    service: &Service,
-    proxy: &Proxy,
-    intents: &[Intent],
-    options: &Options,
-    acted: Acted,
-    payments: usize,
-    started: Instant,
-) -> anyhow::Result<Outcome> {
-    let reconciliation = reconcile::reconcile(&service.url, 0, intents, &acted.judged, options.key).await?;
-    let stats = service.stats().await?;
-    let (faults_up, faults_down) = proxy.faults().await?;
-    let all = || acted.runs.iter().flat_map(|r| r.attempts.iter());
-    let count = |f: &dyn Fn(&AttemptRecord) -> bool| all().filter(|a| f(a)).count() as u64;
-    let mut metrics = BTreeMap::new();
-    metrics.insert("attempts".to_owned(), all().count() as u64);
-    metrics.insert("faults_upstream".to_owned(), faults_up);
-    metrics.insert("faults_downstream".to_owned(), faults_down);
-    metrics.insert("resets".to_owned(), count(&|a| a.error == Some(ErrorKind::Reset)));
-    metrics.insert("timeouts".to_owned(), count(&|a| a.error == Some(ErrorKind::Timeout)));
-    metrics.insert(
-        "connect_errors".to_owned(),
-        count(&|a| a.error == Some(ErrorKind::Connect)),
-    );
-    metrics.insert("replays".to_owned(), count(&|a| a.replayed == Some(true)));
-    metrics.insert("conflicts_409".to_owned(), count(&|a| a.status == Some(409)));
-    metrics.insert("mismatches_422".to_owned(), count(&|a| a.status == Some(422)));
-    metrics.insert(
-        "service_restarts".to_owned(),
-        service.restarts.load(std::sync::atomic::Ordering::Relaxed),
-    );
-    metrics.insert(
-        "duplicate_keys".to_owned(),
-        stats["duplicate_keys"].as_u64().unwrap_or(0),
-    );
-    metrics.insert("service_payments".to_owned(), stats["payments"].as_u64().unwrap_or(0));
+/// The first part of the payments goes through; then the network goes down
+/// and the rest start while it is down, so they surely meet refused
+/// connections, and retry until it is back.
+async fn proxy_outage(stage: &Stage<'_>, after_percent: u32, down_ms: u64) -> anyhow::Result<Acted> {
+    let intents = &stage.intents;
+    let split = (intents.len() * after_percent as usize / 100).min(intents.len());
+    let (before, during) = intents.split_at(split);
+    let first = stage.run(before.to_vec(), stage.sinks()).await?;
+    stage.proxy.set_enabled(false).await?;
+    let back_up = async {
+        tokio::time::sleep(Duration::from_millis(down_ms)).await;
+        stage.proxy.set_enabled(true).await
+    };
+    let (second, back_up) = tokio::join!(stage.run(during.to_vec(), stage.sinks()), back_up);
+    back_up?;
+    Ok(Acted::both(first, second?))
+}
 
-    let mut problems = Vec::new();
-    if reconciliation.verdict != s.expect {
-        problems.push(format!(
-            "verdict {} but the lesson expects {}",
-            reconciliation.verdict.headline(),
-            s.expect.headline()
-        ));
-    }
-    for (metric, minimum) in &s.checks.at_least {
-        let value = metrics.get(metric).copied().unwrap_or(0);
-        if value < *minimum {
-            problems.push(format!("{metric} is {value}, the lesson needs at least {minimum}"));
-        }
-    }
-    if reconciliation.acknowledged_but_missing > 0 {
-        problems.push(format!(
-            "{} acknowledged payments are missing from the ledger",
-            reconciliation.acknowledged_but_missing
-        ));
-    }
-    for (name, holds) in stats["invariants"].as_object().into_iter().flatten() {
-        let must_hold = name != "one_payment_per_key" || s.service.dedup == payment_service::DedupMode::Unique;
-        if must_hold && holds != true {
-            problems.push(format!("service invariant {name} does not hold"));
-        }
-    }
-    Ok(Outcome {
+/// The client crashes after a share of its payments are confirmed; then it
+/// resumes from its ledger (the library's resume), or restarts with keys it
+/// held in memory only, so new ones.
+async fn client_crash(stage: &Stage<'_>, after_percent: u32, resume: bool) -> anyhow::Result<Acted> {
+    let intents = &stage.intents;
+    let ledger_path = stage.dir.join("ledger.jsonl");
+    let meta = Meta {
+        baseline_id: stage.baseline_id,
+        seed: stage.options.seed,
+    };
+    let (ledger, _) = client::flow::create_ledger(&ledger_path, intents.clone(), meta).await?;
+    let first_sinks = Sinks {
+        ledger: Some(Arc::new(ledger)),
+        crash_after_confirmed: Some((intents.len() * after_percent as usize / 100).max(1)),
+        ..stage.sinks()
+    };
+    let first = stage.run(intents.clone(), first_sinks).await?;
+    anyhow::ensure!(first.crashed, "the client finished before the planned crash");
+    let second = if resume {
+        let opened = client::flow::open_ledger(&ledger_path).await?;
+        let unfinished = opened.unfinished();
+        let resumed = Sinks {
+            ledger: Some(Arc::new(opened.ledger)),
+            ..stage.sinks()
+        };
+        stage.run(unfinished, resumed).await?
+    } else {
+        // Keys lived in memory only: the restarted client makes new ones.
+        let fresh_seed = stage.options.seed ^ 0x00c0_ffee;
+        let again: Vec<Intent> = intents
+            .iter()
+            .map(|i| Intent {
+                key: runner::key_for(fresh_seed, i.index),
+                ..i.clone()
+            })
+            .collect();
+        stage.run(again, stage.sinks()).await?
+    };
+    // In process, the crashed run's attempts are known too: a fresh run's
+    // complete history judges both.
+    Ok(Acted::both(first, second))
+}
+
+/// Judges from the client's complete history and what the service and the
+/// proxy say; a service that cannot be read makes the lesson INCONCLUSIVE.
+async fn judge(stage: &Stage<'_>, acted: Acted) -> anyhow::Result<Outcome> {
+    let deadline = Duration::from_millis(JUDGE_DEADLINE_MS);
+    let mode = Mode::Fresh {
+        baseline_id: stage.baseline_id,
+    };
+    let evidence = Evidence {
+        intents: &stage.intents,
+        attempts: &acted.judged,
+        strategy: stage.options.key,
+        mode: &mode,
+    };
+    let (judgement, _) = client::flow::judge(&stage.service.url, deadline, &evidence).await;
+    let stats = ServiceReader::new(&stage.service.url, deadline)?.stats().await;
+    let faults = stage.proxy.faults().await?;
+    let metrics = metrics(stage, &acted, faults, stats.as_ref().ok());
+    Ok(assess(stage.scenario, &stage.intents, judgement, stats, metrics))
+}
+
+/// The lesson's outcome from what the judge read: a verdict and what is
+/// wrong with it, or INCONCLUSIVE (a failed lesson) when the reconciliation
+/// or `/stats` could not be read. `elapsed_ms` is left to the caller.
+pub fn assess(
+    s: &Scenario,
+    intents: &[Intent],
+    judgement: Result<Reconciliation, Inconclusive>,
+    stats: Result<ServiceStats, Inconclusive>,
+    metrics: BTreeMap<String, u64>,
+) -> Outcome {
+    let mut outcome = Outcome {
         name: s.name.clone(),
         title: s.title.clone(),
         lesson: s.lesson.trim().to_owned(),
         expected: s.expect,
-        verdict: reconciliation.verdict,
-        pass: problems.is_empty(),
-        problems,
-        payments,
-        intended: reconciliation.expected.clone(),
-        moved: client::money::format_minor(stats["total_amount_minor"].as_i64().unwrap_or(0)),
+        verdict: None,
+        inconclusive: None,
+        pass: false,
+        problems: Vec::new(),
+        payments: intents.len(),
+        intended: format_wide(intents.iter().map(|i| i128::from(i.amount_minor)).sum()),
+        moved: "?".to_owned(),
         metrics,
-        reconciliation,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-    })
+        reconciliation: None,
+        elapsed_ms: 0,
+    };
+    match judgement.and_then(|r| stats.map(|stats| (r, stats))) {
+        Ok((r, stats)) => {
+            outcome.problems = problems(s, &r, &stats, &outcome.metrics);
+            outcome.pass = outcome.problems.is_empty();
+            outcome.verdict = Some(r.verdict);
+            outcome.moved = format_wide(stats.total_amount_minor);
+            outcome.reconciliation = Some(r);
+        }
+        Err(Inconclusive { reason }) => {
+            outcome.problems = vec![format!("INCONCLUSIVE: {reason}")];
+            outcome.inconclusive = Some(reason);
+        }
+    }
+    outcome
+}
+
+fn metrics(
+    stage: &Stage<'_>,
+    acted: &Acted,
+    faults: (u64, u64),
+    stats: Option<&ServiceStats>,
+) -> BTreeMap<String, u64> {
+    let all = || acted.runs.iter().flat_map(|r| r.attempts.iter());
+    let count = |f: &dyn Fn(&AttemptRecord) -> bool| all().filter(|a| f(a)).count() as u64;
+    let mut metrics = BTreeMap::new();
+    let mut put = |name: &str, value: u64| metrics.insert(name.to_owned(), value);
+    put("attempts", all().count() as u64);
+    put("faults_upstream", faults.0);
+    put("faults_downstream", faults.1);
+    put("resets", count(&|a| a.error == Some(ErrorKind::Reset)));
+    put("timeouts", count(&|a| a.error == Some(ErrorKind::Timeout)));
+    put("connect_errors", count(&|a| a.error == Some(ErrorKind::Connect)));
+    put("replays", count(&|a| a.replayed == Some(true)));
+    put("conflicts_409", count(&|a| a.status == Some(409)));
+    put("mismatches_422", count(&|a| a.status == Some(422)));
+    put(
+        "service_restarts",
+        stage.service.restarts.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    // Only when /stats was read: a missing figure is not a zero.
+    if let Some(stats) = stats {
+        put("duplicate_keys", stats.duplicate_keys);
+        put("service_payments", stats.payments);
+    }
+    metrics
+}
+
+/// Everything that makes the lesson fail: another verdict, a check below its
+/// minimum, a Jepsen violation, a broken service invariant.
+fn problems(s: &Scenario, r: &Reconciliation, stats: &ServiceStats, metrics: &BTreeMap<String, u64>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if r.verdict != s.expect {
+        problems.push(format!(
+            "verdict {} but the lesson expects {}",
+            r.verdict.headline(),
+            s.expect.headline()
+        ));
+    }
+    for (metric, minimum) in &s.checks.at_least {
+        match metrics.get(metric) {
+            Some(value) if value >= minimum => {}
+            Some(value) => problems.push(format!("{metric} is {value}, the lesson needs at least {minimum}")),
+            None => problems.push(format!(
+                "{metric} was not measured; the lesson needs at least {minimum}"
+            )),
+        }
+    }
+    if r.acknowledged_but_missing > 0 {
+        problems.push(format!(
+            "{} acknowledged payments are missing from the ledger",
+            r.acknowledged_but_missing
+        ));
+    }
+    if r.failed_but_landed > 0 {
+        let keys: Vec<&str> = r
+            .issues
+            .iter()
+            .filter(|i| i.problem == "failed but landed")
+            .map(|i| i.key.as_str())
+            .collect();
+        problems.push(format!(
+            "{} payments were refused on every attempt yet landed (the caller will pay them again): {}",
+            r.failed_but_landed,
+            keys.join(", ")
+        ));
+    }
+    for (name, holds) in &stats.invariants {
+        let must_hold = name != "one_payment_per_key" || s.service.dedup == payment_service::DedupMode::Unique;
+        if must_hold && !holds {
+            problems.push(format!("service invariant {name} does not hold"));
+        }
+    }
+    problems
 }

@@ -53,24 +53,23 @@ pub fn narrative(index: usize, o: &Outcome) -> String {
         o.payments,
         metric(o, "attempts")
     );
-    let r = &o.reconciliation;
-    let detail = if r.per_key {
-        format!(
+    let detail = match &o.reconciliation {
+        Some(r) if r.per_key => format!(
             "{} exactly once, {} lost, {} paid twice or more ({} extra payments)",
             r.exactly_once, r.lost, r.duplicated, r.extra_payments
-        )
-    } else {
-        format!(
+        ),
+        Some(r) => format!(
             "{} payments stored for {} intended (no keys: only totals can be compared)",
             r.payments, r.intents
-        )
+        ),
+        None => "not known: the service could not be read completely".to_owned(),
     };
     let _ = writeln!(out, "   money     intended {}, moved {}: {detail}", o.intended, o.moved);
     let result = if o.pass { "PASS" } else { "FAIL" };
     let _ = writeln!(
         out,
         "   verdict   {} (expected {}) {result}",
-        o.verdict.headline(),
+        o.headline(),
         o.expected.headline()
     );
     for problem in &o.problems {
@@ -99,7 +98,7 @@ pub fn table(outcomes: &[Outcome], seed: u64, replay: &str) -> String {
             metric(o, "attempts"),
             o.intended,
             o.moved,
-            o.verdict.headline(),
+            o.headline(),
             o.expected.headline(),
             if o.pass { "PASS" } else { "FAIL" },
             o.elapsed_ms as f64 / 1000.0

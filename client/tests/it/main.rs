@@ -3,11 +3,15 @@
 //! service, or after it answered) and against a scripted server for the retry
 //! rules. One test binary with modules.
 
+mod at_scale;
 mod faults;
+mod inconclusive;
+mod ledger_crash;
 mod reconciliation;
 mod resume;
 mod retry_rules;
 mod strategies;
+mod urls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -60,6 +64,76 @@ pub async fn stats(service: &Service) -> serde_json::Value {
         .json()
         .await
         .expect("json")
+}
+
+/// Reconciles through the library's judge, with a 10 s reading deadline.
+pub async fn judge(
+    service: &str,
+    mode: client::reconcile::Mode,
+    intents: &[client::runner::Intent],
+    attempts: &[client::history::AttemptRecord],
+    strategy: client::strategy::KeyStrategy,
+) -> Result<client::reconcile::Reconciliation, client::service::Inconclusive> {
+    let evidence = client::reconcile::Evidence {
+        intents,
+        attempts,
+        strategy,
+        mode: &mode,
+    };
+    client::flow::judge(service, Duration::from_secs(10), &evidence).await.0
+}
+
+/// The service's last payment id (the baseline of a fresh run).
+pub async fn baseline(service: &Service) -> client::reconcile::Mode {
+    let baseline_id = client::flow::baseline(&service.url).await.expect("baseline");
+    client::reconcile::Mode::Fresh { baseline_id }
+}
+
+/// Runs the `client` binary with `args` off the test's runtime (the service
+/// runs on it) and returns its output.
+pub async fn client(args: Vec<String>) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_client"));
+    command.args(args);
+    tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run the client")
+}
+
+/// Turns `["a", "b"]` into owned arguments.
+pub fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// A stand-in HTTP server: every request gets `answer(request line)` as
+/// (status, JSON body), and the connection is closed. Returns its URL and how
+/// many requests it got.
+pub async fn spawn_stub(
+    answer: impl Fn(&str) -> (u16, String) + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind stub");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (counter, answer) = (std::sync::Arc::clone(&requests), std::sync::Arc::new(answer));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (counter, answer) = (std::sync::Arc::clone(&counter), std::sync::Arc::clone(&answer));
+            tokio::spawn(async move {
+                let Ok(request) = read_message(&mut stream).await else {
+                    return;
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let text = String::from_utf8_lossy(&request);
+                let (status, body) = answer(text.lines().next().unwrap_or_default());
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                reply_and_close(stream, reply.as_bytes()).await;
+            });
+        }
+    });
+    (url, requests)
 }
 
 /// Reads one HTTP/1.1 message (headers and a Content-Length body) from `stream`.

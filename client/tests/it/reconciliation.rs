@@ -3,12 +3,12 @@
 
 use client::classify::Outcome;
 use client::history::AttemptRecord;
-use client::reconcile::{self, Verdict};
+use client::reconcile::{Mode, Verdict};
 use client::runner::{self, Sinks};
 use client::strategy::{KeyStrategy, Options};
 use payment_service::DedupMode;
 
-use crate::spawn_service;
+use crate::{baseline, judge, spawn_service};
 
 async fn post(url: &str, key: &str) {
     let response = reqwest::Client::builder()
@@ -32,18 +32,24 @@ async fn planted_duplicate_lost_and_orphan_are_flagged() {
     let seed = 9;
     let intents = runner::repeat(11, "bianca", "marc", 100, seed);
     let (sent, never_sent) = intents.split_at(10);
-    let after = reconcile::baseline(&service.url).await.expect("baseline");
+    let mode = baseline(&service).await;
     let report = runner::run(&service.url, sent.to_vec(), &Options::new(seed), Sinks::default())
         .await
         .expect("run");
-    let clean = reconcile::reconcile(&service.url, after, sent, &report.attempts, KeyStrategy::PerPayment)
-        .await
-        .expect("reconcile");
+    let clean = judge(
+        &service.url,
+        mode.clone(),
+        sent,
+        &report.attempts,
+        KeyStrategy::PerPayment,
+    )
+    .await
+    .expect("reconcile");
     assert_eq!(clean.verdict, Verdict::ExactlyOnce, "{clean:?}");
 
     post(&service.url, &sent[3].key).await; // a duplicate of payment 3
     post(&service.url, &runner::key_for(seed, 999)).await; // this run's key, no intent
-    let r = reconcile::reconcile(&service.url, after, &intents, &report.attempts, KeyStrategy::PerPayment)
+    let r = judge(&service.url, mode, &intents, &report.attempts, KeyStrategy::PerPayment)
         .await
         .expect("reconcile");
     assert_eq!(r.verdict, Verdict::Both, "{r:?}");
@@ -76,10 +82,122 @@ async fn an_acknowledged_payment_the_service_lacks_is_a_violation() {
         error: None,
         replayed: Some(false),
     };
-    let r = reconcile::reconcile(&service.url, 0, &intents, &[forged], KeyStrategy::PerPayment)
-        .await
-        .expect("reconcile");
+    let r = judge(
+        &service.url,
+        Mode::Fresh { baseline_id: 0 },
+        &intents,
+        &[forged],
+        KeyStrategy::PerPayment,
+    )
+    .await
+    .expect("reconcile");
     assert_eq!((r.lost, r.acknowledged_but_missing), (1, 1));
     assert_eq!(r.verdict, Verdict::TooLittle);
     assert_eq!(r.issues[0].problem, "acknowledged but missing");
+}
+
+/// Runs `client pay` (one payment, seed 61) against a target that refuses
+/// every attempt with 422, reconciled against the real service.
+async fn refused_everywhere(service: &crate::Service) -> serde_json::Value {
+    let (target, _) = crate::spawn_stub(|_| (422, r#"{"type": "/problems/refused"}"#.to_owned())).await;
+    let output = crate::client(crate::args(&[
+        "pay",
+        "--count",
+        "1",
+        "--seed",
+        "61",
+        "--json",
+        "--target",
+        &target,
+        "--service",
+        &service.url,
+    ]))
+    .await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_refused_every_time_that_landed_anyway_is_paid_too_much() {
+    let service = spawn_service(|_| {}).await;
+    let key = runner::key_for(61, 0);
+    post(&service.url, &key).await; // the same payment, already in the service's ledger
+    let report = refused_everywhere(&service).await;
+    let r = &report["reconciliation"];
+    assert_eq!(report["summary"]["refused_4xx"], 1, "{report}");
+    assert_eq!(report["verdict"], "too-much", "{report}");
+    assert_eq!(
+        (r["failed_but_landed"].as_u64(), r["exactly_once"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(r["issues"][0]["problem"], "failed but landed");
+    assert_eq!(r["issues"][0]["key"], key.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_for_another_amount_is_not_this_payment() {
+    let service = spawn_service(|_| {}).await;
+    let key = runner::key_for(61, 0);
+    let response = reqwest::Client::new()
+        .post(format!("{}/payments", service.url))
+        .header("idempotency-key", key.as_str())
+        .header("content-type", "application/json")
+        .body(r#"{"src":"bianca","dest":"marc","amount":"2.00"}"#)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 201);
+    let report = refused_everywhere(&service).await;
+    let r = &report["reconciliation"];
+    assert_eq!(report["verdict"], "too-little", "{report}");
+    assert_eq!(
+        (
+            r["failed_but_landed"].as_u64(),
+            r["lost"].as_u64(),
+            r["reused_before"].as_u64()
+        ),
+        (Some(0), Some(1), Some(1))
+    );
+    assert_eq!(r["moved_minor"], 0, "the earlier payment is not this run's money");
+}
+
+#[tokio::test]
+async fn ids_with_gaps_are_each_read_once() {
+    // Ids 5, 1500, 2400, 2500: the id ranges are read side by side, and a
+    // page for (0, 1000] also returns later ids, which must not count twice.
+    let ids = [5, 1500, 2400, 2500];
+    let (url, _) = crate::spawn_stub(move |line| {
+        if line.starts_with("GET /stats") {
+            let stats =
+                r#"{"payments":4,"last_payment_id":2500,"total_amount_minor":400,"duplicate_keys":0,"invariants":{}}"#;
+            return (200, stats.to_owned());
+        }
+        let after: i64 = line
+            .split("after_id=")
+            .nth(1)
+            .and_then(|rest| rest.split(['&', ' ']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(i64::MAX);
+        let payments: Vec<String> = ids
+            .iter()
+            .filter(|id| **id > after)
+            .map(|id| {
+                format!(r#"{{"id":{id},"src":"bianca","dest":"marc","amount_minor":100,"idempotency_key":null}}"#)
+            })
+            .collect();
+        (
+            200,
+            format!(r#"{{"payments":[{}],"next_after_id":null}}"#, payments.join(",")),
+        )
+    })
+    .await;
+    let intents = runner::repeat(4, "bianca", "marc", 100, 2);
+    let r = judge(&url, Mode::Fresh { baseline_id: 0 }, &intents, &[], KeyStrategy::None)
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        (r.payments, r.moved_minor, r.verdict),
+        (4, 400, Verdict::ExactlyOnce),
+        "{r:?}"
+    );
 }

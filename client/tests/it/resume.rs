@@ -7,7 +7,14 @@ use std::time::{Duration, Instant};
 use crate::{WAIT, spawn_service, stats};
 
 /// Starts `client pay` against `url` with a ledger, stdout discarded.
-fn spawn_pay(client: &str, url: &str, ledger: &std::path::Path, count: &str, seed: &str, stderr: Stdio) -> KillOnDrop {
+pub fn spawn_pay(
+    client: &str,
+    url: &str,
+    ledger: &std::path::Path,
+    count: &str,
+    seed: &str,
+    stderr: Stdio,
+) -> KillOnDrop {
     let child = Command::new(client)
         .args([
             "pay",
@@ -32,7 +39,7 @@ fn spawn_pay(client: &str, url: &str, ledger: &std::path::Path, count: &str, see
 
 /// Runs `client resume --json --expect exactly-once` on `ledger` with `extra`
 /// flags, off the test's runtime (the service runs on it).
-async fn resume(client: &str, url: &str, ledger: &std::path::Path, extra: &[&str]) -> std::process::Output {
+pub async fn resume(client: &str, url: &str, ledger: &std::path::Path, extra: &[&str]) -> std::process::Output {
     let mut command = Command::new(client);
     command
         .args([
@@ -64,7 +71,7 @@ async fn wait_for_payments(service: &crate::Service, count: u64) {
 }
 
 /// A failing assertion must not leave a client process running.
-struct KillOnDrop(std::process::Child);
+pub struct KillOnDrop(pub std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -178,7 +185,7 @@ async fn ctrl_c_winds_down_flushes_the_ledger_and_resume_finishes() {
         .expect("wait");
     let mut text = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut text).expect("read stderr");
-    assert_eq!(status.code(), Some(1), "{text}");
+    assert_eq!(status.code(), Some(i32::from(client::flow::EXIT_INTERRUPTED)), "{text}");
     assert!(
         text.contains("interrupted") && text.contains("client resume --ledger"),
         "{text}"

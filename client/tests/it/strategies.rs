@@ -5,7 +5,7 @@ use client::runner::{self, Sinks};
 use client::strategy::{Backoff, KeyStrategy, Options, Retries};
 
 use crate::faults::{self, spawn_proxy};
-use crate::{spawn_service, stats};
+use crate::{baseline, judge, spawn_service, stats};
 
 const PAYMENTS: usize = 50;
 const SEED: u64 = 42;
@@ -20,11 +20,11 @@ async fn play(key: KeyStrategy, retries: Retries) -> (reconcile::Reconciliation,
     options.retries = retries;
     options.backoff = Backoff::None;
     let intents = runner::repeat(PAYMENTS, "bianca", "marc", 100, SEED);
-    let after = reconcile::baseline(&service.url).await.expect("baseline");
+    let mode = baseline(&service).await;
     let report = runner::run(&proxy.url, intents.clone(), &options, Sinks::default())
         .await
         .expect("run");
-    let r = reconcile::reconcile(&service.url, after, &intents, &report.attempts, key)
+    let r = judge(&service.url, mode, &intents, &report.attempts, key)
         .await
         .expect("reconcile");
     let stats = stats(&service).await;
@@ -38,7 +38,7 @@ async fn same_key_on_every_retry_pays_exactly_once() {
     let (r, summary, stats) = play(KeyStrategy::PerPayment, Retries::Unlimited).await;
     assert_eq!(r.verdict, Verdict::ExactlyOnce, "{r:?}");
     assert_eq!((r.exactly_once, r.lost, r.duplicated), (PAYMENTS as u64, 0, 0));
-    assert_eq!(r.moved_minor, 100 * PAYMENTS as i64);
+    assert_eq!(r.moved_minor, 100 * PAYMENTS as i128);
     assert_eq!(summary.confirmed, PAYMENTS as u64);
     assert!(summary.attempts > PAYMENTS as u64, "resets forced retries");
     assert!(summary.resets > 0);
@@ -61,7 +61,7 @@ async fn retries_without_keys_pay_too_much() {
     let (r, summary, _) = play(KeyStrategy::None, Retries::Unlimited).await;
     assert_eq!(r.verdict, Verdict::TooMuch, "{r:?}");
     assert_eq!(summary.confirmed, PAYMENTS as u64);
-    assert!(r.moved_minor > 100 * PAYMENTS as i64);
+    assert!(r.moved_minor > 100 * PAYMENTS as i128);
 }
 
 #[tokio::test]

@@ -3,5 +3,6 @@
 //! catalog files get errors that name the file, the field and the fix.
 
 mod catalog_errors;
+mod judge;
 mod lessons;
 mod lost_ack;
