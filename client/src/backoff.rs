@@ -7,19 +7,14 @@ use std::time::Duration;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
+use eo_core::seed::splitmix64;
+
 use crate::strategy::Backoff;
 
 /// A per-payment random stream, derived from the run's seed and the payment's
 /// index with SplitMix64 so neighbouring indexes get unrelated streams.
 pub fn stream(seed: u64, index: u64) -> Xoshiro256PlusPlus {
     Xoshiro256PlusPlus::seed_from_u64(splitmix64(seed ^ splitmix64(index.wrapping_add(0x5eed))))
-}
-
-pub fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 /// The wait before retry number `retry` (1 for the first retry).

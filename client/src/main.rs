@@ -8,7 +8,6 @@ use client::flow::{self, EXIT_CODES_HELP, EXIT_ERROR, Settings};
 use client::reconcile::Verdict;
 use client::service::{RECONCILE_DEADLINE_MS_DEFAULT, parse_http_url};
 use client::strategy::{Backoff, ConnectionMode, DEADLINE_MS_MAX, KeyStrategy, Options, Retries};
-use tracing_subscriber::EnvFilter;
 
 /// A retrying payment client: one idempotency key per payment, reused on every
 /// retry, so a deduplicating service pays each exactly once. The classic
@@ -147,10 +146,7 @@ impl CommonArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("client=warn")))
-        .with_writer(std::io::stderr)
-        .init();
+    eo_core::logging::init("client=warn");
     let cli = Cli::parse();
     let code = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime.block_on(run(cli)),

@@ -21,17 +21,18 @@ use tokio::task::JoinSet;
 
 use crate::classify::Outcome;
 use crate::history::AttemptRecord;
+use crate::money::format_minor;
 use crate::runner::Intent;
-use crate::service::{Inconclusive, LOOKUP_KEYS_MAX, PAGE_LIMIT, PAGES_MAX, ServicePayment, ServiceReader};
+use crate::service::{Inconclusive, LOOKUP_KEYS_MAX, PAGE_ROWS_MAX, PAGES_MAX, ServicePayment, ServiceReader};
 use crate::strategy::KeyStrategy;
 
 /// Keys per lookup: one fewer than a page, so a chunk whose keys have one
 /// payment each fits in one page that is not full (a full page costs one
 /// more request to learn that nothing follows).
-const LOOKUP_CHUNK_KEYS: usize = if LOOKUP_KEYS_MAX < PAGE_LIMIT {
+const LOOKUP_CHUNK_KEYS: usize = if LOOKUP_KEYS_MAX < PAGE_ROWS_MAX {
     LOOKUP_KEYS_MAX
 } else {
-    PAGE_LIMIT - 1
+    PAGE_ROWS_MAX - 1
 };
 /// Reads of the service in flight at once: the service answers reads from
 /// four connections, so more would only queue there.
@@ -150,13 +151,13 @@ pub async fn reconcile(reader: &Arc<ServiceReader>, evidence: &Evidence<'_>) -> 
     let baseline = evidence.mode.baseline_id();
     let end = reader.stats().await?.last_payment_id;
     let span = u64::try_from(end.saturating_sub(baseline)).unwrap_or(0);
-    let ranges = span.div_ceil(PAGE_LIMIT as u64);
+    let ranges = span.div_ceil(PAGE_ROWS_MAX as u64);
     if ranges > PAGES_MAX as u64 {
         return Err(Inconclusive {
             reason: format!("{span} payment ids after the baseline {baseline}: more than the judge reads"),
         });
     }
-    let range_start = |k: u64| baseline + (k * PAGE_LIMIT as u64) as i64;
+    let range_start = |k: u64| baseline + (k * PAGE_ROWS_MAX as u64) as i64;
     let window = (0..ranges).map(|k| Read::Ids(range_start(k)));
     read_all(reader, window, &mut collector).await?;
     if evidence.strategy != KeyStrategy::None {
@@ -177,7 +178,7 @@ pub async fn reconcile(reader: &Arc<ServiceReader>, evidence: &Evidence<'_>) -> 
 
 /// One read of the service.
 enum Read {
-    /// The payments with ids in `(after, after + PAGE_LIMIT]`.
+    /// The payments with ids in `(after, after + PAGE_ROWS_MAX]`.
     Ids(i64),
     /// The payments under these keys.
     Keys(Vec<String>),
@@ -405,7 +406,7 @@ fn judge(evidence: &Evidence, collected: &Collector) -> Reconciliation {
     for (key, problem) in unexplained {
         issue(&mut r, None, key, 1, problem);
     }
-    r.moved = format_wide(r.moved_minor);
+    r.moved = format_minor(r.moved_minor);
     let too_much = r.duplicated > 0 || r.orphaned > 0 || r.failed_but_landed > 0;
     r.verdict = verdict(r.lost > 0, too_much);
     r
@@ -461,9 +462,9 @@ fn empty(intents: &[Intent], per_key: bool) -> Reconciliation {
     let expected_minor: i128 = intents.iter().map(|i| i128::from(i.amount_minor)).sum();
     Reconciliation {
         intents: intents.len() as u64,
-        expected: format_wide(expected_minor),
+        expected: format_minor(expected_minor),
         expected_minor,
-        moved: format_wide(0),
+        moved: format_minor(0),
         moved_minor: 0,
         payments: 0,
         exactly_once: 0,
@@ -489,7 +490,7 @@ fn totals_only(intents: &[Intent], collected: &Collector) -> Reconciliation {
     let (n, want) = (collected.keyless_payments, intents.len() as u64);
     r.payments = n;
     r.moved_minor = collected.keyless_minor;
-    r.moved = format_wide(r.moved_minor);
+    r.moved = format_minor(r.moved_minor);
     r.exactly_once = n.min(want);
     r.lost = want.saturating_sub(n);
     r.extra_payments = n.saturating_sub(want);
@@ -504,13 +505,6 @@ fn verdict(too_little: bool, too_much: bool) -> Verdict {
         (false, true) => Verdict::TooMuch,
         (true, true) => Verdict::Both,
     }
-}
-
-/// Minor units as `12.50`, for sums that may exceed an i64.
-pub fn format_wide(minor: i128) -> String {
-    let sign = if minor < 0 { "-" } else { "" };
-    let abs = minor.unsigned_abs();
-    format!("{sign}{}.{:02}", abs / 100, abs % 100)
 }
 
 /// `pay-0123456789abcdef-0000042` → `pay-0123456789abcdef-`.
@@ -623,8 +617,6 @@ mod tests {
     #[test]
     fn prefix_and_wide_money() {
         assert_eq!(key_prefix("pay-00ff-0000042"), "pay-00ff-");
-        assert_eq!(format_wide(-7), "-0.07");
-        assert_eq!(format_wide(i128::from(i64::MAX) * 10), "922337203685477580.70");
         assert_eq!(verdict(true, true), Verdict::Both);
     }
 }

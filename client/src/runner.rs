@@ -421,7 +421,7 @@ async fn read_answer(response: reqwest::Response) -> Answer {
     let status = response.status();
     let replayed = response
         .headers()
-        .get("idempotent-replayed")
+        .get(eo_core::wire::IDEMPOTENT_REPLAYED)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.eq_ignore_ascii_case("true"));
     let (outcome, next) = classify::classify_status(status, response.headers());

@@ -3,7 +3,7 @@
 //! request is retried with bounded backoff until the reader's deadline; what
 //! cannot be read completely and correctly is [`Inconclusive`], never guessed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -11,10 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-/// Payments per page: the service's maximum for both reads.
-pub const PAGE_LIMIT: usize = 1000;
-/// Keys per lookup request: the service's maximum.
-pub const LOOKUP_KEYS_MAX: usize = 1000;
+pub use eo_core::wire::{LOOKUP_KEYS_MAX, PAGE_ROWS_MAX};
 /// One request may take this long before it counts as failed (and is retried).
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// The first wait before retrying a failed read; doubled each time up to the max.
@@ -41,14 +38,7 @@ pub struct ServicePayment {
 
 /// The part of `/stats` the client and the scenario judge read. Every field
 /// is required: a missing one is an unreadable answer, not a zero.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ServiceStats {
-    pub payments: u64,
-    pub last_payment_id: i64,
-    pub total_amount_minor: i128,
-    pub duplicate_keys: u64,
-    pub invariants: BTreeMap<String, bool>,
-}
+pub type ServiceStats = eo_core::wire::LedgerStats;
 
 #[derive(Deserialize)]
 struct Page {
@@ -134,22 +124,22 @@ impl ServiceReader {
         }
         Err(inconclusive(format!(
             "the service holds more than {} payments after id {after_id}",
-            PAGES_MAX * PAGE_LIMIT
+            PAGES_MAX * PAGE_ROWS_MAX
         )))
     }
 
-    /// The payments with ids in `(after_id, after_id + PAGE_LIMIT]`: one
+    /// The payments with ids in `(after_id, after_id + PAGE_ROWS_MAX]`: one
     /// page holds them all, since ids are unique integers. Pages of
     /// neighbouring ranges can be read at the same time.
     pub async fn id_range(&self, after_id: i64) -> Result<Vec<ServicePayment>, Inconclusive> {
-        let last = after_id.saturating_add(PAGE_LIMIT as i64);
+        let last = after_id.saturating_add(PAGE_ROWS_MAX as i64);
         let mut page = self.page_after(after_id).await?;
         page.payments.retain(|p| p.id <= last);
         Ok(page.payments)
     }
 
     async fn page_after(&self, after: i64) -> Result<Page, Inconclusive> {
-        let url = format!("{}/payments?after_id={after}&limit={PAGE_LIMIT}", self.base);
+        let url = format!("{}/payments?after_id={after}&limit={PAGE_ROWS_MAX}", self.base);
         let what = format!("GET /payments?after_id={after}");
         let page: Page = self.with_retries(&what, || self.http.get(&url)).await?;
         check_page(&what, &page, after, None)?;
@@ -178,7 +168,7 @@ impl ServiceReader {
         }
         Err(inconclusive(format!(
             "more than {} payments under {} keys",
-            PAGES_MAX * PAGE_LIMIT,
+            PAGES_MAX * PAGE_ROWS_MAX,
             keys.len()
         )))
     }
@@ -242,7 +232,7 @@ fn check_page(what: &str, page: &Page, after: i64, asked: Option<&HashSet<&str>>
             "{what}: the answer breaks the service's contract: {why}"
         )))
     };
-    if page.payments.len() > PAGE_LIMIT {
+    if page.payments.len() > PAGE_ROWS_MAX {
         return broken(format!("{} payments in one page", page.payments.len()));
     }
     let mut last = after;

@@ -260,7 +260,7 @@ fn answer(status: StatusCode, body: String, payment_id: Option<i64>, replayed: b
         headers.insert(header::LOCATION, location);
     }
     headers.insert(
-        "idempotent-replayed",
+        eo_core::wire::IDEMPOTENT_REPLAYED,
         HeaderValue::from_static(if replayed { "true" } else { "false" }),
     );
     response

@@ -7,11 +7,7 @@
 
 use axum::http::HeaderMap;
 
-pub const HEADER_IETF: &str = "idempotency-key";
-pub const HEADER_WORKSHOP: &str = "payment-idempotence-key";
-
-/// The longest key accepted, in bytes (Stripe's limit; a UUID needs 36).
-pub const KEY_BYTES_MAX: usize = 255;
+pub use eo_core::wire::{IDEMPOTENCY_KEY as HEADER_IETF, KEY_BYTES_MAX, PAYMENT_IDEMPOTENCE_KEY as HEADER_WORKSHOP};
 
 /// Why a key header was refused; the text names the header and the fix.
 #[derive(Debug, Clone, PartialEq, Eq)]

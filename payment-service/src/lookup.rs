@@ -8,13 +8,9 @@ use serde_json::value::RawValue;
 use crate::error::{ApiError, Problem};
 use crate::key;
 
-/// Keys in one lookup: enough for a page of reconciliation, few enough that
-/// one request is one bounded batch of index searches.
-pub const LOOKUP_KEYS_MAX: usize = 1000;
-
-/// Payments in one answer: bounds the answer (about 200 bytes a payment) and
-/// the reader's time; `next_after_id` pages through the rest.
-pub const LOOKUP_ROWS_MAX: usize = 1000;
+/// Keys in one lookup and payments in one answer: the wire contract's
+/// (`eo_core::wire`), shared with the client that sends lookups.
+pub use eo_core::wire::{LOOKUP_KEYS_MAX, PAGE_ROWS_MAX as LOOKUP_ROWS_MAX};
 
 /// Largest lookup body: every key at its longest with every byte escaped
 /// (`\"`), quoted and comma-separated, plus room for the rest of the object.

@@ -13,7 +13,7 @@ use anyhow::Context;
 use client::classify::ErrorKind;
 use client::history::{AttemptRecord, HistoryFile};
 use client::ledger::Meta;
-use client::reconcile::{Evidence, Mode, Reconciliation, Verdict, format_wide};
+use client::reconcile::{Evidence, Mode, Reconciliation, Verdict};
 use client::runner::{self, Intent, RunReport, Sinks};
 use client::service::{Inconclusive, ServiceReader, ServiceStats};
 use client::strategy::{self, Options};
@@ -66,10 +66,7 @@ impl Outcome {
 /// A scenario's own seed: independent of the others, so adding or removing a
 /// scenario does not change anyone else's faults.
 pub fn scenario_seed(seed: u64, name: &str) -> u64 {
-    let fnv = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    client::backoff::splitmix64(seed ^ fnv)
+    eo_core::seed::derive(seed, name)
 }
 
 fn options(spec: &ClientSpec, seed: u64) -> Options {
@@ -327,7 +324,7 @@ pub fn assess(
         pass: false,
         problems: Vec::new(),
         payments: intents.len(),
-        intended: format_wide(intents.iter().map(|i| i128::from(i.amount_minor)).sum()),
+        intended: client::money::format_minor(client::money::sum_minor(intents.iter().map(|i| i.amount_minor))),
         moved: "?".to_owned(),
         metrics,
         reconciliation: None,
@@ -338,7 +335,7 @@ pub fn assess(
             outcome.problems = problems(s, &r, &stats, &outcome.metrics);
             outcome.pass = outcome.problems.is_empty();
             outcome.verdict = Some(r.verdict);
-            outcome.moved = format_wide(stats.total_amount_minor);
+            outcome.moved = client::money::format_minor(stats.total_amount_minor);
             outcome.reconciliation = Some(r);
         }
         Err(Inconclusive { reason }) => {

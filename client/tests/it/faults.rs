@@ -21,7 +21,7 @@ pub enum Fault {
 /// The fault for connection `index`: a pure function of (seed, index), about
 /// 30 % lost requests and 30 % lost answers, as in the workshop.
 pub fn seeded(seed: u64, index: usize) -> Fault {
-    match client::backoff::splitmix64(seed ^ (index as u64).wrapping_mul(0x9e37_79b9)) % 10 {
+    match eo_core::seed::splitmix64(seed ^ (index as u64).wrapping_mul(0x9e37_79b9)) % 10 {
         0..=2 => Fault::LoseRequest,
         3..=5 => Fault::LoseAnswer,
         _ => Fault::Pass,
