@@ -17,7 +17,7 @@
 //!   deadline; what cannot be read is inconclusive.
 //! - [`reconcile`]: the per-key check against the service's ledger and the verdict.
 
-pub mod backoff;
+mod backoff;
 pub mod classify;
 pub mod flow;
 pub mod history;
