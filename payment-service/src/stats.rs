@@ -34,6 +34,11 @@ pub struct Counters {
     pub lease_takeovers: AtomicU64,
     /// Stored responses deleted after the retention.
     pub keys_reaped: AtomicU64,
+    /// Transactions the writer committed (one per batch).
+    pub writer_commits: AtomicU64,
+    /// CPU time the writer thread spent on batches (waiting for work not
+    /// included), in nanoseconds: with `executed`, the writer's cost per payment.
+    pub writer_cpu_ns: AtomicU64,
 }
 
 impl Counters {
@@ -77,6 +82,8 @@ pub struct StatsJson {
     pub unavailable_503: u64,
     pub lease_takeovers: u64,
     pub keys_reaped: u64,
+    pub writer_commits: u64,
+    pub writer_cpu_us: u64,
     pub invariants: Invariants,
 }
 
@@ -106,6 +113,8 @@ impl StatsJson {
             unavailable_503: load(&counters.unavailable_503),
             lease_takeovers: load(&counters.lease_takeovers),
             keys_reaped: load(&counters.keys_reaped),
+            writer_commits: load(&counters.writer_commits),
+            writer_cpu_us: load(&counters.writer_cpu_ns) / 1000,
             invariants: Invariants {
                 one_payment_per_key: db.duplicate_keys == 0,
                 balances_conserved: db.balance_sum_minor == 0,
