@@ -21,7 +21,7 @@ use crate::lookup::LOOKUP_BODY_BYTES_MAX;
 use crate::readers::Readers;
 use crate::stats::Counters;
 use crate::writer::Op;
-use crate::{create, reads};
+use crate::{audit_route, create, reads};
 
 /// Requests handled at once; beyond it the service answers 503 at once rather
 /// than building an unbounded backlog of tasks.
@@ -35,6 +35,10 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) writer: mpsc::Sender<Op>,
     pub(crate) readers: Arc<Readers>,
+    /// One connection for the audit, so requests never wait for it.
+    pub(crate) audit_readers: Arc<Readers>,
+    /// What the running audit has read, for a second caller's 409.
+    pub(crate) audit_progress: Arc<std::sync::Mutex<String>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) watch: Arc<DbWatch>,
     requests: Arc<Semaphore>,
@@ -47,7 +51,7 @@ impl AppState {
     pub(crate) fn new(
         config: Config,
         writer: mpsc::Sender<Op>,
-        readers: Arc<Readers>,
+        (readers, audit_readers): (Arc<Readers>, Arc<Readers>),
         counters: Arc<Counters>,
         watch: Arc<DbWatch>,
     ) -> AppState {
@@ -55,6 +59,8 @@ impl AppState {
             config,
             writer,
             readers,
+            audit_readers,
+            audit_progress: Arc::default(),
             counters,
             watch,
             requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
@@ -71,6 +77,8 @@ impl AppState {
             config: inner.config.clone(),
             writer: inner.writer.clone(),
             readers: Arc::clone(&inner.readers),
+            audit_readers: Arc::clone(&inner.audit_readers),
+            audit_progress: Arc::clone(&inner.audit_progress),
             counters: Arc::clone(&inner.counters),
             watch: Arc::clone(&inner.watch),
             requests: Arc::new(Semaphore::new(max)),
@@ -96,6 +104,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(index))
         .route("/health", get(health))
         .route("/stats", get(reads::stats))
+        .route("/audit", get(audit_route::audit))
         .route(
             "/payments",
             get(reads::list_payments)
@@ -165,7 +174,8 @@ async fn index(State(state): State<AppState>) -> Response {
             "GET /payments?key=K": "the payments made under key K",
             "POST /payments/lookup": "the payments of up to 1000 keys: {\"keys\": [...], \"after_id\": 0}, paged by id (reconciliation)",
             "DELETE /payments": "wipe payments, keys and balances",
-            "GET /stats": "money moved, invariants checked against the database, request counters",
+            "GET /stats": "the ledger's figures as maintained by the database (O(1)), invariants, request counters",
+            "GET /audit": "every figure recomputed from the payments (O(n), bounded memory), compared with /stats",
             "GET /health": "liveness",
             "GET /problems/{type}": "what an error type means and what to do",
         },

@@ -18,12 +18,8 @@ use crate::extract::{Body, IdempotencyKey};
 use crate::payment::PaymentRequest;
 use crate::stats::Counters;
 use crate::store::{self, Outcome};
-use crate::writer::{Op, Reply};
-
-/// Longest wait for the writer's answer. A commit normally takes well under a
-/// millisecond; this only trips when the disk stalls, and the answer is then
-/// 503 (the payment may still commit: the client retries with its key).
-const WRITE_WAIT_MS_MAX: u64 = 30_000;
+use crate::writer::{Op, Reply, duration_ms};
+use crate::{clock, ops};
 
 pub(crate) async fn wipe(State(state): State<AppState>) -> Result<Response, ApiError> {
     let wiped = submit(&state, |reply| Op::Wipe { reply }).await?;
@@ -48,12 +44,14 @@ async fn submit<T>(state: &AppState, make: impl FnOnce(Reply<T>) -> Op) -> Resul
         ),
         mpsc::error::TrySendError::Closed(_) => with_detail_suffix(DbError::Stopped.to_api(), "nothing was stored"),
     })?;
-    await_reply(rx).await
+    await_reply(state, rx).await
 }
 
-async fn await_reply<T>(rx: oneshot::Receiver<Result<T, DbError>>) -> Result<T, ApiError> {
+/// Waits for the writer's answer, at most `write_wait` (then 503: the
+/// payment may still commit; the client retries with its key).
+async fn await_reply<T>(state: &AppState, rx: oneshot::Receiver<Result<T, DbError>>) -> Result<T, ApiError> {
     let unavailable = |why: &str| ApiError::new(Problem::TemporarilyUnavailable, why);
-    match tokio::time::timeout(Duration::from_millis(WRITE_WAIT_MS_MAX), rx).await {
+    match tokio::time::timeout(state.0.config.write_wait, rx).await {
         Ok(Ok(Ok(value))) => Ok(value),
         // The writer's own words say whether the request may have taken
         // effect; every other failure happened before any COMMIT.
@@ -111,17 +109,25 @@ async fn create(state: &AppState, request: PaymentRequest, key: Option<String>) 
     }
     tracing::debug!(key = key.as_deref().unwrap_or("-"), src = %request.src, dest = %request.dest, amount_minor = request.amount_minor, "payment received");
     let outcome = process(state, request, key.clone()).await?;
-    respond(state, outcome, key.as_deref())
+    respond(outcome, key.as_deref())
 }
 
+/// The answer to a valid request: from a reader when the key's stored answer
+/// makes it certain, else from the writer.
 async fn process(state: &AppState, request: PaymentRequest, key: Option<String>) -> Result<Outcome, ApiError> {
     let config = &state.0.config;
     let delay = config.processing_delay;
     match (key, config.dedup) {
-        (Some(key), DedupMode::Unique) if delay.is_zero() => {
-            submit(state, |reply| Op::PayKeyed { request, key, reply }).await
+        (Some(key), DedupMode::Unique) => {
+            if let Some(replay) = stored_answer(state, &request, &key).await {
+                return Ok(replay);
+            }
+            if delay.is_zero() {
+                submit(state, |reply| Op::PayKeyed { request, key, reply }).await
+            } else {
+                claim_then_complete(state, request, key).await
+            }
         }
-        (Some(key), DedupMode::Unique) => claim_then_complete(state, request, key).await,
         (key, dedup) => {
             // Keyless requests, `off` and `check-then-insert` all end in a
             // plain insert. The check is deliberately racy: nothing stops a
@@ -134,12 +140,28 @@ async fn process(state: &AppState, request: PaymentRequest, key: Option<String>)
                     .read(move |c| store::first_payment_with_key(c, &lookup_key))
                     .await?
             {
-                return Ok(store::answer_from_ledger(&payment, &request));
+                let outcome = store::answer_from_ledger(&payment, &request);
+                ops::count(&state.0.counters, &outcome);
+                return Ok(outcome);
             }
             sleep(delay).await;
             submit(state, |reply| Op::Insert { request, key, reply }).await
         }
     }
+}
+
+/// A retry's stored answer read on a reader connection, without the writer
+/// queue: only when it is certain (same request, completed, within the
+/// retention). Anything else, a busy pool or a failed read included, is None
+/// and the writer decides.
+async fn stored_answer(state: &AppState, request: &PaymentRequest, key: &str) -> Option<Outcome> {
+    let retention_ms = duration_ms(state.0.config.key_retention);
+    let (request, key) = (request.clone(), key.to_owned());
+    let read =
+        move |c: &mut rusqlite::Connection| store::stored_answer(c, &request, &key, clock::now_ms(), retention_ms);
+    let outcome = state.0.readers.try_read(read).await?.ok()??;
+    ops::count(&state.0.counters, &outcome);
+    Some(outcome)
 }
 
 /// `unique` with a processing delay: claim the key, work, then complete.
@@ -156,7 +178,6 @@ async fn claim_then_complete(state: &AppState, request: PaymentRequest, key: Str
         return Ok(claimed);
     };
     if takeover {
-        Counters::bump(&state.0.counters.lease_takeovers);
         tracing::info!(key = %key, "lease of a dead worker taken over");
     }
     sleep(state.0.config.processing_delay).await;
@@ -172,7 +193,7 @@ async fn claim_then_complete(state: &AppState, request: PaymentRequest, key: Str
     state
         .0
         .writer
-        .send_timeout(op, Duration::from_millis(WRITE_WAIT_MS_MAX))
+        .send_timeout(op, state.0.config.write_wait)
         .await
         .map_err(|_| {
             ApiError::new(
@@ -180,7 +201,7 @@ async fn claim_then_complete(state: &AppState, request: PaymentRequest, key: Str
                 "the write queue stayed full; retry with the same key",
             )
         })?;
-    await_reply(rx).await
+    await_reply(state, rx).await
 }
 
 async fn sleep(delay: Duration) {
@@ -189,9 +210,9 @@ async fn sleep(delay: Duration) {
     }
 }
 
-/// The answer to a request the writer decided on.
-fn respond(state: &AppState, outcome: Outcome, key: Option<&str>) -> Result<Response, ApiError> {
-    let counters = &state.0.counters;
+/// The answer to a request the writer (or a reader) decided on; counted
+/// where it was decided (see `ops::count`).
+fn respond(outcome: Outcome, key: Option<&str>) -> Result<Response, ApiError> {
     let shown_key = key.unwrap_or("-");
     let (status, body, payment_id, replayed) = match outcome {
         Outcome::Executed {
@@ -199,9 +220,7 @@ fn respond(state: &AppState, outcome: Outcome, key: Option<&str>) -> Result<Resp
             body,
             takeover,
         } => {
-            Counters::bump(&counters.executed);
             if takeover {
-                Counters::bump(&counters.lease_takeovers);
                 tracing::info!(key = shown_key, "key left in flight by a dead worker taken over");
             }
             tracing::debug!(key = shown_key, id = payment.id, "payment executed");
@@ -213,10 +232,6 @@ fn respond(state: &AppState, outcome: Outcome, key: Option<&str>) -> Result<Resp
             payment_id,
             from_ledger,
         } => {
-            Counters::bump(&counters.replayed);
-            if from_ledger {
-                Counters::bump(&counters.replayed_from_ledger);
-            }
             tracing::debug!(
                 key = shown_key,
                 from_ledger,

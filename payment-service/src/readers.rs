@@ -1,5 +1,7 @@
-//! A small pool of read-only connections for GET requests, lookups and the
-//! `check-then-insert` lookup, so reads never queue behind the writer.
+//! Small pools of read-only connections, so reads never queue behind the
+//! writer: one for GET requests, lookups, replays and the `check-then-insert`
+//! lookup, and one of its own for the audit, so that requests never wait for
+//! an audit's connection.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -8,6 +10,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
+use crate::audit;
 use crate::db_error::{DbError, DbResult};
 use crate::db_file::DbWatch;
 use crate::error::{ApiError, Problem};
@@ -27,13 +30,39 @@ pub struct Readers {
 }
 
 impl Readers {
-    pub(crate) fn new(path: PathBuf, watch: Arc<DbWatch>) -> Arc<Readers> {
+    /// A pool of at most `count` connections, opened on first use.
+    pub(crate) fn new(path: PathBuf, watch: Arc<DbWatch>, count: usize) -> Arc<Readers> {
         Arc::new(Readers {
             path,
             watch,
             idle: Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(READERS_COUNT_MAX)),
+            permits: Arc::new(Semaphore::new(count)),
         })
+    }
+
+    /// A permit of this pool if one is free now: whoever holds it may run
+    /// [`Readers::run`] on the blocking pool (the audit holds one throughout).
+    pub(crate) fn try_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.permits).try_acquire_owned().ok()
+    }
+
+    /// [`Readers::read`] if a connection is free at once, else None: for a
+    /// shortcut that may as well not be taken (a replay the writer can answer).
+    pub(crate) async fn try_read<T, F>(self: &Arc<Readers>, query: F) -> Option<Result<T, ApiError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> DbResult<T> + Send + 'static,
+    {
+        if self.watch.lost().is_some() {
+            return None;
+        }
+        let permit = self.try_permit()?;
+        let pool = Arc::clone(self);
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            pool.run(query)
+        });
+        task.await.ok().map(|result| result.map_err(|e| e.to_api()))
     }
 
     /// Runs `query` on a pooled connection on the blocking thread pool. The
@@ -68,7 +97,8 @@ impl Readers {
 
     /// Blocking: takes an idle connection (or opens one on the file this
     /// service opened, nothing else), runs the query, puts the connection back.
-    fn run<T>(&self, query: impl FnOnce(&mut Connection) -> DbResult<T>) -> DbResult<T> {
+    /// The caller holds a permit.
+    pub(crate) fn run<T>(&self, query: impl FnOnce(&mut Connection) -> DbResult<T>) -> DbResult<T> {
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut conn = match pooled {
             Some(conn) => conn,
@@ -83,5 +113,14 @@ impl Readers {
             idle.push(conn);
         }
         result
+    }
+}
+
+/// The audit's reads on a pool: each chunk its own short transaction.
+pub(crate) struct Chunked<'a>(pub &'a Readers);
+
+impl audit::Snapshots for Chunked<'_> {
+    fn snapshot<T>(&mut self, read: impl FnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
+        self.0.run(|conn| audit::Snapshots::snapshot(conn, read))
     }
 }
