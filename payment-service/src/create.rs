@@ -2,6 +2,7 @@
 //! and `DELETE /payments`, and how writer outcomes become answers (status,
 //! `Location`, `Idempotent-Replayed`).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -22,8 +23,8 @@ use crate::writer::{Op, Reply, duration_ms};
 use crate::{clock, ops};
 
 pub(crate) async fn wipe(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let wiped = submit(&state, |reply| Op::Wipe { reply }).await?;
-    tracing::info!(payments = wiped.payments, "all payments, keys and balances deleted");
+    let pools = vec![Arc::clone(&state.0.readers), Arc::clone(&state.0.audit_readers)];
+    let wiped = submit(&state, |reply| Op::Wipe { reply, pools }).await?;
     Ok(json(
         StatusCode::OK,
         serde_json::json!({ "deleted": wiped }).to_string(),

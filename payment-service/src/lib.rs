@@ -36,6 +36,7 @@ mod db_file;
 mod db_lock;
 mod error;
 mod extract;
+mod generation;
 mod key;
 mod lookup;
 mod money;

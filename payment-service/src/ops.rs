@@ -2,12 +2,14 @@
 //! batch's transaction, and how its answer is sent (and counted) once the
 //! COMMIT has made it true.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
 use crate::db_error::DbError;
 use crate::payment::PaymentRequest;
+use crate::readers::Readers;
 use crate::stats::Counters;
 use crate::store::{self, Outcome, Wiped};
 use crate::totals::{self, LastAudit};
@@ -40,8 +42,12 @@ pub enum Op {
         key: Option<String>,
         reply: Reply<Outcome>,
     },
-    /// Delete the whole ledger (a fresh database file where possible).
-    Wipe { reply: Reply<Wiped> },
+    /// Delete the whole ledger (a fresh database file where possible); the
+    /// reader pools whose connections must be closed before the swap.
+    Wipe {
+        reply: Reply<Wiped>,
+        pools: Vec<Arc<Readers>>,
+    },
     /// Delete one step of stored responses older than the retention; the
     /// answer is how many, so the reaper knows whether to go on.
     Reap { reply: Reply<usize> },
@@ -137,7 +143,7 @@ impl Op {
                 drop(reply.send(reaped));
             }
             (Op::RecordAudit { .. }, Err(e)) => tracing::warn!(error = %e, "the audit's result was not recorded"),
-            (Op::Wipe { reply }, Err(e)) => drop(reply.send(Err(e))),
+            (Op::Wipe { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (Op::RecordAudit { .. } | Op::Wipe { .. } | Op::Shutdown, _) => {}
         }
     }

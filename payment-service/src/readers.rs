@@ -98,13 +98,16 @@ impl Readers {
     /// Blocking: takes an idle connection (or opens one on the file this
     /// service opened, nothing else), runs the query, puts the connection back.
     /// The caller holds a permit.
+    /// Holds the file's gate throughout, so a DELETE's swap of the file waits
+    /// for it and finds the connection back in the pool.
     pub(crate) fn run<T>(&self, query: impl FnOnce(&mut Connection) -> DbResult<T>) -> DbResult<T> {
+        let gate = self.watch.gate()?;
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut conn = match pooled {
             Some(conn) => conn,
             None => {
                 let conn = store::open_reader(&self.path)?;
-                self.watch.check()?;
+                self.watch.check_under(&gate)?;
                 conn
             }
         };
@@ -112,7 +115,16 @@ impl Readers {
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
         }
+        drop(gate);
         result
+    }
+
+    /// Closes every idle connection. The writer calls it with the gate held
+    /// exclusively, when every connection is idle, before it swaps the file.
+    pub(crate) fn close_idle(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
     }
 }
 

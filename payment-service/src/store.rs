@@ -521,6 +521,18 @@ pub struct Wiped {
     pub keys: usize,
 }
 
+impl Wiped {
+    /// What a wipe of a ledger with these maintained figures removes.
+    pub(crate) fn of(f: &totals::Figures) -> Wiped {
+        let count = |n: i64| usize::try_from(n).unwrap_or(0);
+        Wiped {
+            payments: count(f.payments),
+            accounts: count(f.accounts),
+            keys: count(f.stored_responses + f.keys_in_flight),
+        }
+    }
+}
+
 /// Deletes every payment, key and balance where they are, and starts the
 /// figures (and the ledger uid) afresh. O(n): the writer uses it only when
 /// it cannot start a fresh database file instead (see `generation.rs`).

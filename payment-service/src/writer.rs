@@ -15,6 +15,7 @@
 //! writing (the connection's change count moved), the whole transaction is
 //! rolled back and the batch runs again with a savepoint around each request.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -29,13 +30,17 @@ use tokio::sync::mpsc;
 
 use crate::clock;
 use crate::config::Config;
+use crate::config::Synchronous;
 use crate::db_error::DbError;
+use crate::db_error::DbResult;
 use crate::db_file::DbWatch;
 use crate::db_lock::DbLock;
 use crate::ops::{Clock, Done};
 pub use crate::ops::{Op, Reply};
+use crate::readers::Readers;
 use crate::stats::Counters;
-use crate::store;
+use crate::store::{self, Wiped};
+use crate::{generation, totals};
 
 /// Requests committed together at most. Bounds the latency one batch adds
 /// and the work lost to one failed COMMIT.
@@ -175,7 +180,11 @@ pub(crate) fn duration_ms(d: std::time::Duration) -> i64 {
 }
 
 struct Writer {
-    conn: Connection,
+    /// None only between closing the old file and opening the fresh one in
+    /// a DELETE; a batch meanwhile (none can run) would be refused.
+    conn: Option<Connection>,
+    db: PathBuf,
+    synchronous: Synchronous,
     watch: Arc<DbWatch>,
     crash: CrashPoints,
     retention_ms: i64,
@@ -192,6 +201,8 @@ impl Writer {
     fn open(config: &Config, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> anyhow::Result<Writer> {
         let lock = DbLock::acquire(&config.db)?;
         let db = config.db.display();
+        generation::remove_leftovers(&config.db)
+            .with_context(|| format!("cannot remove what an interrupted DELETE left next to {db}"))?;
         let conn = store::open_writer(&config.db, config.synchronous)
             .with_context(|| format!("cannot open the database {db}"))?;
         let watch = DbWatch::record(&config.db).with_context(|| format!("cannot stat the database {db}"))?;
@@ -203,7 +214,9 @@ impl Writer {
             );
         }
         Ok(Writer {
-            conn,
+            conn: Some(conn),
+            db: config.db.clone(),
+            synchronous: config.synchronous,
             watch: Arc::new(watch),
             crash: CrashPoints::new(config),
             retention_ms: duration_ms(config.key_retention),
@@ -237,8 +250,8 @@ impl Writer {
                 let rest = batch.split_off(at + 1);
                 let wipe = batch.pop();
                 self.commit_batch(&mut batch);
-                if let Some(Op::Wipe { reply }) = wipe {
-                    self.wipe(reply);
+                if let Some(Op::Wipe { reply, pools }) = wipe {
+                    self.wipe(reply, &pools);
                 }
                 batch = rest;
             }
@@ -315,7 +328,7 @@ impl Writer {
         clock: Clock,
         savepoints: bool,
     ) -> Result<Vec<Result<Done, DbError>>, Attempt> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = connection(&mut self.conn)?.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batch.len());
         for op in batch {
             let changes = tx.total_changes();
@@ -355,16 +368,106 @@ impl Writer {
         Ok(results)
     }
 
-    /// Deletes the whole ledger, in its own transaction.
-    fn wipe(&mut self, reply: Reply<store::Wiped>) {
-        let result = self.watch.check().and_then(|()| {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let wiped = store::wipe(&tx)?;
-            tx.commit()?;
-            self.watch.check().map(|()| wiped)
+    /// Deletes the whole ledger: a fresh database file swapped in (O(1)),
+    /// or, where that cannot be done, every row deleted in place.
+    fn wipe(&mut self, reply: Reply<Wiped>, pools: &[Arc<Readers>]) {
+        let result = self.watch.check().and_then(|()| match self.swap_in_fresh_file(pools)? {
+            Some(wiped) => Ok(wiped),
+            None => self.wipe_in_place(),
         });
+        match &result {
+            Ok(wiped) => tracing::info!(payments = wiped.payments, "all payments, keys and balances deleted"),
+            Err(e) => tracing::error!(error = %e, "DELETE /payments failed"),
+        }
         drop(reply.send(result));
     }
+
+    fn wipe_in_place(&mut self) -> DbResult<Wiped> {
+        let tx = connection(&mut self.conn)?.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let wiped = store::wipe(&tx)?;
+        tx.commit()?;
+        self.watch.check().map(|()| wiped)
+    }
+
+    /// Swaps a fresh, empty database file in for the old one (see
+    /// `generation.rs`). None when it cannot be done here (nothing changed).
+    fn swap_in_fresh_file(&mut self, pools: &[Arc<Readers>]) -> DbResult<Option<Wiped>> {
+        if !generation::EXCHANGE_SUPPORTED {
+            return Ok(None);
+        }
+        let next = generation::prepare_fresh(&self.db, self.synchronous)?;
+        let wiped = Wiped::of(&totals::read(connection(&mut self.conn)?)?.figures);
+        let watch = Arc::clone(&self.watch);
+        let swapped = watch.swap(|| {
+            pools.iter().for_each(|pool| pool.close_idle());
+            self.close()?;
+            // Sidecars left: another process has the file open. Then, or if
+            // the exchange fails, the old file is reopened as it was.
+            let exchanged = match generation::sidecars_present(&self.db) {
+                true => Ok(false),
+                false => generation::exchange(&next, &self.db),
+            };
+            self.reopen(matches!(exchanged, Ok(true)))?;
+            exchanged.map_err(|e| DbError::Io(format!("cannot swap in a fresh database file: {e}")))
+        });
+        match swapped {
+            Ok(true) => {
+                generation::remove_in_background(next);
+                Ok(Some(wiped))
+            }
+            Ok(false) => {
+                tracing::warn!("another process has the database open: the ledger is deleted in place (slow)");
+                let _ = generation::remove_leftovers(&self.db);
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = generation::remove_leftovers(&self.db);
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes the writer's connection (the last one of this service on the
+    /// file: SQLite checkpoints and removes the WAL).
+    fn close(&mut self) -> DbResult<()> {
+        if let Some(conn) = self.conn.take()
+            && let Err((conn, e)) = conn.close()
+        {
+            self.conn = Some(conn);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Opens the file at the database path again: the fresh one if
+    /// `exchanged`, else the old one. If that fails, the service cannot
+    /// write any more: it stops acknowledging, saying why.
+    fn reopen(&mut self, exchanged: bool) -> DbResult<()> {
+        match store::open_writer(&self.db, self.synchronous) {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Err(e) => {
+                let state = if exchanged {
+                    "the fresh, empty ledger"
+                } else {
+                    "the old ledger (nothing was deleted)"
+                };
+                self.watch.lose(format!(
+                    "after DELETE /payments the database could not be opened again ({e}); it holds {state}"
+                ));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The writer's connection, unless a DELETE failed between closing the old
+/// file and opening the new one.
+fn connection(conn: &mut Option<Connection>) -> DbResult<&mut Connection> {
+    conn.as_mut()
+        .ok_or_else(|| DbError::Io("the database is not open (a DELETE failed to reopen it)".into()))
 }
 
 /// Why a batch did not commit.

@@ -12,6 +12,7 @@ mod failures;
 mod limits;
 mod lookup;
 mod replays;
+mod wipe;
 
 use std::net::SocketAddr;
 use std::time::Duration;
