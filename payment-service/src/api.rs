@@ -31,12 +31,35 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
 #[derive(Clone)]
 pub struct AppState(pub(crate) Arc<Inner>);
 
+/// The service's reader connections, by who uses them.
+#[derive(Clone)]
+pub(crate) struct Pools {
+    /// GETs, lookups, the check of `check-then-insert`.
+    pub requests: Arc<Readers>,
+    /// One connection for the audit, so requests never wait for it.
+    pub audit: Arc<Readers>,
+    /// One connection for the replay desk.
+    pub desk: Arc<Readers>,
+}
+
+impl Pools {
+    /// All of them: a DELETE closes their connections before it swaps the file.
+    pub(crate) fn all(&self) -> Vec<Arc<Readers>> {
+        vec![
+            Arc::clone(&self.requests),
+            Arc::clone(&self.audit),
+            Arc::clone(&self.desk),
+        ]
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) writer: mpsc::Sender<Op>,
+    /// The replay desk, in front of the writer for keyed requests.
+    pub(crate) desk: mpsc::Sender<Op>,
     pub(crate) readers: Arc<Readers>,
-    /// One connection for the audit, so requests never wait for it.
-    pub(crate) audit_readers: Arc<Readers>,
+    pub(crate) pools: Pools,
     /// What the running audit has read, for a second caller's 409.
     pub(crate) audit_progress: Arc<std::sync::Mutex<String>>,
     pub(crate) counters: Arc<Counters>,
@@ -50,16 +73,17 @@ pub(crate) struct Inner {
 impl AppState {
     pub(crate) fn new(
         config: Config,
-        writer: mpsc::Sender<Op>,
-        (readers, audit_readers): (Arc<Readers>, Arc<Readers>),
+        (writer, desk): (mpsc::Sender<Op>, mpsc::Sender<Op>),
+        pools: Pools,
         counters: Arc<Counters>,
         watch: Arc<DbWatch>,
     ) -> AppState {
         AppState(Arc::new(Inner {
             config,
             writer,
-            readers,
-            audit_readers,
+            desk,
+            readers: Arc::clone(&pools.requests),
+            pools,
             audit_progress: Arc::default(),
             counters,
             watch,
@@ -76,8 +100,9 @@ impl AppState {
         AppState(Arc::new(Inner {
             config: inner.config.clone(),
             writer: inner.writer.clone(),
+            desk: inner.desk.clone(),
             readers: Arc::clone(&inner.readers),
-            audit_readers: Arc::clone(&inner.audit_readers),
+            pools: inner.pools.clone(),
             audit_progress: Arc::clone(&inner.audit_progress),
             counters: Arc::clone(&inner.counters),
             watch: Arc::clone(&inner.watch),

@@ -23,7 +23,7 @@ use crate::writer::Op;
 const AUDIT_LOG_EVERY_MS: u64 = 2_000;
 
 pub(crate) async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let Some(permit) = state.0.audit_readers.try_permit() else {
+    let Some(permit) = state.0.pools.audit.try_permit() else {
         let progress = state.0.audit_progress.lock().map(|p| p.clone()).unwrap_or_default();
         return Err(ApiError::new(
             Problem::AuditInProgress,
@@ -33,7 +33,7 @@ pub(crate) async fn audit(State(state): State<AppState>) -> Result<Response, Api
     if let Some(why) = state.0.watch.lost() {
         return Err(DbError::FileReplaced(why.to_owned()).to_api());
     }
-    let (pool, progress) = (Arc::clone(&state.0.audit_readers), Arc::clone(&state.0.audit_progress));
+    let (pool, progress) = (Arc::clone(&state.0.pools.audit), Arc::clone(&state.0.audit_progress));
     let audited = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         run_logged(&pool, &progress)

@@ -2,7 +2,6 @@
 //! and `DELETE /payments`, and how writer outcomes become answers (status,
 //! `Location`, `Idempotent-Replayed`).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -16,26 +15,31 @@ use crate::config::DedupMode;
 use crate::db_error::DbError;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Body, IdempotencyKey};
+use crate::ops;
 use crate::payment::PaymentRequest;
 use crate::stats::Counters;
 use crate::store::{self, Outcome};
-use crate::writer::{Op, Reply, duration_ms};
-use crate::{clock, ops};
+use crate::writer::{Op, Reply};
 
 pub(crate) async fn wipe(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let pools = vec![Arc::clone(&state.0.readers), Arc::clone(&state.0.audit_readers)];
-    let wiped = submit(&state, |reply| Op::Wipe { reply, pools }).await?;
+    let pools = state.0.pools.all();
+    let wiped = submit(&state, &state.0.writer, |reply| Op::Wipe { reply, pools }).await?;
     Ok(json(
         StatusCode::OK,
         serde_json::json!({ "deleted": wiped }).to_string(),
     ))
 }
 
-/// Sends an op to the writer without waiting for queue space (full → 503)
-/// and waits, bounded, for its answer.
-async fn submit<T>(state: &AppState, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, ApiError> {
+/// Sends an op to `queue` (the writer, or the replay desk in front of it)
+/// without waiting for queue space (full → 503) and waits, bounded, for its
+/// answer.
+async fn submit<T>(
+    state: &AppState,
+    queue: &mpsc::Sender<Op>,
+    make: impl FnOnce(Reply<T>) -> Op,
+) -> Result<T, ApiError> {
     let (tx, rx) = oneshot::channel();
-    state.0.writer.try_send(make(tx)).map_err(|e| match e {
+    queue.try_send(make(tx)).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => ApiError::new(
             Problem::Overloaded,
             format!(
@@ -113,22 +117,17 @@ async fn create(state: &AppState, request: PaymentRequest, key: Option<String>) 
     respond(outcome, key.as_deref())
 }
 
-/// The answer to a valid request: from a reader when the key's stored answer
-/// makes it certain, else from the writer.
+/// The answer to a valid request: from the replay desk when the key's
+/// stored answer makes it certain, else from the writer.
 async fn process(state: &AppState, request: PaymentRequest, key: Option<String>) -> Result<Outcome, ApiError> {
     let config = &state.0.config;
     let delay = config.processing_delay;
     match (key, config.dedup) {
-        (Some(key), DedupMode::Unique) => {
-            if let Some(replay) = stored_answer(state, &request, &key).await {
-                return Ok(replay);
-            }
-            if delay.is_zero() {
-                submit(state, |reply| Op::PayKeyed { request, key, reply }).await
-            } else {
-                claim_then_complete(state, request, key).await
-            }
+        // Through the replay desk: a certain replay is answered there.
+        (Some(key), DedupMode::Unique) if delay.is_zero() => {
+            submit(state, &state.0.desk, |reply| Op::PayKeyed { request, key, reply }).await
         }
+        (Some(key), DedupMode::Unique) => claim_then_complete(state, request, key).await,
         (key, dedup) => {
             // Keyless requests, `off` and `check-then-insert` all end in a
             // plain insert. The check is deliberately racy: nothing stops a
@@ -146,29 +145,15 @@ async fn process(state: &AppState, request: PaymentRequest, key: Option<String>)
                 return Ok(outcome);
             }
             sleep(delay).await;
-            submit(state, |reply| Op::Insert { request, key, reply }).await
+            submit(state, &state.0.writer, |reply| Op::Insert { request, key, reply }).await
         }
     }
-}
-
-/// A retry's stored answer read on a reader connection, without the writer
-/// queue: only when it is certain (same request, completed, within the
-/// retention). Anything else, a busy pool or a failed read included, is None
-/// and the writer decides.
-async fn stored_answer(state: &AppState, request: &PaymentRequest, key: &str) -> Option<Outcome> {
-    let retention_ms = duration_ms(state.0.config.key_retention);
-    let (request, key) = (request.clone(), key.to_owned());
-    let read =
-        move |c: &mut rusqlite::Connection| store::stored_answer(c, &request, &key, clock::now_ms(), retention_ms);
-    let outcome = state.0.readers.try_read(read).await?.ok()??;
-    ops::count(&state.0.counters, &outcome);
-    Some(outcome)
 }
 
 /// `unique` with a processing delay: claim the key, work, then complete.
 async fn claim_then_complete(state: &AppState, request: PaymentRequest, key: String) -> Result<Outcome, ApiError> {
     let token = state.0.next_token.fetch_add(1, Ordering::Relaxed);
-    let claimed = submit(state, |reply| Op::Claim {
+    let claimed = submit(state, &state.0.desk, |reply| Op::Claim {
         request: request.clone(),
         key: key.clone(),
         token,

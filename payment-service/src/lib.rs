@@ -11,7 +11,8 @@
 //!   `totals`: the figures `/stats` shows, maintained in the same transactions;
 //!   `audit`: the same figures recomputed from the payments, in chunks.
 //! - `readers`: small pools of read-only connections on the blocking pool
-//!   (one for requests, one for the audit).
+//!   (one for requests, one for the audit, one for the replay desk);
+//!   `desk`: the thread in front of the writer that answers certain replays.
 //! - `db_error`: database failures, typed (transient → 503, permanent → 4xx).
 //! - `db_lock`: one service per database file; `db_file`: is the file at the
 //!   path still the one the service opened?
@@ -34,6 +35,7 @@ mod create;
 mod db_error;
 mod db_file;
 mod db_lock;
+mod desk;
 mod error;
 mod extract;
 mod generation;
@@ -72,6 +74,8 @@ const WRITER_STOP_MS_MAX: u64 = 10_000;
 /// stop, which releases the database lock (a drop guard, as mini-redis has).
 pub struct Service {
     pub state: api::AppState,
+    // Before the writer: dropped first, it passes on what it holds.
+    desk: desk::DeskHandle,
     writer: writer::WriterHandle,
     reaper: AbortOnDrop,
 }
@@ -96,18 +100,30 @@ impl Service {
             .context("the payment service must be started inside a Tokio runtime")?;
         let counters = Arc::new(stats::Counters::default());
         let writer = writer::spawn(&config, Arc::clone(&counters))?;
-        let readers = readers::Readers::new(config.db.clone(), Arc::clone(&writer.watch), readers::READERS_COUNT_MAX);
-        // The audit's own budget: a long audit never takes a request's reader.
-        let audit_readers = readers::Readers::new(config.db.clone(), Arc::clone(&writer.watch), 1);
+        let pool = |count| readers::Readers::new(config.db.clone(), Arc::clone(&writer.watch), count);
+        // Requests, the audit and the desk each have their own connections:
+        // a long audit never takes a request's reader, nor the desk's.
+        let pools = api::Pools {
+            requests: pool(readers::READERS_COUNT_MAX),
+            audit: pool(1),
+            desk: pool(1),
+        };
+        let desk = desk::Desk {
+            pool: Arc::clone(&pools.desk),
+            writer: writer.queue.clone(),
+            counters: Arc::clone(&counters),
+            retention_ms: writer::duration_ms(config.key_retention),
+        }
+        .spawn(config.queue_depth_max)?;
         let reaper = AbortOnDrop(runtime.spawn(reap_periodically(writer.queue.clone(), config.key_retention)));
-        let state = api::AppState::new(
-            config,
-            writer.queue.clone(),
-            (readers, audit_readers),
-            counters,
-            Arc::clone(&writer.watch),
-        );
-        Ok(Service { state, writer, reaper })
+        let queues = (writer.queue.clone(), desk.queue.clone());
+        let state = api::AppState::new(config, queues, pools, counters, Arc::clone(&writer.watch));
+        Ok(Service {
+            state,
+            desk,
+            writer,
+            reaper,
+        })
     }
 
     /// [`Service::start`] on the blocking pool, so that opening the database
@@ -121,6 +137,9 @@ impl Service {
     /// Lets the writer finish what is queued, then stops it.
     pub async fn stop(mut self) {
         self.reaper.0.abort();
+        // The desk first: what it holds goes on to the writer, which then
+        // finishes its queue.
+        self.desk.stop(Duration::from_millis(WRITER_STOP_MS_MAX)).await;
         self.writer.stop(Duration::from_millis(WRITER_STOP_MS_MAX)).await;
     }
 }

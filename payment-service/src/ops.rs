@@ -12,7 +12,7 @@ use crate::payment::PaymentRequest;
 use crate::readers::Readers;
 use crate::stats::Counters;
 use crate::store::{self, Outcome, Wiped};
-use crate::totals::{self, LastAudit};
+use crate::totals::{self, Delta, LastAudit};
 
 /// What the writer thread is asked to do.
 pub enum Op {
@@ -75,19 +75,28 @@ pub(crate) struct Clock {
 }
 
 impl Op {
-    /// Runs the op on the writer's transaction. An error has written nothing
-    /// unless the connection's change count moved (see `writer.rs`).
-    pub(crate) fn run(&self, conn: &rusqlite::Connection, t: Clock) -> Result<Done, DbError> {
+    /// Runs the op on the writer's transaction, adding its change to the
+    /// figures to `totals`. An error has written nothing unless the
+    /// connection's change count moved (see `writer.rs`).
+    pub(crate) fn run(&self, conn: &rusqlite::Connection, t: Clock, totals: &mut Delta) -> Result<Done, DbError> {
         let outcome = match self {
-            Op::PayKeyed { request, key, .. } => store::pay_keyed(conn, request, key, t.now_ms, t.retention_ms)?,
+            Op::PayKeyed { request, key, .. } => {
+                store::pay_keyed(conn, request, key, (t.now_ms, t.retention_ms), totals)?
+            }
             Op::Claim {
                 request, key, token, ..
-            } => store::claim(conn, request, key, *token, t.now_ms, t.lease_ms, t.retention_ms)?,
+            } => store::claim(
+                conn,
+                request,
+                (key, *token),
+                (t.now_ms, t.lease_ms, t.retention_ms),
+                totals,
+            )?,
             Op::Complete {
                 request, key, token, ..
-            } => store::complete(conn, request, key, *token, t.now_ms)?,
+            } => store::complete(conn, request, (key, *token), t.now_ms, totals)?,
             Op::Insert { request, key, .. } => {
-                let payment = store::insert_unchecked(conn, request, key.as_deref(), t.now_ms)?;
+                let payment = store::insert_unchecked(conn, request, key.as_deref(), t.now_ms, totals)?;
                 let body = payment.to_json();
                 Outcome::Executed {
                     payment,
@@ -95,7 +104,7 @@ impl Op {
                     takeover: false,
                 }
             }
-            Op::Reap { .. } => return Ok(Done::Reaped(store::reap(conn, t.now_ms, t.retention_ms)?)),
+            Op::Reap { .. } => return Ok(Done::Reaped(store::reap(conn, t.now_ms, t.retention_ms, totals)?)),
             Op::RecordAudit { ledger_uid, audit } => {
                 totals::record_audit(conn, *ledger_uid, audit)?;
                 return Ok(Done::Nothing);

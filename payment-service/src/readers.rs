@@ -46,25 +46,6 @@ impl Readers {
         Arc::clone(&self.permits).try_acquire_owned().ok()
     }
 
-    /// [`Readers::read`] if a connection is free at once, else None: for a
-    /// shortcut that may as well not be taken (a replay the writer can answer).
-    pub(crate) async fn try_read<T, F>(self: &Arc<Readers>, query: F) -> Option<Result<T, ApiError>>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> DbResult<T> + Send + 'static,
-    {
-        if self.watch.lost().is_some() {
-            return None;
-        }
-        let permit = self.try_permit()?;
-        let pool = Arc::clone(self);
-        let task = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            pool.run(query)
-        });
-        task.await.ok().map(|result| result.map_err(|e| e.to_api()))
-    }
-
     /// Runs `query` on a pooled connection on the blocking thread pool. The
     /// permit travels with the query, so [`READERS_COUNT_MAX`] bounds the
     /// queries running even when their callers have gone away.
@@ -101,7 +82,21 @@ impl Readers {
     /// Holds the file's gate throughout, so a DELETE's swap of the file waits
     /// for it and finds the connection back in the pool.
     pub(crate) fn run<T>(&self, query: impl FnOnce(&mut Connection) -> DbResult<T>) -> DbResult<T> {
+        self.run_checked(false, query)
+    }
+
+    /// [`Readers::run`], first checking (`check`: two `stat`s) that the file
+    /// is still the one the service opened: for an answer that claims
+    /// success, such as a replay.
+    pub(crate) fn run_checked<T>(
+        &self,
+        check: bool,
+        query: impl FnOnce(&mut Connection) -> DbResult<T>,
+    ) -> DbResult<T> {
         let gate = self.watch.gate()?;
+        if check {
+            self.watch.check_under(&gate)?;
+        }
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut conn = match pooled {
             Some(conn) => conn,

@@ -65,7 +65,10 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     response_body   TEXT,
     created_at_ms   INTEGER NOT NULL,
     completed_at_ms INTEGER
-);
+-- One b-tree keyed by the key, not a rowid table plus an index on the key:
+-- one insert less per payment. (A file of the previous version keeps its
+-- rowid table; the statements are the same for both.)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_completion ON idempotency_keys(completed_at_ms) WHERE state = 'completed';
 -- Start-up expires the leases of a dead process: with this it visits only
 -- keys in flight, not every stored response.

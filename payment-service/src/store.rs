@@ -4,10 +4,11 @@
 //! (`now_ms`), which keeps lease and retention logic testable without
 //! waiting. The tables are described in `schema.rs`.
 //!
-//! Every write also applies its change to the maintained figures
-//! ([`totals::add`]) in the caller's transaction, and does its checks before
-//! its first write: a write that is refused leaves nothing behind, so the
-//! writer needs no savepoint around it (see `writer.rs`).
+//! Every write adds its change to the maintained figures to `totals`, a
+//! [`Delta`] the caller applies ([`totals::add`]) in the same transaction
+//! before it commits (the writer: once per batch). Every write does its
+//! checks before its first write: a write that is refused leaves nothing
+//! behind, so the writer needs no savepoint around it (see `writer.rs`).
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -227,12 +228,13 @@ pub fn pay_keyed(
     conn: &Connection,
     request: &PaymentRequest,
     key: &str,
-    now_ms: i64,
-    retention_ms: i64,
+    (now_ms, retention_ms): (i64, i64),
+    totals: &mut Delta,
 ) -> DbResult<Outcome> {
     match decide(conn, request, key, now_ms, retention_ms)? {
         Decision::Done(outcome) => Ok(outcome),
-        Decision::Proceed { before } => execute_keyed(conn, request, key, now_ms, before),
+        // decide found no payment with the key: it is a new one.
+        Decision::Proceed { before } => execute_keyed(conn, request, key, (now_ms, before, Some(0)), totals),
     }
 }
 
@@ -240,11 +242,9 @@ pub fn pay_keyed(
 pub fn claim(
     conn: &Connection,
     request: &PaymentRequest,
-    key: &str,
-    token: i64,
-    now_ms: i64,
-    lease_ms: i64,
-    retention_ms: i64,
+    (key, token): (&str, i64),
+    (now_ms, lease_ms, retention_ms): (i64, i64, i64),
+    totals: &mut Delta,
 ) -> DbResult<Outcome> {
     match decide(conn, request, key, now_ms, retention_ms)? {
         Decision::Done(outcome) => Ok(outcome),
@@ -258,7 +258,7 @@ pub fn claim(
                      response_body = NULL, completed_at_ms = NULL",
             )?
             .execute(params![key, request.fingerprint(), token, now_ms.saturating_add(lease_ms), now_ms])?;
-            totals::add(conn, &before.delta_to(true))?;
+            *totals += before.delta_to(true);
             Ok(Outcome::Claimed {
                 takeover: before == KeyBefore::InFlight,
             })
@@ -268,7 +268,13 @@ pub fn claim(
 
 /// Phase two: execute, but only if `token` still owns the lease (fencing: a
 /// worker whose lease was taken over must not pay a second time).
-pub fn complete(conn: &Connection, request: &PaymentRequest, key: &str, token: i64, now_ms: i64) -> DbResult<Outcome> {
+pub fn complete(
+    conn: &Connection,
+    request: &PaymentRequest,
+    (key, token): (&str, i64),
+    now_ms: i64,
+    totals: &mut Delta,
+) -> DbResult<Outcome> {
     let owner: Option<Option<i64>> = conn
         .prepare_cached("SELECT lock_owner FROM idempotency_keys WHERE idem_key = ?1 AND state = 'in_progress'")?
         .query_row([key], |r| r.get(0))
@@ -276,7 +282,7 @@ pub fn complete(conn: &Connection, request: &PaymentRequest, key: &str, token: i
     if owner != Some(Some(token)) {
         return Ok(Outcome::LostLease);
     }
-    match execute_keyed(conn, request, key, now_ms, KeyBefore::InFlight) {
+    match execute_keyed(conn, request, key, (now_ms, KeyBefore::InFlight, None), totals) {
         Ok(outcome) => Ok(outcome),
         // Refused before its first write (checks first, and a failed
         // statement undoes itself): nothing of it is stored. Free the key,
@@ -285,14 +291,7 @@ pub fn complete(conn: &Connection, request: &PaymentRequest, key: &str, token: i
             let freed = conn
                 .prepare_cached("DELETE FROM idempotency_keys WHERE idem_key = ?1 AND lock_owner = ?2")?
                 .execute(params![key, token])?;
-            let freed = i64::try_from(freed).unwrap_or(0);
-            totals::add(
-                conn,
-                &Delta {
-                    keys_in_flight: -freed,
-                    ..Delta::default()
-                },
-            )?;
+            totals.keys_in_flight -= i64::try_from(freed).unwrap_or(0);
             Ok(Outcome::Refused(e))
         }
         Err(e) => Err(e),
@@ -301,14 +300,15 @@ pub fn complete(conn: &Connection, request: &PaymentRequest, key: &str, token: i
 
 /// Inserts the payment with its permanent unique key, moves the money and
 /// stores the answer: all in the caller's transaction, so all or nothing.
+/// `earlier`: payments with the key, when the caller knows.
 fn execute_keyed(
     conn: &Connection,
     request: &PaymentRequest,
     key: &str,
-    now_ms: i64,
-    before: KeyBefore,
+    (now_ms, before, earlier): (i64, KeyBefore, Option<i64>),
+    totals: &mut Delta,
 ) -> DbResult<Outcome> {
-    let (payment, delta) = insert_payment(conn, request, Some(key), true, now_ms)?;
+    let (payment, delta) = insert_payment(conn, request, (Some(key), earlier), true, now_ms)?;
     let body = payment.to_json();
     conn.prepare_cached(
         "INSERT INTO idempotency_keys
@@ -320,15 +320,8 @@ fn execute_keyed(
              completed_at_ms = excluded.completed_at_ms",
     )?
     .execute(params![key, request.fingerprint(), payment.id, body, now_ms])?;
-    let keys = before.delta_to(false);
-    totals::add(
-        conn,
-        &Delta {
-            stored_responses: keys.stored_responses,
-            keys_in_flight: keys.keys_in_flight,
-            ..delta
-        },
-    )?;
+    *totals += delta;
+    *totals += before.delta_to(false);
     Ok(Outcome::Executed {
         payment,
         body,
@@ -343,20 +336,22 @@ pub fn insert_unchecked(
     request: &PaymentRequest,
     key: Option<&str>,
     now_ms: i64,
+    totals: &mut Delta,
 ) -> DbResult<Payment> {
-    let (payment, delta) = insert_payment(conn, request, key, false, now_ms)?;
-    totals::add(conn, &delta)?;
+    let (payment, delta) = insert_payment(conn, request, (key, None), false, now_ms)?;
+    *totals += delta;
     Ok(payment)
 }
 
 /// Books a payment: checks both balances (nothing is written if either would
 /// leave the `i64` range), inserts the row (its one statement that may be
 /// refused, and the first write), then writes the balances. Returns the
-/// change to the figures, for the caller to apply with its own.
+/// change to the figures. `earlier`: the payments already carrying the key,
+/// if the caller knows (else they are counted here).
 fn insert_payment(
     conn: &Connection,
     request: &PaymentRequest,
-    key: Option<&str>,
+    (key, earlier): (Option<&str>, Option<i64>),
     unique: bool,
     now_ms: i64,
 ) -> DbResult<(Payment, Delta)> {
@@ -374,9 +369,10 @@ fn insert_payment(
         .unwrap_or(0)
         .checked_add(request.amount_minor)
         .ok_or_else(|| out_of_range(&request.dest))?;
-    let earlier = match key {
-        Some(key) => payments_with_key_up_to_two(conn, key)?,
-        None => 0,
+    let earlier = match (key, earlier) {
+        (Some(_), Some(known)) => known,
+        (Some(key), None) => payments_with_key_up_to_two(conn, key)?,
+        (None, _) => 0,
     };
     conn.prepare_cached(
         "INSERT INTO payments (src, dest, amount_minor, idem_key, dedup_key, created_at_ms)
@@ -551,7 +547,7 @@ pub fn wipe(conn: &Connection) -> DbResult<Wiped> {
 /// Deletes up to [`REAP_ROWS_MAX`] stored responses older than the retention
 /// (oldest first, through their index). The payments keep their keys, so
 /// late retries are still recognised.
-pub fn reap(conn: &Connection, now_ms: i64, retention_ms: i64) -> DbResult<usize> {
+pub fn reap(conn: &Connection, now_ms: i64, retention_ms: i64, totals: &mut Delta) -> DbResult<usize> {
     let reaped = conn
         .prepare_cached(
             "DELETE FROM idempotency_keys WHERE idem_key IN (
@@ -559,13 +555,7 @@ pub fn reap(conn: &Connection, now_ms: i64, retention_ms: i64) -> DbResult<usize
                  WHERE state = 'completed' AND completed_at_ms <= ?1 ORDER BY completed_at_ms LIMIT ?2)",
         )?
         .execute(params![now_ms.saturating_sub(retention_ms), REAP_ROWS_MAX as i64])?;
-    totals::add(
-        conn,
-        &Delta {
-            stored_responses: -i64::try_from(reaped).unwrap_or(0),
-            ..Delta::default()
-        },
-    )?;
+    totals.stored_responses -= i64::try_from(reaped).unwrap_or(0);
     Ok(reaped)
 }
 
@@ -598,14 +588,49 @@ mod tests {
 
     const DAY_MS: i64 = 86_400_000;
 
+    /// Runs a write and applies its change to the totals, as the writer does.
+    fn with_totals<T>(conn: &Connection, write: impl FnOnce(&mut Delta) -> DbResult<T>) -> DbResult<T> {
+        let mut delta = Delta::default();
+        let result = write(&mut delta)?;
+        totals::add(conn, &delta)?;
+        Ok(result)
+    }
+
+    fn pay(conn: &Connection, r: &PaymentRequest, key: &str, now_ms: i64, retention_ms: i64) -> DbResult<Outcome> {
+        with_totals(conn, |d| pay_keyed(conn, r, key, (now_ms, retention_ms), d))
+    }
+
+    fn claim_t(
+        conn: &Connection,
+        r: &PaymentRequest,
+        key: &str,
+        token: i64,
+        now: i64,
+        lease: i64,
+        retention: i64,
+    ) -> DbResult<Outcome> {
+        with_totals(conn, |d| claim(conn, r, (key, token), (now, lease, retention), d))
+    }
+
+    fn complete_t(conn: &Connection, r: &PaymentRequest, key: &str, token: i64, now_ms: i64) -> DbResult<Outcome> {
+        with_totals(conn, |d| complete(conn, r, (key, token), now_ms, d))
+    }
+
+    fn insert_t(conn: &Connection, r: &PaymentRequest, key: Option<&str>, now_ms: i64) -> DbResult<Payment> {
+        with_totals(conn, |d| insert_unchecked(conn, r, key, now_ms, d))
+    }
+
+    fn reap_t(conn: &Connection, now_ms: i64, retention_ms: i64) -> DbResult<usize> {
+        with_totals(conn, |d| reap(conn, now_ms, retention_ms, d))
+    }
+
     #[test]
     fn executes_once_then_replays_byte_identical() {
         let (_dir, conn) = db();
-        let Outcome::Executed { body, payment, .. } = pay_keyed(&conn, &request(100), "k", 1000, DAY_MS).unwrap()
-        else {
+        let Outcome::Executed { body, payment, .. } = pay(&conn, &request(100), "k", 1000, DAY_MS).unwrap() else {
             panic!("first request must execute")
         };
-        let replay = pay_keyed(&conn, &request(100), "k", 2000, DAY_MS).unwrap();
+        let replay = pay(&conn, &request(100), "k", 2000, DAY_MS).unwrap();
         assert_eq!(
             replay,
             Outcome::Replayed {
@@ -615,10 +640,7 @@ mod tests {
                 from_ledger: false
             }
         );
-        assert_eq!(
-            pay_keyed(&conn, &request(200), "k", 3000, DAY_MS).unwrap(),
-            Outcome::Mismatch
-        );
+        assert_eq!(pay(&conn, &request(200), "k", 3000, DAY_MS).unwrap(), Outcome::Mismatch);
         let report = audit(&conn);
         assert_eq!(report.verdict, AuditVerdict::Agree, "{report:?}");
         let r = report.recomputed;
@@ -636,11 +658,11 @@ mod tests {
     #[test]
     fn late_retry_after_retention_is_rebuilt_from_the_ledger() {
         let (_dir, conn) = db();
-        let Outcome::Executed { body, payment, .. } = pay_keyed(&conn, &request(100), "k", 1000, 10).unwrap() else {
+        let Outcome::Executed { body, payment, .. } = pay(&conn, &request(100), "k", 1000, 10).unwrap() else {
             panic!("first request must execute")
         };
-        assert_eq!(reap(&conn, 5000, 10).unwrap(), 1);
-        let replay = pay_keyed(&conn, &request(100), "k", 5000, 10).unwrap();
+        assert_eq!(reap_t(&conn, 5000, 10).unwrap(), 1);
+        let replay = pay(&conn, &request(100), "k", 5000, 10).unwrap();
         assert_eq!(
             replay,
             Outcome::Replayed {
@@ -650,10 +672,7 @@ mod tests {
                 from_ledger: true
             }
         );
-        assert_eq!(
-            pay_keyed(&conn, &request(999), "k", 5000, 10).unwrap(),
-            Outcome::Mismatch
-        );
+        assert_eq!(pay(&conn, &request(999), "k", 5000, 10).unwrap(), Outcome::Mismatch);
     }
 
     #[test]
@@ -661,24 +680,27 @@ mod tests {
         let (_dir, conn) = db();
         let r = request(100);
         assert_eq!(
-            claim(&conn, &r, "k", 1, 0, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", 1, 0, 1000, DAY_MS).unwrap(),
             Outcome::Claimed { takeover: false }
         );
         // Within the lease another request is told to come back later.
-        assert_eq!(claim(&conn, &r, "k", 2, 999, 1000, DAY_MS).unwrap(), Outcome::InFlight);
+        assert_eq!(
+            claim_t(&conn, &r, "k", 2, 999, 1000, DAY_MS).unwrap(),
+            Outcome::InFlight
+        );
         // The first worker died; after the lease a retry takes the key over.
         assert_eq!(
-            claim(&conn, &r, "k", 2, 1000, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", 2, 1000, 1000, DAY_MS).unwrap(),
             Outcome::Claimed { takeover: true }
         );
         // The original worker wakes up: it no longer owns the key and must not pay.
-        assert_eq!(complete(&conn, &r, "k", 1, 1001).unwrap(), Outcome::LostLease);
+        assert_eq!(complete_t(&conn, &r, "k", 1, 1001).unwrap(), Outcome::LostLease);
         assert!(matches!(
-            complete(&conn, &r, "k", 2, 1002).unwrap(),
+            complete_t(&conn, &r, "k", 2, 1002).unwrap(),
             Outcome::Executed { .. }
         ));
         assert!(matches!(
-            claim(&conn, &r, "k", 3, 1003, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", 3, 1003, 1000, DAY_MS).unwrap(),
             Outcome::Replayed { .. }
         ));
         assert_eq!(payments(&conn, 0, 10, Some("k")).unwrap().len(), 1);
@@ -707,9 +729,9 @@ mod tests {
     fn lookup_by_keys_pages_in_id_order() {
         let (_dir, conn) = db();
         for key in ["a", "b", "a", "c", "a"] {
-            insert_unchecked(&conn, &request(100), Some(key), 0).unwrap();
+            insert_t(&conn, &request(100), Some(key), 0).unwrap();
         }
-        insert_unchecked(&conn, &request(100), None, 0).unwrap();
+        insert_t(&conn, &request(100), None, 0).unwrap();
         let ids = |keys: &[&str], after: i64, limit: usize| -> Vec<i64> {
             let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
             payments_by_keys(&conn, &keys, after, limit)
@@ -731,12 +753,12 @@ mod tests {
         let (_dir, conn) = db();
         let r = request(100);
         assert_eq!(
-            claim(&conn, &r, "k", 1, 0, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", 1, 0, 1000, DAY_MS).unwrap(),
             Outcome::Claimed { takeover: false }
         );
         assert_eq!(expire_leases(&conn).unwrap(), 1);
         assert_eq!(
-            claim(&conn, &r, "k", 2, 1, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", 2, 1, 1000, DAY_MS).unwrap(),
             Outcome::Claimed { takeover: true }
         );
     }
@@ -744,12 +766,12 @@ mod tests {
     #[test]
     fn the_unique_key_is_the_last_line_of_defence() {
         let (_dir, conn) = db();
-        let (_, delta) = insert_payment(&conn, &request(100), Some("k"), true, 0).unwrap();
+        let (_, delta) = insert_payment(&conn, &request(100), (Some("k"), None), true, 0).unwrap();
         totals::add(&conn, &delta).unwrap();
-        assert!(insert_payment(&conn, &request(100), Some("k"), true, 0).is_err());
+        assert!(insert_payment(&conn, &request(100), (Some("k"), None), true, 0).is_err());
         // Without the unique column (dedup off), duplicates are stored and counted.
-        insert_unchecked(&conn, &request(100), Some("j"), 0).unwrap();
-        insert_unchecked(&conn, &request(100), Some("j"), 0).unwrap();
+        insert_t(&conn, &request(100), Some("j"), 0).unwrap();
+        insert_t(&conn, &request(100), Some("j"), 0).unwrap();
         let report = audit(&conn);
         assert_eq!(report.verdict, AuditVerdict::Agree, "{report:?}");
         let r = report.recomputed;

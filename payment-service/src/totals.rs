@@ -76,7 +76,9 @@ pub(crate) struct Maintained {
     pub last_audit: Option<LastAudit>,
 }
 
-/// A change to the figures, made by one write.
+/// A change to the figures, made by one write or added up over a batch of
+/// them. The amount is at most a batch of payments of at most 1e11 minor
+/// units each: far inside an `i64`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Delta {
     pub payments: i64,
@@ -88,6 +90,20 @@ pub(crate) struct Delta {
     pub accounts: i64,
     pub stored_responses: i64,
     pub keys_in_flight: i64,
+}
+
+impl std::ops::AddAssign for Delta {
+    fn add_assign(&mut self, d: Delta) {
+        self.payments += d.payments;
+        self.last_payment_id = self.last_payment_id.max(d.last_payment_id);
+        self.amount_minor += d.amount_minor;
+        self.keyed_payments += d.keyed_payments;
+        self.distinct_keys += d.distinct_keys;
+        self.duplicate_keys += d.duplicate_keys;
+        self.accounts += d.accounts;
+        self.stored_responses += d.stored_responses;
+        self.keys_in_flight += d.keys_in_flight;
+    }
 }
 
 /// Applies `delta` to the totals row, in the caller's transaction.

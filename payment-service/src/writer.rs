@@ -25,7 +25,7 @@ use anyhow::Context;
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use crate::clock;
@@ -35,12 +35,13 @@ use crate::db_error::DbError;
 use crate::db_error::DbResult;
 use crate::db_file::DbWatch;
 use crate::db_lock::DbLock;
+use crate::generation;
 use crate::ops::{Clock, Done};
 pub use crate::ops::{Op, Reply};
 use crate::readers::Readers;
 use crate::stats::Counters;
 use crate::store::{self, Wiped};
-use crate::{generation, totals};
+use crate::totals::{self, Delta};
 
 /// Requests committed together at most. Bounds the latency one batch adds
 /// and the work lost to one failed COMMIT.
@@ -321,41 +322,21 @@ impl Writer {
         }
     }
 
-    /// BEGIN, every op, COMMIT. With `savepoints`, each op in its own.
+    /// BEGIN, every op, the batch's change to the figures, COMMIT. With
+    /// `savepoints`, each op in its own.
     fn run_batch(
         &mut self,
         batch: &[Op],
         clock: Clock,
         savepoints: bool,
     ) -> Result<Vec<Result<Done, DbError>>, Attempt> {
-        let tx = connection(&mut self.conn)?.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = Tx::begin(connection(&mut self.conn)?)?;
         let mut results = Vec::with_capacity(batch.len());
+        let mut figures = Delta::default();
         for op in batch {
-            let changes = tx.total_changes();
-            if savepoints {
-                tx.prepare_cached("SAVEPOINT op")?.execute([])?;
-            }
-            let result = op.run(&tx, clock);
-            // After some errors (I/O, a full disk) SQLite rolls back the whole
-            // transaction, and what followed would run and commit outside it.
-            // Stop: the batch failed, and nothing of it is stored.
-            if tx.is_autocommit() {
-                let cause = result.err();
-                return Err(Attempt::Failed(
-                    cause.unwrap_or_else(|| DbError::Io("SQLite rolled the transaction back".into())),
-                ));
-            }
-            match (&result, savepoints) {
-                // Dropping the transaction rolls it back.
-                (Err(_), false) if tx.total_changes() != changes => return Err(Attempt::Partial),
-                (Err(_), true) => tx.prepare_cached("ROLLBACK TO op")?.execute([]).map(drop)?,
-                _ => {}
-            }
-            if savepoints {
-                tx.prepare_cached("RELEASE op")?.execute([])?;
-            }
-            results.push(result);
+            results.push(run_op(tx.conn, op, clock, savepoints, &mut figures)?);
         }
+        totals::add(tx.conn, &figures)?;
         let executed = results.iter().filter(|r| Op::executed(r)).count();
         CrashPoints::maybe_crash(
             &mut self.crash.before_rng,
@@ -383,8 +364,8 @@ impl Writer {
     }
 
     fn wipe_in_place(&mut self) -> DbResult<Wiped> {
-        let tx = connection(&mut self.conn)?.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let wiped = store::wipe(&tx)?;
+        let tx = Tx::begin(connection(&mut self.conn)?)?;
+        let wiped = store::wipe(tx.conn)?;
         tx.commit()?;
         self.watch.check().map(|()| wiped)
     }
@@ -468,6 +449,71 @@ impl Writer {
 fn connection(conn: &mut Option<Connection>) -> DbResult<&mut Connection> {
     conn.as_mut()
         .ok_or_else(|| DbError::Io("the database is not open (a DELETE failed to reopen it)".into()))
+}
+
+/// Runs one op in the batch's transaction and adds its change to the
+/// figures to `figures` if it is kept.
+fn run_op(
+    conn: &Connection,
+    op: &Op,
+    clock: Clock,
+    savepoints: bool,
+    figures: &mut Delta,
+) -> Result<Result<Done, DbError>, Attempt> {
+    let changes = conn.total_changes();
+    if savepoints {
+        conn.prepare_cached("SAVEPOINT op")?.execute([])?;
+    }
+    let mut delta = Delta::default();
+    let result = op.run(conn, clock, &mut delta);
+    // After some errors (I/O, a full disk) SQLite rolls back the whole
+    // transaction, and what followed would run and commit outside it.
+    // Stop: the batch failed, and nothing of it is stored.
+    if conn.is_autocommit() {
+        let cause = result.err();
+        return Err(Attempt::Failed(
+            cause.unwrap_or_else(|| DbError::Io("SQLite rolled the transaction back".into())),
+        ));
+    }
+    match (&result, savepoints) {
+        // The caller drops the transaction: rolled back.
+        (Err(_), false) if conn.total_changes() != changes => return Err(Attempt::Partial),
+        (Err(_), true) => conn.prepare_cached("ROLLBACK TO op")?.execute([]).map(drop)?,
+        (Ok(_), _) => *figures += delta,
+        (Err(_), false) => {}
+    }
+    if savepoints {
+        conn.prepare_cached("RELEASE op")?.execute([])?;
+    }
+    Ok(result)
+}
+
+/// `BEGIN IMMEDIATE` ... `COMMIT` through cached statements (rusqlite's
+/// `Transaction` parses both every time); rolled back if dropped uncommitted.
+struct Tx<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> Tx<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Tx<'c>> {
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(Tx { conn, open: true })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.open && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 /// Why a batch did not commit.
