@@ -97,3 +97,31 @@ fn record(state: &AppState, audited: &Audited) {
         tracing::warn!("the write queue is full: the audit's result is not recorded for /stats");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Service;
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn a_second_audit_while_one_runs_is_a_409_that_says_how_far_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = Service::open(Config::new(dir.path().join("p.db"))).await.unwrap();
+        let state = service.state.clone();
+        // What a running audit holds: the audit pool's one connection.
+        let running = state.0.pools.audit.try_permit().expect("free");
+        *state.0.audit_progress.lock().unwrap() = "payments: 5 of about 10 read".into();
+        let refused = audit(State(state.clone())).await.expect_err("refused");
+        assert_eq!(refused.problem, Problem::AuditInProgress);
+        assert_eq!(refused.problem.status(), StatusCode::CONFLICT);
+        assert!(
+            refused.detail.contains("payments: 5 of about 10 read"),
+            "{}",
+            refused.detail
+        );
+        drop(running);
+        assert_eq!(audit(State(state)).await.expect("runs").status(), StatusCode::OK);
+        service.stop().await;
+    }
+}
