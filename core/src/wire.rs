@@ -71,6 +71,74 @@ pub struct LedgerStats {
     pub invariants: BTreeMap<String, bool>,
 }
 
+/// The invariants the service proves, as it renders them (`/stats` maintains
+/// them, `/audit` recomputes them). A judge reads them by name instead
+/// ([`LedgerStats::invariants`]), so it checks whatever a service proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invariants {
+    /// No idempotency key has more than one payment.
+    pub one_payment_per_key: bool,
+    /// Money only moves between accounts: all balances sum to zero.
+    pub balances_conserved: bool,
+    /// Every balance equals its credits minus debits in the payments table.
+    pub balances_match_ledger: bool,
+}
+
+/// A ledger's figures, as `GET /audit` reports them twice: recomputed from the
+/// payments, and as the service maintains them (what `GET /stats` shows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerFigures {
+    pub payments: i64,
+    pub last_payment_id: i64,
+    /// May exceed `i64::MAX`: a plain JSON integer.
+    pub total_amount_minor: i128,
+    pub keyed_payments: i64,
+    /// Keys with at least one payment, and keys with more than one.
+    pub distinct_keys: i64,
+    pub duplicate_keys: i64,
+    pub accounts: i64,
+    /// The sum of all balances: 0 when money only moved between accounts.
+    pub balance_sum_minor: i128,
+    pub stored_responses: i64,
+    pub keys_in_flight: i64,
+}
+
+/// What an audit concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditVerdict {
+    /// Every maintained figure equals its recomputation and every balance
+    /// equals the account's credits minus debits.
+    Agree,
+    /// At least one figure or balance differs (`findings` says which).
+    Disagree,
+    /// The audit could not see everything (`findings` says why): no verdict.
+    Inconclusive,
+}
+
+/// `GET /audit` and `payment-service audit --db FILE`: the ledger recomputed
+/// from its payments in one bounded-memory pass, next to the maintained figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditReport {
+    pub verdict: AuditVerdict,
+    /// Each difference, or why there is no verdict; empty when they agree.
+    pub findings: Vec<String>,
+    pub recomputed: LedgerFigures,
+    /// None for a database written by a version that did not maintain figures.
+    pub maintained: Option<LedgerFigures>,
+    /// Accounts whose balance is not their credits minus debits; None when
+    /// the balances could not be checked.
+    pub accounts_off_ledger: Option<i64>,
+    /// The invariants, recomputed: not what `/stats` maintains.
+    pub invariants: Invariants,
+    /// Payments read, the highest id when the audit started, and how many
+    /// rows arrived while it ran (read in its final snapshot).
+    pub payments_read: i64,
+    pub last_id_at_start: i64,
+    pub rows_after_start: i64,
+    pub elapsed_ms: u64,
+}
+
 /// An RFC 9457 problem document (`application/problem+json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
@@ -106,6 +174,33 @@ mod tests {
         });
         let stats: LedgerStats = serde_json::from_value(doc).expect("valid stats");
         assert_eq!(stats.total_amount_minor, 10_000_000_000_000_000_000);
+    }
+
+    #[test]
+    fn audit_reports_round_trip_with_totals_past_i64() {
+        let figures = LedgerFigures {
+            total_amount_minor: 10_000_000_000_000_000_000,
+            ..LedgerFigures::default()
+        };
+        let report = AuditReport {
+            verdict: AuditVerdict::Disagree,
+            findings: vec!["payments: maintained 1, recomputed 0".into()],
+            recomputed: figures,
+            maintained: Some(LedgerFigures { payments: 1, ..figures }),
+            accounts_off_ledger: Some(0),
+            invariants: Invariants {
+                one_payment_per_key: true,
+                balances_conserved: true,
+                balances_match_ledger: true,
+            },
+            payments_read: 0,
+            last_id_at_start: 0,
+            rows_after_start: 0,
+            elapsed_ms: 1,
+        };
+        let text = serde_json::to_string(&report).expect("serialises");
+        assert!(text.contains(r#""verdict":"disagree""#), "{text}");
+        assert_eq!(serde_json::from_str::<AuditReport>(&text).expect("parses"), report);
     }
 
     #[test]

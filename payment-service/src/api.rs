@@ -21,7 +21,7 @@ use crate::lookup::LOOKUP_BODY_BYTES_MAX;
 use crate::readers::Readers;
 use crate::stats::Counters;
 use crate::writer::Op;
-use crate::{create, reads};
+use crate::{audit_route, create, reads};
 
 /// Requests handled at once; beyond it the service answers 503 at once rather
 /// than building an unbounded backlog of tasks.
@@ -31,10 +31,37 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
 #[derive(Clone)]
 pub struct AppState(pub(crate) Arc<Inner>);
 
+/// The service's reader connections, by who uses them.
+#[derive(Clone)]
+pub(crate) struct Pools {
+    /// GETs, lookups, the check of `check-then-insert`.
+    pub requests: Arc<Readers>,
+    /// One connection for the audit, so requests never wait for it.
+    pub audit: Arc<Readers>,
+    /// One connection for the replay desk.
+    pub desk: Arc<Readers>,
+}
+
+impl Pools {
+    /// All of them: a DELETE closes their connections before it swaps the file.
+    pub(crate) fn all(&self) -> Vec<Arc<Readers>> {
+        vec![
+            Arc::clone(&self.requests),
+            Arc::clone(&self.audit),
+            Arc::clone(&self.desk),
+        ]
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) writer: mpsc::Sender<Op>,
+    /// The replay desk, in front of the writer for keyed requests.
+    pub(crate) desk: mpsc::Sender<Op>,
     pub(crate) readers: Arc<Readers>,
+    pub(crate) pools: Pools,
+    /// What the running audit has read, for a second caller's 409.
+    pub(crate) audit_progress: Arc<std::sync::Mutex<String>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) watch: Arc<DbWatch>,
     requests: Arc<Semaphore>,
@@ -46,15 +73,18 @@ pub(crate) struct Inner {
 impl AppState {
     pub(crate) fn new(
         config: Config,
-        writer: mpsc::Sender<Op>,
-        readers: Arc<Readers>,
+        (writer, desk): (mpsc::Sender<Op>, mpsc::Sender<Op>),
+        pools: Pools,
         counters: Arc<Counters>,
         watch: Arc<DbWatch>,
     ) -> AppState {
         AppState(Arc::new(Inner {
             config,
             writer,
-            readers,
+            desk,
+            readers: Arc::clone(&pools.requests),
+            pools,
+            audit_progress: Arc::default(),
             counters,
             watch,
             requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
@@ -70,7 +100,10 @@ impl AppState {
         AppState(Arc::new(Inner {
             config: inner.config.clone(),
             writer: inner.writer.clone(),
+            desk: inner.desk.clone(),
             readers: Arc::clone(&inner.readers),
+            pools: inner.pools.clone(),
+            audit_progress: Arc::clone(&inner.audit_progress),
             counters: Arc::clone(&inner.counters),
             watch: Arc::clone(&inner.watch),
             requests: Arc::new(Semaphore::new(max)),
@@ -96,6 +129,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(index))
         .route("/health", get(health))
         .route("/stats", get(reads::stats))
+        .route("/audit", get(audit_route::audit))
         .route(
             "/payments",
             get(reads::list_payments)
@@ -165,7 +199,8 @@ async fn index(State(state): State<AppState>) -> Response {
             "GET /payments?key=K": "the payments made under key K",
             "POST /payments/lookup": "the payments of up to 1000 keys: {\"keys\": [...], \"after_id\": 0}, paged by id (reconciliation)",
             "DELETE /payments": "wipe payments, keys and balances",
-            "GET /stats": "money moved, invariants checked against the database, request counters",
+            "GET /stats": "the ledger's figures as maintained by the database (O(1)), invariants, request counters",
+            "GET /audit": "every figure recomputed from the payments (O(n), bounded memory), compared with /stats",
             "GET /health": "liveness",
             "GET /problems/{type}": "what an error type means and what to do",
         },

@@ -123,6 +123,7 @@ impl Settings {
             crash_before_commit: self.crash_before_commit,
             seed: self.seed,
             queue_depth_max: QUEUE_DEPTH_MAX_DEFAULT,
+            write_wait: Duration::from_millis(WRITE_WAIT_MS_MAX_DEFAULT),
             server_limits: SERVER_LIMITS,
         }
     }
@@ -171,6 +172,9 @@ pub struct Config {
     pub seed: u64,
     /// Writes waiting for the writer thread; beyond it requests get 503.
     pub queue_depth_max: usize,
+    /// How long a request waits for the writer's answer before answering 503
+    /// ("may or may not have taken effect"; the payment may still commit).
+    pub write_wait: Duration,
     /// Connections, and the deadlines that keep slow clients from holding them.
     pub server_limits: Limits,
 }
@@ -225,6 +229,10 @@ impl Config {
 /// concurrent clients, shallow enough that a stuck disk shows up as 503s within
 /// a second rather than as minutes of queued work.
 pub const QUEUE_DEPTH_MAX_DEFAULT: usize = 4096;
+
+/// Default wait for the writer's answer. A commit normally takes well under a
+/// millisecond; this only trips when the disk stalls.
+pub const WRITE_WAIT_MS_MAX_DEFAULT: u64 = 30_000;
 
 /// Parses a duration such as `24h`, `30m`, `10s`, `250ms` or `0`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -15,30 +15,31 @@ use crate::config::DedupMode;
 use crate::db_error::DbError;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Body, IdempotencyKey};
+use crate::ops;
 use crate::payment::PaymentRequest;
 use crate::stats::Counters;
 use crate::store::{self, Outcome};
 use crate::writer::{Op, Reply};
 
-/// Longest wait for the writer's answer. A commit normally takes well under a
-/// millisecond; this only trips when the disk stalls, and the answer is then
-/// 503 (the payment may still commit: the client retries with its key).
-const WRITE_WAIT_MS_MAX: u64 = 30_000;
-
 pub(crate) async fn wipe(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let wiped = submit(&state, |reply| Op::Wipe { reply }).await?;
-    tracing::info!(payments = wiped.payments, "all payments, keys and balances deleted");
+    let pools = state.0.pools.all();
+    let wiped = submit(&state, &state.0.writer, |reply| Op::Wipe { reply, pools }).await?;
     Ok(json(
         StatusCode::OK,
         serde_json::json!({ "deleted": wiped }).to_string(),
     ))
 }
 
-/// Sends an op to the writer without waiting for queue space (full → 503)
-/// and waits, bounded, for its answer.
-async fn submit<T>(state: &AppState, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, ApiError> {
+/// Sends an op to `queue` (the writer, or the replay desk in front of it)
+/// without waiting for queue space (full → 503) and waits, bounded, for its
+/// answer.
+async fn submit<T>(
+    state: &AppState,
+    queue: &mpsc::Sender<Op>,
+    make: impl FnOnce(Reply<T>) -> Op,
+) -> Result<T, ApiError> {
     let (tx, rx) = oneshot::channel();
-    state.0.writer.try_send(make(tx)).map_err(|e| match e {
+    queue.try_send(make(tx)).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => ApiError::new(
             Problem::Overloaded,
             format!(
@@ -48,12 +49,14 @@ async fn submit<T>(state: &AppState, make: impl FnOnce(Reply<T>) -> Op) -> Resul
         ),
         mpsc::error::TrySendError::Closed(_) => with_detail_suffix(DbError::Stopped.to_api(), "nothing was stored"),
     })?;
-    await_reply(rx).await
+    await_reply(state, rx).await
 }
 
-async fn await_reply<T>(rx: oneshot::Receiver<Result<T, DbError>>) -> Result<T, ApiError> {
+/// Waits for the writer's answer, at most `write_wait` (then 503: the
+/// payment may still commit; the client retries with its key).
+async fn await_reply<T>(state: &AppState, rx: oneshot::Receiver<Result<T, DbError>>) -> Result<T, ApiError> {
     let unavailable = |why: &str| ApiError::new(Problem::TemporarilyUnavailable, why);
-    match tokio::time::timeout(Duration::from_millis(WRITE_WAIT_MS_MAX), rx).await {
+    match tokio::time::timeout(state.0.config.write_wait, rx).await {
         Ok(Ok(Ok(value))) => Ok(value),
         // The writer's own words say whether the request may have taken
         // effect; every other failure happened before any COMMIT.
@@ -111,15 +114,18 @@ async fn create(state: &AppState, request: PaymentRequest, key: Option<String>) 
     }
     tracing::debug!(key = key.as_deref().unwrap_or("-"), src = %request.src, dest = %request.dest, amount_minor = request.amount_minor, "payment received");
     let outcome = process(state, request, key.clone()).await?;
-    respond(state, outcome, key.as_deref())
+    respond(outcome, key.as_deref())
 }
 
+/// The answer to a valid request: from the replay desk when the key's
+/// stored answer makes it certain, else from the writer.
 async fn process(state: &AppState, request: PaymentRequest, key: Option<String>) -> Result<Outcome, ApiError> {
     let config = &state.0.config;
     let delay = config.processing_delay;
     match (key, config.dedup) {
+        // Through the replay desk: a certain replay is answered there.
         (Some(key), DedupMode::Unique) if delay.is_zero() => {
-            submit(state, |reply| Op::PayKeyed { request, key, reply }).await
+            submit(state, &state.0.desk, |reply| Op::PayKeyed { request, key, reply }).await
         }
         (Some(key), DedupMode::Unique) => claim_then_complete(state, request, key).await,
         (key, dedup) => {
@@ -134,10 +140,12 @@ async fn process(state: &AppState, request: PaymentRequest, key: Option<String>)
                     .read(move |c| store::first_payment_with_key(c, &lookup_key))
                     .await?
             {
-                return Ok(store::answer_from_ledger(&payment, &request));
+                let outcome = store::answer_from_ledger(&payment, &request);
+                ops::count(&state.0.counters, &outcome);
+                return Ok(outcome);
             }
             sleep(delay).await;
-            submit(state, |reply| Op::Insert { request, key, reply }).await
+            submit(state, &state.0.writer, |reply| Op::Insert { request, key, reply }).await
         }
     }
 }
@@ -145,7 +153,7 @@ async fn process(state: &AppState, request: PaymentRequest, key: Option<String>)
 /// `unique` with a processing delay: claim the key, work, then complete.
 async fn claim_then_complete(state: &AppState, request: PaymentRequest, key: String) -> Result<Outcome, ApiError> {
     let token = state.0.next_token.fetch_add(1, Ordering::Relaxed);
-    let claimed = submit(state, |reply| Op::Claim {
+    let claimed = submit(state, &state.0.desk, |reply| Op::Claim {
         request: request.clone(),
         key: key.clone(),
         token,
@@ -156,7 +164,6 @@ async fn claim_then_complete(state: &AppState, request: PaymentRequest, key: Str
         return Ok(claimed);
     };
     if takeover {
-        Counters::bump(&state.0.counters.lease_takeovers);
         tracing::info!(key = %key, "lease of a dead worker taken over");
     }
     sleep(state.0.config.processing_delay).await;
@@ -172,7 +179,7 @@ async fn claim_then_complete(state: &AppState, request: PaymentRequest, key: Str
     state
         .0
         .writer
-        .send_timeout(op, Duration::from_millis(WRITE_WAIT_MS_MAX))
+        .send_timeout(op, state.0.config.write_wait)
         .await
         .map_err(|_| {
             ApiError::new(
@@ -180,7 +187,7 @@ async fn claim_then_complete(state: &AppState, request: PaymentRequest, key: Str
                 "the write queue stayed full; retry with the same key",
             )
         })?;
-    await_reply(rx).await
+    await_reply(state, rx).await
 }
 
 async fn sleep(delay: Duration) {
@@ -189,9 +196,9 @@ async fn sleep(delay: Duration) {
     }
 }
 
-/// The answer to a request the writer decided on.
-fn respond(state: &AppState, outcome: Outcome, key: Option<&str>) -> Result<Response, ApiError> {
-    let counters = &state.0.counters;
+/// The answer to a request the writer (or a reader) decided on; counted
+/// where it was decided (see `ops::count`).
+fn respond(outcome: Outcome, key: Option<&str>) -> Result<Response, ApiError> {
     let shown_key = key.unwrap_or("-");
     let (status, body, payment_id, replayed) = match outcome {
         Outcome::Executed {
@@ -199,9 +206,7 @@ fn respond(state: &AppState, outcome: Outcome, key: Option<&str>) -> Result<Resp
             body,
             takeover,
         } => {
-            Counters::bump(&counters.executed);
             if takeover {
-                Counters::bump(&counters.lease_takeovers);
                 tracing::info!(key = shown_key, "key left in flight by a dead worker taken over");
             }
             tracing::debug!(key = shown_key, id = payment.id, "payment executed");
@@ -213,10 +218,6 @@ fn respond(state: &AppState, outcome: Outcome, key: Option<&str>) -> Result<Resp
             payment_id,
             from_ledger,
         } => {
-            Counters::bump(&counters.replayed);
-            if from_ledger {
-                Counters::bump(&counters.replayed_from_ledger);
-            }
             tracing::debug!(
                 key = shown_key,
                 from_ledger,

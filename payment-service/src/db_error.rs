@@ -33,6 +33,8 @@ pub(crate) enum DbError {
     FileReplaced(String),
     /// The writer has stopped (shutdown, or a start that failed).
     Stopped,
+    /// The writer's queue is full: nothing was stored.
+    QueueFull,
     /// Anything else SQLite reports.
     Other(String),
 }
@@ -70,6 +72,7 @@ impl DbError {
                 format!("the balance of account {account:?} would leave the range a balance can hold"),
             ),
             DbError::FileReplaced(e) => (Problem::DatabaseReplaced, e.clone()),
+            DbError::QueueFull => (Problem::Overloaded, "the write queue is full".to_owned()),
             DbError::Stopped => (
                 Problem::TemporarilyUnavailable,
                 "the service is shutting down".to_owned(),
@@ -161,6 +164,7 @@ mod tests {
             (DbError::Corrupt("c".into()), 503),
             (DbError::FileReplaced("r".into()), 503),
             (DbError::Stopped, 503),
+            (DbError::QueueFull, 503),
             (DbError::Other("o".into()), 503),
         ] {
             let api = e.to_api();

@@ -8,24 +8,44 @@
 //! its WAL when it opens them, compares them with what the path holds before
 //! and after every batch (two `stat` calls each, a few microseconds), and on
 //! the first difference stops acknowledging for good and says why.
+//!
+//! The service itself replaces the file on `DELETE /payments` (a fresh file
+//! swapped in, see `generation.rs`). The identities are therefore behind a
+//! lock that is also the gate of every reader connection: readers hold it
+//! shared while they use a connection, the swap holds it exclusively, so no
+//! connection of the service is open on the old file when it is swapped and
+//! no check sees the paths halfway.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 
-use crate::db_error::DbError;
+use crate::db_error::{DbError, DbResult};
 
 /// Device and inode: what a path resolves to.
 type FileId = (u64, u64);
+
+/// What the database and its WAL were when the service opened them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ids {
+    db: FileId,
+    wal: FileId,
+}
 
 /// The identity of the open database, and the verdict once it is lost.
 #[derive(Debug)]
 pub(crate) struct DbWatch {
     db: PathBuf,
     wal: PathBuf,
-    db_id: FileId,
-    wal_id: FileId,
+    ids: RwLock<Ids>,
     /// Set once, on the first difference; never cleared (restart to recover).
     lost: OnceLock<String>,
+}
+
+/// Held while a reader connection is in use: no swap happens meanwhile.
+pub(crate) type Gate<'a> = RwLockReadGuard<'a, Ids>;
+
+fn poisoned() -> DbError {
+    DbError::Other("the database gate is poisoned (a thread panicked while swapping files)".into())
 }
 
 impl DbWatch {
@@ -33,12 +53,31 @@ impl DbWatch {
     pub(crate) fn record(db: &Path) -> std::io::Result<DbWatch> {
         let wal = wal_path(db);
         Ok(DbWatch {
-            db_id: file_id(db)?,
-            wal_id: file_id(&wal)?,
+            ids: RwLock::new(Ids {
+                db: file_id(db)?,
+                wal: file_id(&wal)?,
+            }),
             db: db.to_owned(),
             wal,
             lost: OnceLock::new(),
         })
+    }
+
+    /// The gate, shared: waits while the service swaps the file.
+    pub(crate) fn gate(&self) -> DbResult<Gate<'_>> {
+        self.ids.read().map_err(|_| poisoned())
+    }
+
+    /// Runs `swap` with the gate held exclusively (every reader connection
+    /// returned), then records what the paths are now.
+    pub(crate) fn swap<T>(&self, swap: impl FnOnce() -> DbResult<T>) -> DbResult<T> {
+        let mut ids = self.ids.write().map_err(|_| poisoned())?;
+        let result = swap()?;
+        *ids = Ids {
+            db: file_id(&self.db).map_err(|e| DbError::Io(e.to_string()))?,
+            wal: file_id(&self.wal).map_err(|e| DbError::Io(e.to_string()))?,
+        };
+        Ok(result)
     }
 
     /// Why the database was lost, if it was.
@@ -49,8 +88,14 @@ impl DbWatch {
     /// `Ok` while both paths still name the open files. Blocking (two
     /// `stat`s): call it from the writer thread or the blocking pool.
     pub(crate) fn check(&self) -> Result<(), DbError> {
+        let gate = self.gate()?;
+        self.check_under(&gate)
+    }
+
+    /// [`DbWatch::check`] for a caller that holds the gate already.
+    pub(crate) fn check_under(&self, gate: &Gate<'_>) -> Result<(), DbError> {
         if self.lost.get().is_none()
-            && let Some(why) = self.difference()
+            && let Some(why) = self.difference(gate)
         {
             self.lose(why);
         }
@@ -60,8 +105,8 @@ impl DbWatch {
         }
     }
 
-    fn difference(&self) -> Option<String> {
-        for (path, expected) in [(&self.db, self.db_id), (&self.wal, self.wal_id)] {
+    fn difference(&self, ids: &Ids) -> Option<String> {
+        for (path, expected) in [(&self.db, ids.db), (&self.wal, ids.wal)] {
             match file_id(path) {
                 Ok(id) if id == expected => {}
                 Ok(_) => {
@@ -81,7 +126,8 @@ impl DbWatch {
         None
     }
 
-    fn lose(&self, why: String) {
+    /// Stops acknowledging for good, saying why.
+    pub(crate) fn lose(&self, why: String) {
         if self.lost.set(why.clone()).is_ok() {
             tracing::error!(
                 db = %self.db.display(),
@@ -96,7 +142,7 @@ impl DbWatch {
     }
 }
 
-fn wal_path(db: &Path) -> PathBuf {
+pub(crate) fn wal_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push("-wal");
     PathBuf::from(name)

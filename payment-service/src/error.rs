@@ -30,10 +30,11 @@ pub enum Problem {
     TemporarilyUnavailable,
     StorageFull,
     DatabaseReplaced,
+    AuditInProgress,
 }
 
 impl Problem {
-    pub const ALL: [Problem; 20] = [
+    pub const ALL: [Problem; 21] = [
         Problem::MalformedJson,
         Problem::MissingField,
         Problem::InvalidAmount,
@@ -54,6 +55,7 @@ impl Problem {
         Problem::TemporarilyUnavailable,
         Problem::StorageFull,
         Problem::DatabaseReplaced,
+        Problem::AuditInProgress,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -78,6 +80,7 @@ impl Problem {
             Problem::StorageFull => "storage-full",
             Problem::DatabaseReplaced => "database-replaced",
             Problem::TemporarilyUnavailable => "temporarily-unavailable",
+            Problem::AuditInProgress => "audit-in-progress",
         }
     }
 
@@ -95,7 +98,7 @@ impl Problem {
             Problem::IdempotencyKeyReused | Problem::BalanceOutOfRange | Problem::RefusedByLedger => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Problem::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            Problem::IdempotencyKeyInUse | Problem::AuditInProgress => StatusCode::CONFLICT,
             Problem::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Problem::NotFound => StatusCode::NOT_FOUND,
@@ -128,6 +131,7 @@ impl Problem {
             Problem::StorageFull => "The service's disk is full",
             Problem::DatabaseReplaced => "The database file was removed or replaced",
             Problem::TemporarilyUnavailable => "The service is temporarily unavailable",
+            Problem::AuditInProgress => "An audit is already running",
         }
     }
 
@@ -177,6 +181,9 @@ impl Problem {
             }
             Problem::TemporarilyUnavailable => {
                 "The request may or may not have taken effect. Retry with the same key after Retry-After seconds."
+            }
+            Problem::AuditInProgress => {
+                "One audit runs at a time (it reads the whole ledger). The detail says how far it is; ask again when it is done, or read the service's log for its result."
             }
         }
     }

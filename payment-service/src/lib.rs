@@ -4,10 +4,15 @@
 //! - `api`: the router, its state, the in-flight bound and the small routes;
 //!   `create` (the write routes) and `reads` (the read routes) hold the rest.
 //! - `extract`: axum extractors for the key headers and JSON bodies.
-//! - `writer`: the one thread that writes, with group commit and crash injection.
-//! - `store`: schema and every SQL statement, as plain functions of a connection;
-//!   `ledger_stats`: the `/stats` figures, with sums that cannot overflow.
-//! - `readers`: a small pool of read-only connections on the blocking pool.
+//! - `writer`: the one thread that writes, with group commit and crash injection;
+//!   `ops`: what it is asked to do, and how answers are sent after the COMMIT.
+//! - `schema`: the tables, connection settings, and bringing an older file up
+//!   to date; `store`: every SQL statement, as plain functions of a connection;
+//!   `totals`: the figures `/stats` shows, maintained in the same transactions;
+//!   `audit`: the same figures recomputed from the payments, in chunks.
+//! - `readers`: small pools of read-only connections on the blocking pool
+//!   (one for requests, one for the audit, one for the replay desk);
+//!   `desk`: the thread in front of the writer that answers certain replays.
 //! - `db_error`: database failures, typed (transient → 503, permanent → 4xx).
 //! - `db_lock`: one service per database file; `db_file`: is the file at the
 //!   path still the one the service opened?
@@ -20,24 +25,31 @@
 //! [`Config`] and a shutdown future. [`Service`] and [`app`] are the parts.
 
 mod api;
+mod audit;
+mod audit_route;
 pub mod bench;
+pub mod cli_audit;
 mod clock;
 pub mod config;
 mod create;
 mod db_error;
 mod db_file;
 mod db_lock;
+mod desk;
 mod error;
 mod extract;
+mod generation;
 mod key;
-mod ledger_stats;
 mod lookup;
 mod money;
+mod ops;
 mod payment;
 mod readers;
 mod reads;
+mod schema;
 mod stats;
 mod store;
+mod totals;
 mod writer;
 
 use std::future::Future;
@@ -62,6 +74,8 @@ const WRITER_STOP_MS_MAX: u64 = 10_000;
 /// stop, which releases the database lock (a drop guard, as mini-redis has).
 pub struct Service {
     pub state: api::AppState,
+    // Before the writer: dropped first, it passes on what it holds.
+    desk: desk::DeskHandle,
     writer: writer::WriterHandle,
     reaper: AbortOnDrop,
 }
@@ -86,16 +100,30 @@ impl Service {
             .context("the payment service must be started inside a Tokio runtime")?;
         let counters = Arc::new(stats::Counters::default());
         let writer = writer::spawn(&config, Arc::clone(&counters))?;
-        let readers = readers::Readers::new(config.db.clone(), Arc::clone(&writer.watch));
+        let pool = |count| readers::Readers::new(config.db.clone(), Arc::clone(&writer.watch), count);
+        // Requests, the audit and the desk each have their own connections:
+        // a long audit never takes a request's reader, nor the desk's.
+        let pools = api::Pools {
+            requests: pool(readers::READERS_COUNT_MAX),
+            audit: pool(1),
+            desk: pool(1),
+        };
+        let desk = desk::Desk {
+            pool: Arc::clone(&pools.desk),
+            writer: writer.queue.clone(),
+            counters: Arc::clone(&counters),
+            retention_ms: writer::duration_ms(config.key_retention),
+        }
+        .spawn(config.queue_depth_max)?;
         let reaper = AbortOnDrop(runtime.spawn(reap_periodically(writer.queue.clone(), config.key_retention)));
-        let state = api::AppState::new(
-            config,
-            writer.queue.clone(),
-            readers,
-            counters,
-            Arc::clone(&writer.watch),
-        );
-        Ok(Service { state, writer, reaper })
+        let queues = (writer.queue.clone(), desk.queue.clone());
+        let state = api::AppState::new(config, queues, pools, counters, Arc::clone(&writer.watch));
+        Ok(Service {
+            state,
+            desk,
+            writer,
+            reaper,
+        })
     }
 
     /// [`Service::start`] on the blocking pool, so that opening the database
@@ -109,23 +137,59 @@ impl Service {
     /// Lets the writer finish what is queued, then stops it.
     pub async fn stop(mut self) {
         self.reaper.0.abort();
+        // The desk first: what it holds goes on to the writer, which then
+        // finishes its queue.
+        self.desk.stop(Duration::from_millis(WRITER_STOP_MS_MAX)).await;
         self.writer.stop(Duration::from_millis(WRITER_STOP_MS_MAX)).await;
     }
 }
 
+/// Reaping steps per tick at most: 10,000 steps of
+/// [`store::REAP_ROWS_MAX`] rows are 20 million stored responses a tick, far
+/// more than a writer commits in a minute.
+const REAP_STEPS_PER_TICK_MAX: usize = 10_000;
+
 /// Asks the writer to delete expired stored responses, at an interval that
-/// follows the retention (at least every second, at most every minute).
+/// follows the retention (at least every second, at most every minute), in
+/// bounded steps repeated while they come back full: so it keeps up with any
+/// rate the writer can sustain, and payments run between the steps.
 async fn reap_periodically(writer: mpsc::Sender<writer::Op>, retention: Duration) {
     let every = retention.clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let mut interval = tokio::time::interval(every);
+    // Not at once: a start-up has nothing due, and the writer's first batch
+    // should be the first request's.
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        // A full queue means the writer is busy; the next tick will do.
-        if let Err(mpsc::error::TrySendError::Closed(_)) = writer.try_send(writer::Op::Reap) {
+        if reap_while_full(&writer, REAP_STEPS_PER_TICK_MAX).await.is_err() {
             return;
         }
     }
+}
+
+/// One tick of the reaper: steps until one deletes fewer than a full step,
+/// the queue is full (the writer is busy; the next tick will do), or
+/// `steps_max`. Returns the rows reaped; Err once the writer has stopped.
+async fn reap_while_full(writer: &mpsc::Sender<writer::Op>, steps_max: usize) -> Result<usize, ()> {
+    let mut reaped = 0;
+    for _ in 0..steps_max {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        match writer.try_send(writer::Op::Reap { reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => break,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(()),
+        }
+        match answer.await {
+            Ok(Ok(n)) => {
+                reaped += n;
+                if n < store::REAP_ROWS_MAX {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    Ok(reaped)
 }
 
 /// Opens the service for `config`, then [`serve`]s it on `listener`.
@@ -151,4 +215,44 @@ pub async fn serve(
     let served = eo_core::serve::serve(listener, app, limits, shutdown).await;
     service.stop().await;
     served.context("the HTTP server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that answers `Reap` with full steps `full` times, then a short one.
+    fn fake_writer(full: usize) -> (mpsc::Sender<writer::Op>, tokio::task::JoinHandle<usize>) {
+        let (queue, mut rx) = mpsc::channel(4);
+        let writer = tokio::spawn(async move {
+            let mut steps = 0;
+            while let Some(op) = rx.recv().await {
+                let writer::Op::Reap { reply } = op else { continue };
+                steps += 1;
+                let n = if steps <= full { store::REAP_ROWS_MAX } else { 5 };
+                let _ = reply.send(Ok(n));
+            }
+            steps
+        });
+        (queue, writer)
+    }
+
+    #[tokio::test]
+    async fn the_reaper_repeats_steps_while_they_come_back_full() {
+        let (queue, writer) = fake_writer(3);
+        assert_eq!(reap_while_full(&queue, 100).await, Ok(3 * store::REAP_ROWS_MAX + 5));
+        drop(queue);
+        assert_eq!(writer.await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn the_reaper_stops_at_its_bound_and_when_the_writer_is_gone() {
+        let (queue, writer) = fake_writer(usize::MAX);
+        assert_eq!(reap_while_full(&queue, 7).await, Ok(7 * store::REAP_ROWS_MAX));
+        drop(queue);
+        assert_eq!(writer.await.unwrap(), 7);
+        let (queue, rx) = mpsc::channel(1);
+        drop(rx);
+        assert_eq!(reap_while_full(&queue, 7).await, Err(()));
+    }
 }

@@ -1,12 +1,13 @@
 //! The `payment-service` binary: flags, logging and signals around
-//! [`payment_service::run`]; `payment-service bench` runs the benchmark.
+//! [`payment_service::run`]; `payment-service bench` runs the benchmark,
+//! `payment-service audit --db FILE` audits a database file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use payment_service::{Settings, bench};
+use payment_service::{Settings, bench, cli_audit};
 
 /// An HTTP payment service that stores transfers in SQLite behind a unique
 /// idempotency key, replays stored answers to retries, and proves at
@@ -40,6 +41,9 @@ enum Command {
     /// Measure SQLite's raw durable commit rate on this disk, then the service's
     /// durable keyed payments/s over HTTP at concurrency 1, 16 and 64
     Bench(bench::BenchArgs),
+    /// Recompute every figure of a database file from its payments and compare
+    /// with the figures the service maintains (exit 0 agree, 1 disagree, 2 no verdict)
+    Audit(cli_audit::AuditArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +52,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Some(Command::Bench(args)) => runtime.block_on(bench::run(args)),
+        Some(Command::Audit(args)) => {
+            let status = cli_audit::run(&args)?;
+            std::process::exit(status)
+        }
         None => runtime.block_on(serve(cli.serve)),
     }
 }

@@ -1,5 +1,7 @@
-//! A small pool of read-only connections for GET requests, lookups and the
-//! `check-then-insert` lookup, so reads never queue behind the writer.
+//! Small pools of read-only connections, so reads never queue behind the
+//! writer: one for GET requests, lookups, replays and the `check-then-insert`
+//! lookup, and one of its own for the audit, so that requests never wait for
+//! an audit's connection.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -8,6 +10,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
+use crate::audit;
 use crate::db_error::{DbError, DbResult};
 use crate::db_file::DbWatch;
 use crate::error::{ApiError, Problem};
@@ -27,13 +30,20 @@ pub struct Readers {
 }
 
 impl Readers {
-    pub(crate) fn new(path: PathBuf, watch: Arc<DbWatch>) -> Arc<Readers> {
+    /// A pool of at most `count` connections, opened on first use.
+    pub(crate) fn new(path: PathBuf, watch: Arc<DbWatch>, count: usize) -> Arc<Readers> {
         Arc::new(Readers {
             path,
             watch,
             idle: Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(READERS_COUNT_MAX)),
+            permits: Arc::new(Semaphore::new(count)),
         })
+    }
+
+    /// A permit of this pool if one is free now: whoever holds it may run
+    /// [`Readers::run`] on the blocking pool (the audit holds one throughout).
+    pub(crate) fn try_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.permits).try_acquire_owned().ok()
     }
 
     /// Runs `query` on a pooled connection on the blocking thread pool. The
@@ -68,13 +78,31 @@ impl Readers {
 
     /// Blocking: takes an idle connection (or opens one on the file this
     /// service opened, nothing else), runs the query, puts the connection back.
-    fn run<T>(&self, query: impl FnOnce(&mut Connection) -> DbResult<T>) -> DbResult<T> {
+    /// The caller holds a permit.
+    /// Holds the file's gate throughout, so a DELETE's swap of the file waits
+    /// for it and finds the connection back in the pool.
+    pub(crate) fn run<T>(&self, query: impl FnOnce(&mut Connection) -> DbResult<T>) -> DbResult<T> {
+        self.run_checked(false, query)
+    }
+
+    /// [`Readers::run`], first checking (`check`: two `stat`s) that the file
+    /// is still the one the service opened: for an answer that claims
+    /// success, such as a replay.
+    pub(crate) fn run_checked<T>(
+        &self,
+        check: bool,
+        query: impl FnOnce(&mut Connection) -> DbResult<T>,
+    ) -> DbResult<T> {
+        let gate = self.watch.gate()?;
+        if check {
+            self.watch.check_under(&gate)?;
+        }
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut conn = match pooled {
             Some(conn) => conn,
             None => {
                 let conn = store::open_reader(&self.path)?;
-                self.watch.check()?;
+                self.watch.check_under(&gate)?;
                 conn
             }
         };
@@ -82,6 +110,24 @@ impl Readers {
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
         }
+        drop(gate);
         result
+    }
+
+    /// Closes every idle connection. The writer calls it with the gate held
+    /// exclusively, when every connection is idle, before it swaps the file.
+    pub(crate) fn close_idle(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+}
+
+/// The audit's reads on a pool: each chunk its own short transaction.
+pub(crate) struct Chunked<'a>(pub &'a Readers);
+
+impl audit::Snapshots for Chunked<'_> {
+    fn snapshot<T>(&mut self, read: impl FnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
+        self.0.run(|conn| audit::Snapshots::snapshot(conn, read))
     }
 }

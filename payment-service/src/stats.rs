@@ -1,13 +1,14 @@
-//! `/stats`: what the database proves (computed by SQL at every call, never
-//! from counters) next to what the service saw since it started.
+//! `/stats`: the ledger's figures as the database maintains them (one row
+//! read, whatever the ledger's size; never from counters) next to what the
+//! service saw since it started. `GET /audit` recomputes the figures.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
 use crate::config::DedupMode;
-use crate::ledger_stats::LedgerStats;
-use crate::money;
+use crate::totals::Maintained;
+use crate::{clock, money};
 
 /// Request counters since start. They describe traffic, not money: the money
 /// figures and invariants always come from the database.
@@ -34,6 +35,11 @@ pub struct Counters {
     pub lease_takeovers: AtomicU64,
     /// Stored responses deleted after the retention.
     pub keys_reaped: AtomicU64,
+    /// Transactions the writer committed (one per batch).
+    pub writer_commits: AtomicU64,
+    /// CPU time the writer thread spent on batches (waiting for work not
+    /// included), in nanoseconds: with `executed`, the writer's cost per payment.
+    pub writer_cpu_ns: AtomicU64,
 }
 
 impl Counters {
@@ -44,12 +50,23 @@ impl Counters {
 
 #[derive(Serialize)]
 pub struct Invariants {
-    /// No idempotency key has more than one payment.
+    /// No idempotency key has more than one payment (the maintained count
+    /// of duplicate keys is 0).
     pub one_payment_per_key: bool,
-    /// Money only moves between accounts: all balances sum to zero.
+    /// Money only moves between accounts: the maintained sum of all
+    /// balances is zero.
     pub balances_conserved: bool,
-    /// Every balance equals its credits minus debits in the payments table.
+    /// No audit of this ledger found a balance that is not its credits minus
+    /// debits (checking every balance is O(n): `GET /audit` does it).
     pub balances_match_ledger: bool,
+}
+
+/// The latest audit of this ledger, as `/stats` shows it.
+#[derive(Serialize)]
+pub struct LastAuditJson {
+    pub finished_at: String,
+    pub verdict: String,
+    pub accounts_off_ledger: i64,
 }
 
 #[derive(Serialize)]
@@ -77,19 +94,25 @@ pub struct StatsJson {
     pub unavailable_503: u64,
     pub lease_takeovers: u64,
     pub keys_reaped: u64,
+    pub writer_commits: u64,
+    pub writer_cpu_us: u64,
     pub invariants: Invariants,
+    /// None until `GET /audit` has run on this ledger.
+    pub last_audit: Option<LastAuditJson>,
 }
 
 impl StatsJson {
-    pub fn new(db: &LedgerStats, counters: &Counters, dedup: DedupMode) -> StatsJson {
+    pub fn new(maintained: &Maintained, counters: &Counters, dedup: DedupMode) -> StatsJson {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let db = &maintained.figures;
+        let audit = maintained.last_audit.as_ref();
         StatsJson {
             payments: db.payments,
             last_payment_id: db.last_payment_id,
             total_amount: money::format_minor(db.total_amount_minor),
             total_amount_minor: db.total_amount_minor,
             keyed_payments: db.keyed_payments,
-            keyless_payments: db.keyless_payments,
+            keyless_payments: db.payments - db.keyed_payments,
             distinct_keys: db.distinct_keys,
             duplicate_keys: db.duplicate_keys,
             accounts: db.accounts,
@@ -106,11 +129,18 @@ impl StatsJson {
             unavailable_503: load(&counters.unavailable_503),
             lease_takeovers: load(&counters.lease_takeovers),
             keys_reaped: load(&counters.keys_reaped),
+            writer_commits: load(&counters.writer_commits),
+            writer_cpu_us: load(&counters.writer_cpu_ns) / 1000,
             invariants: Invariants {
                 one_payment_per_key: db.duplicate_keys == 0,
                 balances_conserved: db.balance_sum_minor == 0,
-                balances_match_ledger: db.accounts_off_ledger == 0,
+                balances_match_ledger: audit.is_none_or(|a| a.accounts_off_ledger == 0),
             },
+            last_audit: audit.map(|a| LastAuditJson {
+                finished_at: clock::rfc3339_ms(a.finished_at_ms),
+                verdict: a.verdict.clone(),
+                accounts_off_ledger: a.accounts_off_ledger,
+            }),
         }
     }
 }
@@ -121,9 +151,13 @@ mod tests {
 
     #[test]
     fn totals_beyond_i64_render_as_exact_json_integers() {
-        let db = LedgerStats {
-            total_amount_minor: 10_000_000_000_000_000_000, // 1e8 payments of 1e11 minor units
-            ..LedgerStats::default()
+        let db = Maintained {
+            ledger_uid: 1,
+            figures: crate::totals::Figures {
+                total_amount_minor: 10_000_000_000_000_000_000, // 1e8 payments of 1e11 minor units
+                ..Default::default()
+            },
+            last_audit: None,
         };
         let json = serde_json::to_string(&StatsJson::new(&db, &Counters::default(), DedupMode::Unique)).unwrap();
         assert!(json.contains(r#""total_amount":"100000000000000000.00""#), "{json}");

@@ -1,98 +1,36 @@
-//! The ledger in SQLite: schema, connection settings, and every read and write
-//! as a plain function over a connection. No HTTP and no threads here, so the
-//! writer thread, the readers and the tests all share the same code, and time
-//! comes in as an argument (`now_ms`), which keeps lease and retention logic
-//! testable without waiting.
+//! Every read and write of the ledger as a plain function over a connection.
+//! No HTTP and no threads here, so the writer thread, the readers and the
+//! tests all share the same code, and time comes in as an argument
+//! (`now_ms`), which keeps lease and retention logic testable without
+//! waiting. The tables are described in `schema.rs`.
 //!
-//! Tables:
-//! - `payments`: the ledger, one row per executed payment. `idem_key` is the
-//!   key as sent (kept forever, also in modes that ignore it); `dedup_key` is
-//!   set only under `--dedup unique` and is UNIQUE: the permanent last line of
-//!   defence that catches a retry arriving after its stored response expired.
-//! - `accounts`: balances, created on first use at 0, may go negative.
-//! - `idempotency_keys`: one row per key under `--dedup unique`: in-flight
-//!   lease or stored response. Completed rows are reaped after the retention.
+//! Every write adds its change to the maintained figures to `totals`, a
+//! [`Delta`] the caller applies ([`totals::add`]) in the same transaction
+//! before it commits (the writer: once per batch). Every write does its
+//! checks before its first write: a write that is refused leaves nothing
+//! behind, so the writer needs no savepoint around it (see `writer.rs`).
 
-use std::path::Path;
-use std::time::Duration;
+use rusqlite::{Connection, OptionalExtension, params};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-
-use crate::config::Synchronous;
 use crate::db_error::{DbError, DbResult};
 use crate::payment::{Payment, PaymentRequest};
+use crate::totals::{self, Delta};
 
-/// How long a connection waits for a lock before giving up with SQLITE_BUSY.
-/// Only readers and the single writer share the file, so waits are short.
-const BUSY_TIMEOUT_MS: u64 = 5_000;
+pub use crate::schema::{open_reader, open_writer};
 
-/// Rows deleted per reaping pass, so one pass never holds the writer long.
-pub const REAP_ROWS_MAX: usize = 10_000;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS payments (
-    id            INTEGER PRIMARY KEY,
-    src           TEXT    NOT NULL,
-    dest          TEXT    NOT NULL CHECK (dest <> src),
-    amount_minor  INTEGER NOT NULL CHECK (typeof(amount_minor) = 'integer' AND amount_minor > 0 AND amount_minor <= 100000000000),
-    idem_key      TEXT,
-    dedup_key     TEXT UNIQUE,
-    created_at_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS payments_by_idem_key ON payments(idem_key) WHERE idem_key IS NOT NULL;
-CREATE TABLE IF NOT EXISTS accounts (
-    name          TEXT    PRIMARY KEY,
-    -- SQLite turns an overflowing integer sum into a float: refuse that.
-    balance_minor INTEGER NOT NULL CHECK (typeof(balance_minor) = 'integer')
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    idem_key        TEXT    PRIMARY KEY,
-    fingerprint     TEXT    NOT NULL,
-    state           TEXT    NOT NULL CHECK (state IN ('in_progress', 'completed')),
-    lock_owner      INTEGER,
-    locked_until_ms INTEGER,
-    payment_id      INTEGER REFERENCES payments(id),
-    response_status INTEGER,
-    response_body   TEXT,
-    created_at_ms   INTEGER NOT NULL,
-    completed_at_ms INTEGER
-);
-CREATE INDEX IF NOT EXISTS idempotency_keys_by_completion ON idempotency_keys(completed_at_ms) WHERE state = 'completed';
-";
-
-/// Opens (creating if needed) the database for the single writer, with every
-/// setting stated explicitly rather than left to defaults.
-pub fn open_writer(path: &Path, synchronous: Synchronous) -> DbResult<Connection> {
-    let conn = Connection::open(path)?;
-    // First: every statement below may have to wait for a lock.
-    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(DbError::Io(format!(
-            "journal_mode is {mode}, WAL is required (is the file on a network drive?)"
-        )));
-    }
-    conn.pragma_update(None, "synchronous", synchronous.pragma())?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.execute_batch(SCHEMA)?;
-    Ok(conn)
-}
-
-/// Opens a read-only connection; WAL lets it read a consistent snapshot while
-/// the writer commits.
-pub fn open_reader(path: &Path) -> DbResult<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
-    Ok(conn)
-}
+/// Stored responses deleted per reaping step: a few milliseconds of the
+/// writer, so payments never wait long behind it; the reaper repeats steps
+/// while they come back full.
+pub const REAP_ROWS_MAX: usize = 2_000;
 
 /// Expires every lease held at startup. One service owns a database file, so
 /// a key still in flight when the service starts belongs to a process that
-/// died: its retry should take over at once, not wait out the lease.
+/// died: its retry should take over at once, not wait out the lease. Visits
+/// only the keys in flight (their own index), never the stored responses.
 pub fn expire_leases(conn: &Connection) -> DbResult<usize> {
     Ok(conn.execute(
-        "UPDATE idempotency_keys SET locked_until_ms = 0 WHERE state = 'in_progress'",
+        "UPDATE idempotency_keys INDEXED BY idempotency_keys_in_flight SET locked_until_ms = 0
+         WHERE state = 'in_progress' AND locked_until_ms <> 0",
         [],
     )?)
 }
@@ -130,9 +68,31 @@ pub enum Outcome {
     Refused(DbError),
 }
 
+/// A key's row before this request, for the figures kept on keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyBefore {
+    Absent,
+    InFlight,
+    Completed,
+}
+
+impl KeyBefore {
+    /// The change to (stored responses, keys in flight) when the key moves
+    /// from this state to `in_flight` or to completed.
+    fn delta_to(self, in_flight: bool) -> Delta {
+        let was = |s: KeyBefore| i64::from(self == s);
+        let (stored_now, in_flight_now) = if in_flight { (0, 1) } else { (1, 0) };
+        Delta {
+            stored_responses: stored_now - was(KeyBefore::Completed),
+            keys_in_flight: in_flight_now - was(KeyBefore::InFlight),
+            ..Delta::default()
+        }
+    }
+}
+
 /// The decision for a keyed request before anything is written.
 enum Decision {
-    Proceed { takeover: bool },
+    Proceed { before: KeyBefore },
     Done(Outcome),
 }
 
@@ -165,6 +125,62 @@ fn key_row(conn: &Connection, key: &str) -> rusqlite::Result<Option<KeyRow>> {
     .optional()
 }
 
+/// What a key's row alone says about a request.
+enum RowSays {
+    Mismatch,
+    InFlight,
+    /// The stored answer, still within the retention.
+    Replay(Outcome),
+    /// In flight, but the lease has run out: a dead worker's key.
+    Expired,
+    /// Completed, but its stored answer was reaped or is past the retention.
+    Stale,
+}
+
+fn read_row(row: KeyRow, request: &PaymentRequest, now_ms: i64, retention_ms: i64) -> RowSays {
+    if row.fingerprint != request.fingerprint() {
+        return RowSays::Mismatch;
+    }
+    if row.in_progress {
+        return if row.locked_until_ms > now_ms {
+            RowSays::InFlight
+        } else {
+            RowSays::Expired
+        };
+    }
+    let fresh = row
+        .completed_at_ms
+        .is_some_and(|at| at.saturating_add(retention_ms) > now_ms);
+    match (fresh, row.response_status, row.response_body) {
+        (true, Some(status), Some(body)) => RowSays::Replay(Outcome::Replayed {
+            status,
+            body,
+            payment_id: row.payment_id,
+            from_ledger: false,
+        }),
+        _ => RowSays::Stale,
+    }
+}
+
+/// The stored answer to a retry, if its key's row holds one that is certain
+/// (same request, completed, within the retention): what a reader may answer
+/// without the writer. Anything else (no row, in flight, a mismatch, an
+/// expired answer) is None: the writer decides.
+pub fn stored_answer(
+    conn: &Connection,
+    request: &PaymentRequest,
+    key: &str,
+    now_ms: i64,
+    retention_ms: i64,
+) -> DbResult<Option<Outcome>> {
+    Ok(
+        match key_row(conn, key)?.map(|row| read_row(row, request, now_ms, retention_ms)) {
+            Some(RowSays::Replay(outcome)) => Some(outcome),
+            _ => None,
+        },
+    )
+}
+
 /// Looks at everything known about `key` and decides, without writing.
 fn decide(
     conn: &Connection,
@@ -173,36 +189,20 @@ fn decide(
     now_ms: i64,
     retention_ms: i64,
 ) -> DbResult<Decision> {
-    let mut takeover = false;
-    if let Some(row) = key_row(conn, key)? {
-        if row.fingerprint != request.fingerprint() {
-            return Ok(Decision::Done(Outcome::Mismatch));
-        }
-        if row.in_progress {
-            if row.locked_until_ms > now_ms {
-                return Ok(Decision::Done(Outcome::InFlight));
-            }
-            takeover = true;
-        } else {
-            let fresh = row
-                .completed_at_ms
-                .is_some_and(|at| at.saturating_add(retention_ms) > now_ms);
-            if let (true, Some(status), Some(body)) = (fresh, row.response_status, row.response_body) {
-                return Ok(Decision::Done(Outcome::Replayed {
-                    status,
-                    body,
-                    payment_id: row.payment_id,
-                    from_ledger: false,
-                }));
-            }
-        }
-    }
+    let before = match key_row(conn, key)?.map(|row| read_row(row, request, now_ms, retention_ms)) {
+        None => KeyBefore::Absent,
+        Some(RowSays::Mismatch) => return Ok(Decision::Done(Outcome::Mismatch)),
+        Some(RowSays::InFlight) => return Ok(Decision::Done(Outcome::InFlight)),
+        Some(RowSays::Replay(outcome)) => return Ok(Decision::Done(outcome)),
+        Some(RowSays::Expired) => KeyBefore::InFlight,
+        Some(RowSays::Stale) => KeyBefore::Completed,
+    };
     // No live stored response: the ledger itself is the authority. The key
     // stays on the payment forever, so a late retry is still recognised.
     if let Some(payment) = first_payment_with_key(conn, key)? {
         return Ok(Decision::Done(answer_from_ledger(&payment, request)));
     }
-    Ok(Decision::Proceed { takeover })
+    Ok(Decision::Proceed { before })
 }
 
 /// The answer to a request whose key already has `payment` in the ledger: the
@@ -228,12 +228,13 @@ pub fn pay_keyed(
     conn: &Connection,
     request: &PaymentRequest,
     key: &str,
-    now_ms: i64,
-    retention_ms: i64,
+    (now_ms, retention_ms): (i64, i64),
+    totals: &mut Delta,
 ) -> DbResult<Outcome> {
     match decide(conn, request, key, now_ms, retention_ms)? {
         Decision::Done(outcome) => Ok(outcome),
-        Decision::Proceed { takeover } => execute_keyed(conn, request, key, now_ms, takeover),
+        // decide found no payment with the key: it is a new one.
+        Decision::Proceed { before } => execute_keyed(conn, request, key, (now_ms, before, Some(0)), totals),
     }
 }
 
@@ -241,15 +242,13 @@ pub fn pay_keyed(
 pub fn claim(
     conn: &Connection,
     request: &PaymentRequest,
-    key: &str,
-    token: i64,
-    now_ms: i64,
-    lease_ms: i64,
-    retention_ms: i64,
+    (key, token): (&str, i64),
+    (now_ms, lease_ms, retention_ms): (i64, i64, i64),
+    totals: &mut Delta,
 ) -> DbResult<Outcome> {
     match decide(conn, request, key, now_ms, retention_ms)? {
         Decision::Done(outcome) => Ok(outcome),
-        Decision::Proceed { takeover } => {
+        Decision::Proceed { before } => {
             conn.prepare_cached(
                 "INSERT INTO idempotency_keys (idem_key, fingerprint, state, lock_owner, locked_until_ms, created_at_ms)
                  VALUES (?1, ?2, 'in_progress', ?3, ?4, ?5)
@@ -259,14 +258,23 @@ pub fn claim(
                      response_body = NULL, completed_at_ms = NULL",
             )?
             .execute(params![key, request.fingerprint(), token, now_ms.saturating_add(lease_ms), now_ms])?;
-            Ok(Outcome::Claimed { takeover })
+            *totals += before.delta_to(true);
+            Ok(Outcome::Claimed {
+                takeover: before == KeyBefore::InFlight,
+            })
         }
     }
 }
 
 /// Phase two: execute, but only if `token` still owns the lease (fencing: a
 /// worker whose lease was taken over must not pay a second time).
-pub fn complete(conn: &Connection, request: &PaymentRequest, key: &str, token: i64, now_ms: i64) -> DbResult<Outcome> {
+pub fn complete(
+    conn: &Connection,
+    request: &PaymentRequest,
+    (key, token): (&str, i64),
+    now_ms: i64,
+    totals: &mut Delta,
+) -> DbResult<Outcome> {
     let owner: Option<Option<i64>> = conn
         .prepare_cached("SELECT lock_owner FROM idempotency_keys WHERE idem_key = ?1 AND state = 'in_progress'")?
         .query_row([key], |r| r.get(0))
@@ -274,18 +282,16 @@ pub fn complete(conn: &Connection, request: &PaymentRequest, key: &str, token: i
     if owner != Some(Some(token)) {
         return Ok(Outcome::LostLease);
     }
-    // A refusal that would repeat must also free the key, or every retry
-    // would meet "in flight" until the lease ran out: undo the attempt only.
-    conn.execute_batch("SAVEPOINT complete_payment")?;
-    match execute_keyed(conn, request, key, now_ms, false) {
-        Ok(outcome) => {
-            conn.execute_batch("RELEASE complete_payment")?;
-            Ok(outcome)
-        }
+    match execute_keyed(conn, request, key, (now_ms, KeyBefore::InFlight, None), totals) {
+        Ok(outcome) => Ok(outcome),
+        // Refused before its first write (checks first, and a failed
+        // statement undoes itself): nothing of it is stored. Free the key,
+        // or every retry would meet "in flight" until the lease ran out.
         Err(e) if e.is_permanent() => {
-            conn.execute_batch("ROLLBACK TO complete_payment; RELEASE complete_payment")?;
-            conn.prepare_cached("DELETE FROM idempotency_keys WHERE idem_key = ?1 AND lock_owner = ?2")?
+            let freed = conn
+                .prepare_cached("DELETE FROM idempotency_keys WHERE idem_key = ?1 AND lock_owner = ?2")?
                 .execute(params![key, token])?;
+            totals.keys_in_flight -= i64::try_from(freed).unwrap_or(0);
             Ok(Outcome::Refused(e))
         }
         Err(e) => Err(e),
@@ -294,14 +300,15 @@ pub fn complete(conn: &Connection, request: &PaymentRequest, key: &str, token: i
 
 /// Inserts the payment with its permanent unique key, moves the money and
 /// stores the answer: all in the caller's transaction, so all or nothing.
+/// `earlier`: payments with the key, when the caller knows.
 fn execute_keyed(
     conn: &Connection,
     request: &PaymentRequest,
     key: &str,
-    now_ms: i64,
-    takeover: bool,
+    (now_ms, before, earlier): (i64, KeyBefore, Option<i64>),
+    totals: &mut Delta,
 ) -> DbResult<Outcome> {
-    let payment = insert_payment(conn, request, Some(key), true, now_ms)?;
+    let (payment, delta) = insert_payment(conn, request, (Some(key), earlier), true, now_ms)?;
     let body = payment.to_json();
     conn.prepare_cached(
         "INSERT INTO idempotency_keys
@@ -313,10 +320,12 @@ fn execute_keyed(
              completed_at_ms = excluded.completed_at_ms",
     )?
     .execute(params![key, request.fingerprint(), payment.id, body, now_ms])?;
+    *totals += delta;
+    *totals += before.delta_to(false);
     Ok(Outcome::Executed {
         payment,
         body,
-        takeover,
+        takeover: before == KeyBefore::InFlight,
     })
 }
 
@@ -327,59 +336,96 @@ pub fn insert_unchecked(
     request: &PaymentRequest,
     key: Option<&str>,
     now_ms: i64,
+    totals: &mut Delta,
 ) -> DbResult<Payment> {
-    insert_payment(conn, request, key, false, now_ms)
+    let (payment, delta) = insert_payment(conn, request, (key, None), false, now_ms)?;
+    *totals += delta;
+    Ok(payment)
 }
 
+/// Books a payment: checks both balances (nothing is written if either would
+/// leave the `i64` range), inserts the row (its one statement that may be
+/// refused, and the first write), then writes the balances. Returns the
+/// change to the figures. `earlier`: the payments already carrying the key,
+/// if the caller knows (else they are counted here).
 fn insert_payment(
     conn: &Connection,
     request: &PaymentRequest,
-    key: Option<&str>,
+    (key, earlier): (Option<&str>, Option<i64>),
     unique: bool,
     now_ms: i64,
-) -> DbResult<Payment> {
+) -> DbResult<(Payment, Delta)> {
     let dedup_key = if unique { key } else { None };
-    // Balances first: a payment that cannot be booked writes nothing.
-    let src_balance = balance(conn, &request.src)?
+    let out_of_range = |account: &str| DbError::BalanceOutOfRange {
+        account: account.to_owned(),
+    };
+    let src = balance(conn, &request.src)?;
+    let src_balance = src
+        .unwrap_or(0)
         .checked_sub(request.amount_minor)
-        .ok_or_else(|| DbError::BalanceOutOfRange {
-            account: request.src.clone(),
-        })?;
-    let dest_balance = balance(conn, &request.dest)?
+        .ok_or_else(|| out_of_range(&request.src))?;
+    let dest = balance(conn, &request.dest)?;
+    let dest_balance = dest
+        .unwrap_or(0)
         .checked_add(request.amount_minor)
-        .ok_or_else(|| DbError::BalanceOutOfRange {
-            account: request.dest.clone(),
-        })?;
-    let id: i64 = conn
-        .prepare_cached(
-            "INSERT INTO payments (src, dest, amount_minor, idem_key, dedup_key, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-        )?
-        .query_row(
-            params![request.src, request.dest, request.amount_minor, key, dedup_key, now_ms],
-            |r| r.get(0),
-        )?;
+        .ok_or_else(|| out_of_range(&request.dest))?;
+    let earlier = match (key, earlier) {
+        (Some(_), Some(known)) => known,
+        (Some(key), None) => payments_with_key_up_to_two(conn, key)?,
+        (None, _) => 0,
+    };
+    conn.prepare_cached(
+        "INSERT INTO payments (src, dest, amount_minor, idem_key, dedup_key, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        request.src,
+        request.dest,
+        request.amount_minor,
+        key,
+        dedup_key,
+        now_ms
+    ])?;
+    let id = conn.last_insert_rowid();
     set_balance(conn, &request.src, src_balance)?;
     set_balance(conn, &request.dest, dest_balance)?;
-    Ok(Payment {
+    let delta = Delta {
+        payments: 1,
+        last_payment_id: id,
+        amount_minor: request.amount_minor,
+        keyed_payments: i64::from(key.is_some()),
+        distinct_keys: i64::from(key.is_some() && earlier == 0),
+        duplicate_keys: i64::from(earlier == 1),
+        accounts: i64::from(src.is_none()) + i64::from(dest.is_none()),
+        ..Delta::default()
+    };
+    let payment = Payment {
         id,
         src: request.src.clone(),
         dest: request.dest.clone(),
         amount_minor: request.amount_minor,
         idempotency_key: key.map(str::to_owned),
         created_at_ms: now_ms,
-    })
+    };
+    Ok((payment, delta))
 }
 
-/// An account's balance; 0 for an account not yet used. Only the writer
+/// Payments already carrying `key`, counted up to two (all a key's figures
+/// need: is it new, does it become a duplicate).
+fn payments_with_key_up_to_two(conn: &Connection, key: &str) -> DbResult<i64> {
+    Ok(conn
+        .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM payments WHERE idem_key = ?1 LIMIT 2)")?
+        .query_row([key], |r| r.get(0))?)
+}
+
+/// An account's balance; None for an account not yet used. Only the writer
 /// calls it, inside its transaction, so nothing changes between this read
 /// and the write that follows.
-fn balance(conn: &Connection, account: &str) -> DbResult<i64> {
-    let found = conn
+fn balance(conn: &Connection, account: &str) -> DbResult<Option<i64>> {
+    Ok(conn
         .prepare_cached("SELECT balance_minor FROM accounts WHERE name = ?1")?
         .query_row([account], |r| r.get(0))
-        .optional()?;
-    Ok(found.unwrap_or(0))
+        .optional()?)
 }
 
 /// Stores a balance computed with checked arithmetic in Rust, so SQLite never
@@ -471,10 +517,26 @@ pub struct Wiped {
     pub keys: usize,
 }
 
+impl Wiped {
+    /// What a wipe of a ledger with these maintained figures removes.
+    pub(crate) fn of(f: &totals::Figures) -> Wiped {
+        let count = |n: i64| usize::try_from(n).unwrap_or(0);
+        Wiped {
+            payments: count(f.payments),
+            accounts: count(f.accounts),
+            keys: count(f.stored_responses + f.keys_in_flight),
+        }
+    }
+}
+
+/// Deletes every payment, key and balance where they are, and starts the
+/// figures (and the ledger uid) afresh. O(n): the writer uses it only when
+/// it cannot start a fresh database file instead (see `generation.rs`).
 pub fn wipe(conn: &Connection) -> DbResult<Wiped> {
     let keys = conn.execute("DELETE FROM idempotency_keys", [])?;
     let payments = conn.execute("DELETE FROM payments", [])?;
     let accounts = conn.execute("DELETE FROM accounts", [])?;
+    totals::reset(conn, &totals::Figures::default())?;
     Ok(Wiped {
         payments,
         accounts,
@@ -482,22 +544,33 @@ pub fn wipe(conn: &Connection) -> DbResult<Wiped> {
     })
 }
 
-/// Deletes up to [`REAP_ROWS_MAX`] stored responses older than the retention.
-/// The payments keep their keys, so late retries are still recognised.
-pub fn reap(conn: &Connection, now_ms: i64, retention_ms: i64) -> DbResult<usize> {
-    conn.prepare_cached(
-        "DELETE FROM idempotency_keys WHERE idem_key IN (
-             SELECT idem_key FROM idempotency_keys
-             WHERE state = 'completed' AND completed_at_ms <= ?1 LIMIT ?2)",
-    )?
-    .execute(params![now_ms.saturating_sub(retention_ms), REAP_ROWS_MAX as i64])
-    .map_err(DbError::from)
+/// Deletes up to [`REAP_ROWS_MAX`] stored responses older than the retention
+/// (oldest first, through their index). The payments keep their keys, so
+/// late retries are still recognised.
+pub fn reap(conn: &Connection, now_ms: i64, retention_ms: i64, totals: &mut Delta) -> DbResult<usize> {
+    let reaped = conn
+        .prepare_cached(
+            "DELETE FROM idempotency_keys WHERE idem_key IN (
+                 SELECT idem_key FROM idempotency_keys INDEXED BY idempotency_keys_by_completion
+                 WHERE state = 'completed' AND completed_at_ms <= ?1 ORDER BY completed_at_ms LIMIT ?2)",
+        )?
+        .execute(params![now_ms.saturating_sub(retention_ms), REAP_ROWS_MAX as i64])?;
+    totals.stored_responses -= i64::try_from(reaped).unwrap_or(0);
+    Ok(reaped)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger_stats::ledger_stats;
+    use crate::audit::{self, Balances};
+    use crate::config::Synchronous;
+    use eo_core::wire::{AuditReport, AuditVerdict};
+
+    /// The full audit of the database behind `conn`, on a connection of its own.
+    fn audit(conn: &Connection) -> AuditReport {
+        let mut reader = Connection::open(conn.path().unwrap()).unwrap();
+        audit::run(&mut reader, Balances::Check, &mut |_| {}).unwrap().report
+    }
 
     fn db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -515,14 +588,49 @@ mod tests {
 
     const DAY_MS: i64 = 86_400_000;
 
+    /// Runs a write and applies its change to the totals, as the writer does.
+    fn with_totals<T>(conn: &Connection, write: impl FnOnce(&mut Delta) -> DbResult<T>) -> DbResult<T> {
+        let mut delta = Delta::default();
+        let result = write(&mut delta)?;
+        totals::add(conn, &delta)?;
+        Ok(result)
+    }
+
+    fn pay(conn: &Connection, r: &PaymentRequest, key: &str, now_ms: i64, retention_ms: i64) -> DbResult<Outcome> {
+        with_totals(conn, |d| pay_keyed(conn, r, key, (now_ms, retention_ms), d))
+    }
+
+    fn claim_t(
+        conn: &Connection,
+        r: &PaymentRequest,
+        key: &str,
+        token: i64,
+        now: i64,
+        lease: i64,
+        retention: i64,
+    ) -> DbResult<Outcome> {
+        with_totals(conn, |d| claim(conn, r, (key, token), (now, lease, retention), d))
+    }
+
+    fn complete_t(conn: &Connection, r: &PaymentRequest, key: &str, token: i64, now_ms: i64) -> DbResult<Outcome> {
+        with_totals(conn, |d| complete(conn, r, (key, token), now_ms, d))
+    }
+
+    fn insert_t(conn: &Connection, r: &PaymentRequest, key: Option<&str>, now_ms: i64) -> DbResult<Payment> {
+        with_totals(conn, |d| insert_unchecked(conn, r, key, now_ms, d))
+    }
+
+    fn reap_t(conn: &Connection, now_ms: i64, retention_ms: i64) -> DbResult<usize> {
+        with_totals(conn, |d| reap(conn, now_ms, retention_ms, d))
+    }
+
     #[test]
     fn executes_once_then_replays_byte_identical() {
         let (_dir, conn) = db();
-        let Outcome::Executed { body, payment, .. } = pay_keyed(&conn, &request(100), "k", 1000, DAY_MS).unwrap()
-        else {
+        let Outcome::Executed { body, payment, .. } = pay(&conn, &request(100), "k", 1000, DAY_MS).unwrap() else {
             panic!("first request must execute")
         };
-        let replay = pay_keyed(&conn, &request(100), "k", 2000, DAY_MS).unwrap();
+        let replay = pay(&conn, &request(100), "k", 2000, DAY_MS).unwrap();
         assert_eq!(
             replay,
             Outcome::Replayed {
@@ -532,25 +640,29 @@ mod tests {
                 from_ledger: false
             }
         );
+        assert_eq!(pay(&conn, &request(200), "k", 3000, DAY_MS).unwrap(), Outcome::Mismatch);
+        let report = audit(&conn);
+        assert_eq!(report.verdict, AuditVerdict::Agree, "{report:?}");
+        let r = report.recomputed;
         assert_eq!(
-            pay_keyed(&conn, &request(200), "k", 3000, DAY_MS).unwrap(),
-            Outcome::Mismatch
-        );
-        let stats = ledger_stats(&mut Connection::open(conn.path().unwrap()).unwrap()).unwrap();
-        assert_eq!(
-            (stats.payments, stats.total_amount_minor, stats.accounts_off_ledger),
-            (1, 100, 0)
+            (
+                r.payments,
+                r.total_amount_minor,
+                r.stored_responses,
+                report.accounts_off_ledger
+            ),
+            (1, 100, 1, Some(0))
         );
     }
 
     #[test]
     fn late_retry_after_retention_is_rebuilt_from_the_ledger() {
         let (_dir, conn) = db();
-        let Outcome::Executed { body, payment, .. } = pay_keyed(&conn, &request(100), "k", 1000, 10).unwrap() else {
+        let Outcome::Executed { body, payment, .. } = pay(&conn, &request(100), "k", 1000, 10).unwrap() else {
             panic!("first request must execute")
         };
-        assert_eq!(reap(&conn, 5000, 10).unwrap(), 1);
-        let replay = pay_keyed(&conn, &request(100), "k", 5000, 10).unwrap();
+        assert_eq!(reap_t(&conn, 5000, 10).unwrap(), 1);
+        let replay = pay(&conn, &request(100), "k", 5000, 10).unwrap();
         assert_eq!(
             replay,
             Outcome::Replayed {
@@ -560,10 +672,7 @@ mod tests {
                 from_ledger: true
             }
         );
-        assert_eq!(
-            pay_keyed(&conn, &request(999), "k", 5000, 10).unwrap(),
-            Outcome::Mismatch
-        );
+        assert_eq!(pay(&conn, &request(999), "k", 5000, 10).unwrap(), Outcome::Mismatch);
     }
 
     #[test]
@@ -571,24 +680,27 @@ mod tests {
         let (_dir, conn) = db();
         let r = request(100);
         assert_eq!(
-            claim(&conn, &r, "k", 1, 0, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", 1, 0, 1000, DAY_MS).unwrap(),
             Outcome::Claimed { takeover: false }
         );
         // Within the lease another request is told to come back later.
-        assert_eq!(claim(&conn, &r, "k", 2, 999, 1000, DAY_MS).unwrap(), Outcome::InFlight);
+        assert_eq!(
+            claim_t(&conn, &r, "k", 2, 999, 1000, DAY_MS).unwrap(),
+            Outcome::InFlight
+        );
         // The first worker died; after the lease a retry takes the key over.
         assert_eq!(
-            claim(&conn, &r, "k", 2, 1000, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", 2, 1000, 1000, DAY_MS).unwrap(),
             Outcome::Claimed { takeover: true }
         );
         // The original worker wakes up: it no longer owns the key and must not pay.
-        assert_eq!(complete(&conn, &r, "k", 1, 1001).unwrap(), Outcome::LostLease);
+        assert_eq!(complete_t(&conn, &r, "k", 1, 1001).unwrap(), Outcome::LostLease);
         assert!(matches!(
-            complete(&conn, &r, "k", 2, 1002).unwrap(),
+            complete_t(&conn, &r, "k", 2, 1002).unwrap(),
             Outcome::Executed { .. }
         ));
         assert!(matches!(
-            claim(&conn, &r, "k", 3, 1003, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", 3, 1003, 1000, DAY_MS).unwrap(),
             Outcome::Replayed { .. }
         ));
         assert_eq!(payments(&conn, 0, 10, Some("k")).unwrap().len(), 1);
@@ -617,9 +729,9 @@ mod tests {
     fn lookup_by_keys_pages_in_id_order() {
         let (_dir, conn) = db();
         for key in ["a", "b", "a", "c", "a"] {
-            insert_unchecked(&conn, &request(100), Some(key), 0).unwrap();
+            insert_t(&conn, &request(100), Some(key), 0).unwrap();
         }
-        insert_unchecked(&conn, &request(100), None, 0).unwrap();
+        insert_t(&conn, &request(100), None, 0).unwrap();
         let ids = |keys: &[&str], after: i64, limit: usize| -> Vec<i64> {
             let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
             payments_by_keys(&conn, &keys, after, limit)
@@ -641,12 +753,12 @@ mod tests {
         let (_dir, conn) = db();
         let r = request(100);
         assert_eq!(
-            claim(&conn, &r, "k", 1, 0, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", 1, 0, 1000, DAY_MS).unwrap(),
             Outcome::Claimed { takeover: false }
         );
         assert_eq!(expire_leases(&conn).unwrap(), 1);
         assert_eq!(
-            claim(&conn, &r, "k", 2, 1, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", 2, 1, 1000, DAY_MS).unwrap(),
             Outcome::Claimed { takeover: true }
         );
     }
@@ -654,13 +766,16 @@ mod tests {
     #[test]
     fn the_unique_key_is_the_last_line_of_defence() {
         let (_dir, conn) = db();
-        insert_payment(&conn, &request(100), Some("k"), true, 0).unwrap();
-        assert!(insert_payment(&conn, &request(100), Some("k"), true, 0).is_err());
+        let (_, delta) = insert_payment(&conn, &request(100), (Some("k"), None), true, 0).unwrap();
+        totals::add(&conn, &delta).unwrap();
+        assert!(insert_payment(&conn, &request(100), (Some("k"), None), true, 0).is_err());
         // Without the unique column (dedup off), duplicates are stored and counted.
-        insert_unchecked(&conn, &request(100), Some("j"), 0).unwrap();
-        insert_unchecked(&conn, &request(100), Some("j"), 0).unwrap();
-        let stats = ledger_stats(&mut Connection::open(conn.path().unwrap()).unwrap()).unwrap();
-        assert_eq!((stats.payments, stats.distinct_keys, stats.duplicate_keys), (3, 2, 1));
-        assert_eq!((stats.balance_sum_minor, stats.accounts_off_ledger), (0, 0));
+        insert_t(&conn, &request(100), Some("j"), 0).unwrap();
+        insert_t(&conn, &request(100), Some("j"), 0).unwrap();
+        let report = audit(&conn);
+        assert_eq!(report.verdict, AuditVerdict::Agree, "{report:?}");
+        let r = report.recomputed;
+        assert_eq!((r.payments, r.distinct_keys, r.duplicate_keys), (3, 2, 1));
+        assert_eq!((r.balance_sum_minor, report.accounts_off_ledger), (0, Some(0)));
     }
 }

@@ -4,12 +4,18 @@
 //! SQLite allows one writer at a time, so more write connections would only
 //! add lock waits. Requests queue in a bounded channel (full → the handler
 //! answers 503). The thread takes whatever is queued (up to
-//! [`BATCH_COUNT_MAX`]), runs each request in its own SAVEPOINT inside one
-//! `BEGIN IMMEDIATE` transaction, commits once, and only then answers every
-//! request of the batch. One fsync thus covers many payments (group commit),
-//! one failing request rolls back only its savepoint, and no answer ever
-//! leaves before the COMMIT that makes it true.
+//! [`BATCH_COUNT_MAX`]), runs them in one `BEGIN IMMEDIATE` transaction,
+//! commits once, and only then answers every request of the batch. One fsync
+//! thus covers many payments (group commit), and no answer ever leaves
+//! before the COMMIT that makes it true.
+//!
+//! No savepoint per request: every write in `store` checks before its first
+//! write, and a refused statement undoes itself, so a refused request has
+//! written nothing and the others go on. Should a request ever fail after
+//! writing (the connection's change count moved), the whole transaction is
+//! rolled back and the batch runs again with a savepoint around each request.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -19,98 +25,32 @@ use anyhow::Context;
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
-use rusqlite::{Connection, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
+use rusqlite::Connection;
+use tokio::sync::mpsc;
 
 use crate::clock;
 use crate::config::Config;
+use crate::config::Synchronous;
 use crate::db_error::DbError;
+use crate::db_error::DbResult;
 use crate::db_file::DbWatch;
 use crate::db_lock::DbLock;
-use crate::payment::PaymentRequest;
+use crate::generation;
+use crate::ops::{Clock, Done};
+pub use crate::ops::{Op, Reply};
+use crate::readers::Readers;
 use crate::stats::Counters;
-use crate::store::{self, Outcome, Wiped};
+use crate::store::{self, Wiped};
+use crate::totals::{self, Delta};
 
 /// Requests committed together at most. Bounds the latency one batch adds
 /// and the work lost to one failed COMMIT.
 pub(crate) const BATCH_COUNT_MAX: usize = 512;
 
 /// Longest wait for the writer thread to open the database at startup (the
-/// lock is not waited for; opening may have to recover a large WAL).
-const STARTUP_MS_MAX: u64 = 60_000;
-
-/// What the writer thread is asked to do.
-pub enum Op {
-    /// `--dedup unique`, no processing delay: claim and execute in one step.
-    PayKeyed {
-        request: PaymentRequest,
-        key: String,
-        reply: Reply<Outcome>,
-    },
-    /// Two-phase path, phase one: lease the key.
-    Claim {
-        request: PaymentRequest,
-        key: String,
-        token: i64,
-        reply: Reply<Outcome>,
-    },
-    /// Two-phase path, phase two: execute if the lease is still ours.
-    Complete {
-        request: PaymentRequest,
-        key: String,
-        token: i64,
-        reply: Reply<Outcome>,
-    },
-    /// No key check at all (keyless, `--dedup off`, `check-then-insert`).
-    Insert {
-        request: PaymentRequest,
-        key: Option<String>,
-        reply: Reply<Outcome>,
-    },
-    Wipe {
-        reply: Reply<Wiped>,
-    },
-    /// Delete stored responses older than the retention.
-    Reap,
-    /// Finish what is queued before this, then stop.
-    Shutdown,
-}
-
-pub type Reply<T> = oneshot::Sender<Result<T, DbError>>;
-
-/// A request's answer waiting for the batch's COMMIT.
-enum Pending {
-    Outcome(Reply<Outcome>, Result<Outcome, DbError>),
-    Wiped(Reply<Wiped>, Result<Wiped, DbError>),
-}
-
-impl Pending {
-    fn executed(&self) -> bool {
-        matches!(self, Pending::Outcome(_, Ok(Outcome::Executed { .. })))
-    }
-
-    fn error(&self) -> Option<&DbError> {
-        match self {
-            Pending::Outcome(_, Err(e)) | Pending::Wiped(_, Err(e)) => Some(e),
-            _ => None,
-        }
-    }
-
-    fn send(self) {
-        // A handler that stopped waiting (client gone) is fine: the commit stands.
-        match self {
-            Pending::Outcome(reply, result) => drop(reply.send(result)),
-            Pending::Wiped(reply, result) => drop(reply.send(result)),
-        }
-    }
-
-    fn fail(self, why: &DbError) {
-        match self {
-            Pending::Outcome(reply, _) => drop(reply.send(Err(why.clone()))),
-            Pending::Wiped(reply, _) => drop(reply.send(Err(why.clone()))),
-        }
-    }
-}
+/// lock is not waited for; opening may have to recover a large WAL, or bring
+/// the file of an older version up to date).
+const STARTUP_MS_MAX: u64 = 600_000;
 
 /// Crash injection for the lessons: kills the whole process at a commit
 /// point with a seeded probability, so a run can be replayed.
@@ -241,7 +181,11 @@ pub(crate) fn duration_ms(d: std::time::Duration) -> i64 {
 }
 
 struct Writer {
-    conn: Connection,
+    /// None only between closing the old file and opening the fresh one in
+    /// a DELETE; a batch meanwhile (none can run) would be refused.
+    conn: Option<Connection>,
+    db: PathBuf,
+    synchronous: Synchronous,
     watch: Arc<DbWatch>,
     crash: CrashPoints,
     retention_ms: i64,
@@ -258,6 +202,8 @@ impl Writer {
     fn open(config: &Config, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> anyhow::Result<Writer> {
         let lock = DbLock::acquire(&config.db)?;
         let db = config.db.display();
+        generation::remove_leftovers(&config.db)
+            .with_context(|| format!("cannot remove what an interrupted DELETE left next to {db}"))?;
         let conn = store::open_writer(&config.db, config.synchronous)
             .with_context(|| format!("cannot open the database {db}"))?;
         let watch = DbWatch::record(&config.db).with_context(|| format!("cannot stat the database {db}"))?;
@@ -269,7 +215,9 @@ impl Writer {
             );
         }
         Ok(Writer {
-            conn,
+            conn: Some(conn),
+            db: config.db.clone(),
+            synchronous: config.synchronous,
             watch: Arc::new(watch),
             crash: CrashPoints::new(config),
             retention_ms: duration_ms(config.key_retention),
@@ -297,6 +245,17 @@ impl Writer {
                 batch.truncate(at);
                 self.stop.store(true, Ordering::SeqCst);
             }
+            // A wipe runs on its own: what came before it commits first,
+            // what came after it runs on the emptied ledger.
+            while let Some(at) = batch.iter().position(|op| matches!(op, Op::Wipe { .. })) {
+                let rest = batch.split_off(at + 1);
+                let wipe = batch.pop();
+                self.commit_batch(&mut batch);
+                if let Some(Op::Wipe { reply, pools }) = wipe {
+                    self.wipe(reply, &pools);
+                }
+                batch = rest;
+            }
             if !batch.is_empty() {
                 self.commit_batch(&mut batch);
             }
@@ -307,13 +266,22 @@ impl Writer {
     /// Runs a batch in one transaction and answers it, only after COMMIT and
     /// only while the database file is still the one at its path.
     fn commit_batch(&mut self, batch: &mut Vec<Op>) {
-        let mut pending = Vec::with_capacity(batch.len());
+        if batch.is_empty() {
+            return;
+        }
+        let cpu_started = thread_cpu_ns();
+        let clock = Clock {
+            now_ms: clock::now_ms(),
+            lease_ms: self.lease_ms,
+            retention_ms: self.retention_ms,
+        };
         let result = self
             .watch
             .check()
             .map_err(|e| annotate_replaced(e, "nothing was stored"))
-            .and_then(|()| self.execute(batch, &mut pending))
-            .and_then(|executed| {
+            .and_then(|()| self.execute(batch, clock))
+            .and_then(|results| {
+                let executed = results.iter().filter(|r| Op::executed(r)).count();
                 CrashPoints::maybe_crash(
                     &mut self.crash.after_rng,
                     self.crash.after_commit,
@@ -325,35 +293,51 @@ impl Writer {
                 self.watch
                     .check()
                     .map_err(|e| annotate_replaced(e, "this request was committed to the old file and may be lost"))
+                    .map(|()| results)
             });
         match result {
-            Ok(()) => pending.into_iter().for_each(Pending::send),
+            Ok(results) => {
+                for (op, result) in batch.drain(..).zip(results) {
+                    op.answer(result, &self.counters);
+                }
+            }
             Err(e) => {
-                tracing::error!(error = %e, requests = pending.len() + batch.len(), "batch not acknowledged");
-                pending.into_iter().for_each(|p| p.fail(&e));
+                tracing::error!(error = %e, requests = batch.len(), "batch not acknowledged");
                 batch.drain(..).for_each(|op| op.refuse(&e));
             }
         }
-        batch.clear();
+        let cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
+        self.counters.writer_cpu_ns.fetch_add(cpu_ns, Ordering::Relaxed);
     }
 
-    /// BEGIN, one savepoint per request, COMMIT. Returns the number of
-    /// payments executed. On failure, ops not reached are left in `batch`.
-    fn execute(&mut self, batch: &mut Vec<Op>, pending: &mut Vec<Pending>) -> Result<usize, DbError> {
-        let now_ms = clock::now_ms();
-        let mut tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut ops = std::mem::take(batch).into_iter();
-        let ran = run_ops(
-            &mut tx,
-            &mut ops,
-            pending,
-            now_ms,
-            (self.lease_ms, self.retention_ms),
-            &self.counters,
-        );
-        batch.extend(ops);
-        ran?;
-        let executed = pending.iter().filter(|p| p.executed()).count();
+    /// One transaction for the batch; again with a savepoint per request if
+    /// a request failed halfway the first time.
+    fn execute(&mut self, batch: &[Op], clock: Clock) -> Result<Vec<Result<Done, DbError>>, DbError> {
+        match self.run_batch(batch, clock, false) {
+            Err(Attempt::Partial) => {
+                tracing::warn!("a request failed after writing: the batch runs again with a savepoint per request");
+                self.run_batch(batch, clock, true).map_err(Attempt::into_error)
+            }
+            other => other.map_err(Attempt::into_error),
+        }
+    }
+
+    /// BEGIN, every op, the batch's change to the figures, COMMIT. With
+    /// `savepoints`, each op in its own.
+    fn run_batch(
+        &mut self,
+        batch: &[Op],
+        clock: Clock,
+        savepoints: bool,
+    ) -> Result<Vec<Result<Done, DbError>>, Attempt> {
+        let tx = Tx::begin(connection(&mut self.conn)?)?;
+        let mut results = Vec::with_capacity(batch.len());
+        let mut figures = Delta::default();
+        for op in batch {
+            results.push(run_op(tx.conn, op, clock, savepoints, &mut figures)?);
+        }
+        totals::add(tx.conn, &figures)?;
+        let executed = results.iter().filter(|r| Op::executed(r)).count();
         CrashPoints::maybe_crash(
             &mut self.crash.before_rng,
             self.crash.before_commit,
@@ -361,120 +345,224 @@ impl Writer {
             "before-commit",
         );
         tx.commit()?;
-        Ok(executed)
+        Counters::bump(&self.counters.writer_commits);
+        Ok(results)
     }
+
+    /// Deletes the whole ledger: a fresh database file swapped in (O(1)),
+    /// or, where that cannot be done, every row deleted in place.
+    fn wipe(&mut self, reply: Reply<Wiped>, pools: &[Arc<Readers>]) {
+        let result = self.watch.check().and_then(|()| match self.swap_in_fresh_file(pools)? {
+            Some(wiped) => Ok(wiped),
+            None => self.wipe_in_place(),
+        });
+        match &result {
+            Ok(wiped) => tracing::info!(payments = wiped.payments, "all payments, keys and balances deleted"),
+            Err(e) => tracing::error!(error = %e, "DELETE /payments failed"),
+        }
+        drop(reply.send(result));
+    }
+
+    fn wipe_in_place(&mut self) -> DbResult<Wiped> {
+        let tx = Tx::begin(connection(&mut self.conn)?)?;
+        let wiped = store::wipe(tx.conn)?;
+        tx.commit()?;
+        self.watch.check().map(|()| wiped)
+    }
+
+    /// Swaps a fresh, empty database file in for the old one (see
+    /// `generation.rs`). None when it cannot be done here (nothing changed).
+    fn swap_in_fresh_file(&mut self, pools: &[Arc<Readers>]) -> DbResult<Option<Wiped>> {
+        if !generation::EXCHANGE_SUPPORTED {
+            return Ok(None);
+        }
+        let next = generation::prepare_fresh(&self.db, self.synchronous)?;
+        let wiped = Wiped::of(&totals::read(connection(&mut self.conn)?)?.figures);
+        let watch = Arc::clone(&self.watch);
+        let swapped = watch.swap(|| {
+            pools.iter().for_each(|pool| pool.close_idle());
+            self.close()?;
+            // Sidecars left: another process has the file open. Then, or if
+            // the exchange fails, the old file is reopened as it was.
+            let exchanged = match generation::sidecars_present(&self.db) {
+                true => Ok(false),
+                false => generation::exchange(&next, &self.db),
+            };
+            self.reopen(matches!(exchanged, Ok(true)))?;
+            exchanged.map_err(|e| DbError::Io(format!("cannot swap in a fresh database file: {e}")))
+        });
+        match swapped {
+            Ok(true) => {
+                generation::remove_in_background(next);
+                Ok(Some(wiped))
+            }
+            Ok(false) => {
+                tracing::warn!("another process has the database open: the ledger is deleted in place (slow)");
+                let _ = generation::remove_leftovers(&self.db);
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = generation::remove_leftovers(&self.db);
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes the writer's connection (the last one of this service on the
+    /// file: SQLite checkpoints and removes the WAL).
+    fn close(&mut self) -> DbResult<()> {
+        if let Some(conn) = self.conn.take()
+            && let Err((conn, e)) = conn.close()
+        {
+            self.conn = Some(conn);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Opens the file at the database path again: the fresh one if
+    /// `exchanged`, else the old one. If that fails, the service cannot
+    /// write any more: it stops acknowledging, saying why.
+    fn reopen(&mut self, exchanged: bool) -> DbResult<()> {
+        match store::open_writer(&self.db, self.synchronous) {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Err(e) => {
+                let state = if exchanged {
+                    "the fresh, empty ledger"
+                } else {
+                    "the old ledger (nothing was deleted)"
+                };
+                self.watch.lose(format!(
+                    "after DELETE /payments the database could not be opened again ({e}); it holds {state}"
+                ));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The writer's connection, unless a DELETE failed between closing the old
+/// file and opening the new one.
+fn connection(conn: &mut Option<Connection>) -> DbResult<&mut Connection> {
+    conn.as_mut()
+        .ok_or_else(|| DbError::Io("the database is not open (a DELETE failed to reopen it)".into()))
+}
+
+/// Runs one op in the batch's transaction and adds its change to the
+/// figures to `figures` if it is kept.
+fn run_op(
+    conn: &Connection,
+    op: &Op,
+    clock: Clock,
+    savepoints: bool,
+    figures: &mut Delta,
+) -> Result<Result<Done, DbError>, Attempt> {
+    let changes = conn.total_changes();
+    if savepoints {
+        conn.prepare_cached("SAVEPOINT op")?.execute([])?;
+    }
+    let mut delta = Delta::default();
+    let result = op.run(conn, clock, &mut delta);
+    // After some errors (I/O, a full disk) SQLite rolls back the whole
+    // transaction, and what followed would run and commit outside it.
+    // Stop: the batch failed, and nothing of it is stored.
+    if conn.is_autocommit() {
+        let cause = result.err();
+        return Err(Attempt::Failed(
+            cause.unwrap_or_else(|| DbError::Io("SQLite rolled the transaction back".into())),
+        ));
+    }
+    match (&result, savepoints) {
+        // The caller drops the transaction: rolled back.
+        (Err(_), false) if conn.total_changes() != changes => return Err(Attempt::Partial),
+        (Err(_), true) => conn.prepare_cached("ROLLBACK TO op")?.execute([]).map(drop)?,
+        (Ok(_), _) => *figures += delta,
+        (Err(_), false) => {}
+    }
+    if savepoints {
+        conn.prepare_cached("RELEASE op")?.execute([])?;
+    }
+    Ok(result)
+}
+
+/// `BEGIN IMMEDIATE` ... `COMMIT` through cached statements (rusqlite's
+/// `Transaction` parses both every time); rolled back if dropped uncommitted.
+struct Tx<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> Tx<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Tx<'c>> {
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(Tx { conn, open: true })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.open && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// Why a batch did not commit.
+enum Attempt {
+    /// A request failed after writing part of its work (rolled back).
+    Partial,
+    Failed(DbError),
+}
+
+impl From<rusqlite::Error> for Attempt {
+    fn from(e: rusqlite::Error) -> Attempt {
+        Attempt::Failed(e.into())
+    }
+}
+
+impl From<DbError> for Attempt {
+    fn from(e: DbError) -> Attempt {
+        Attempt::Failed(e)
+    }
+}
+
+impl Attempt {
+    fn into_error(self) -> DbError {
+        match self {
+            Attempt::Partial => DbError::Other("a request failed halfway even inside its savepoint".into()),
+            Attempt::Failed(e) => e,
+        }
+    }
+}
+
+/// CPU time consumed by the calling thread, in nanoseconds (0 where the
+/// platform has no per-thread clock): what the benchmark divides by payments.
+fn thread_cpu_ns() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
+            let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+            let nanos = u64::try_from(t.tv_nsec).unwrap_or(0);
+            return secs.saturating_mul(1_000_000_000).saturating_add(nanos);
+        }
+    }
+    0
 }
 
 fn annotate_replaced(e: DbError, what: &str) -> DbError {
     match e {
         DbError::FileReplaced(why) => DbError::FileReplaced(format!("{why}; {what}")),
         other => other,
-    }
-}
-
-/// Runs each op in its own savepoint, until the ops run out or the
-/// transaction fails.
-fn run_ops(
-    tx: &mut rusqlite::Transaction<'_>,
-    ops: &mut impl Iterator<Item = Op>,
-    pending: &mut Vec<Pending>,
-    now_ms: i64,
-    (lease_ms, retention_ms): (i64, i64),
-    counters: &Counters,
-) -> Result<(), DbError> {
-    for op in ops {
-        let sp = tx.savepoint()?;
-        let (done, ok) = apply(&sp, op, now_ms, lease_ms, retention_ms, counters);
-        if ok {
-            sp.commit()?;
-        } else {
-            drop(sp); // rolls back this request only
-        }
-        pending.extend(done);
-        // After some errors (I/O, a full disk) SQLite rolls back the whole
-        // transaction, and what followed would run and commit outside it.
-        // Stop: the batch failed, and nothing of it is stored.
-        if tx.is_autocommit() {
-            let cause = pending.last().and_then(Pending::error).cloned();
-            return Err(cause.unwrap_or_else(|| DbError::Io("SQLite rolled the transaction back".into())));
-        }
-    }
-    Ok(())
-}
-
-impl Op {
-    /// Answers an op that was not executed.
-    fn refuse(self, why: &DbError) {
-        match self {
-            Op::PayKeyed { reply, .. }
-            | Op::Claim { reply, .. }
-            | Op::Complete { reply, .. }
-            | Op::Insert { reply, .. } => drop(reply.send(Err(why.clone()))),
-            Op::Wipe { reply } => drop(reply.send(Err(why.clone()))),
-            Op::Reap | Op::Shutdown => {}
-        }
-    }
-}
-
-/// Runs one request inside its savepoint. Returns the answer to send after
-/// COMMIT and whether the savepoint should be kept.
-fn apply(
-    conn: &Connection,
-    op: Op,
-    now_ms: i64,
-    lease_ms: i64,
-    retention_ms: i64,
-    counters: &Counters,
-) -> (Option<Pending>, bool) {
-    fn outcome(reply: Reply<Outcome>, r: Result<Outcome, DbError>) -> (Option<Pending>, bool) {
-        let ok = r.is_ok();
-        (Some(Pending::Outcome(reply, r)), ok)
-    }
-    match op {
-        Op::PayKeyed { request, key, reply } => {
-            outcome(reply, store::pay_keyed(conn, &request, &key, now_ms, retention_ms))
-        }
-        Op::Claim {
-            request,
-            key,
-            token,
-            reply,
-        } => outcome(
-            reply,
-            store::claim(conn, &request, &key, token, now_ms, lease_ms, retention_ms),
-        ),
-        Op::Complete {
-            request,
-            key,
-            token,
-            reply,
-        } => outcome(reply, store::complete(conn, &request, &key, token, now_ms)),
-        Op::Insert { request, key, reply } => {
-            let r = store::insert_unchecked(conn, &request, key.as_deref(), now_ms).map(|payment| {
-                let body = payment.to_json();
-                Outcome::Executed {
-                    payment,
-                    body,
-                    takeover: false,
-                }
-            });
-            outcome(reply, r)
-        }
-        Op::Wipe { reply } => {
-            let r = store::wipe(conn);
-            let ok = r.is_ok();
-            (Some(Pending::Wiped(reply, r)), ok)
-        }
-        Op::Reap => match store::reap(conn, now_ms, retention_ms) {
-            Ok(n) => {
-                counters.keys_reaped.fetch_add(n as u64, Ordering::Relaxed);
-                (None, true)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reaping stored responses failed; will try again");
-                (None, false)
-            }
-        },
-        Op::Shutdown => (None, true),
     }
 }

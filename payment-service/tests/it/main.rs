@@ -2,6 +2,7 @@
 //! real SQLite file in a temporary directory, driven by reqwest. One test
 //! binary with modules, so the crate is linked once.
 
+mod audit;
 mod bad_input;
 mod concurrency;
 mod contract;
@@ -10,6 +11,8 @@ mod db_file;
 mod failures;
 mod limits;
 mod lookup;
+mod replays;
+mod wipe;
 
 use std::net::SocketAddr;
 use std::time::Duration;

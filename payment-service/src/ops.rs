@@ -1,0 +1,186 @@
+//! What the writer thread is asked to do, how each request runs inside the
+//! batch's transaction, and how its answer is sent (and counted) once the
+//! COMMIT has made it true.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::oneshot;
+
+use crate::db_error::DbError;
+use crate::payment::PaymentRequest;
+use crate::readers::Readers;
+use crate::stats::Counters;
+use crate::store::{self, Outcome, Wiped};
+use crate::totals::{self, Delta, LastAudit};
+
+/// What the writer thread is asked to do.
+pub enum Op {
+    /// `--dedup unique`, no processing delay: claim and execute in one step.
+    PayKeyed {
+        request: PaymentRequest,
+        key: String,
+        reply: Reply<Outcome>,
+    },
+    /// Two-phase path, phase one: lease the key.
+    Claim {
+        request: PaymentRequest,
+        key: String,
+        token: i64,
+        reply: Reply<Outcome>,
+    },
+    /// Two-phase path, phase two: execute if the lease is still ours.
+    Complete {
+        request: PaymentRequest,
+        key: String,
+        token: i64,
+        reply: Reply<Outcome>,
+    },
+    /// No key check at all (keyless, `--dedup off`, `check-then-insert`).
+    Insert {
+        request: PaymentRequest,
+        key: Option<String>,
+        reply: Reply<Outcome>,
+    },
+    /// Delete the whole ledger (a fresh database file where possible); the
+    /// reader pools whose connections must be closed before the swap.
+    Wipe {
+        reply: Reply<Wiped>,
+        pools: Vec<Arc<Readers>>,
+    },
+    /// Delete one step of stored responses older than the retention; the
+    /// answer is how many, so the reaper knows whether to go on.
+    Reap { reply: Reply<usize> },
+    /// Remember an audit's result on the ledger it audited.
+    RecordAudit { ledger_uid: i64, audit: LastAudit },
+    /// Finish what is queued before this, then stop.
+    Shutdown,
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, DbError>>;
+
+/// What an op produced inside the transaction, waiting for the COMMIT.
+pub(crate) enum Done {
+    Outcome(Outcome),
+    Reaped(usize),
+    Nothing,
+}
+
+/// Times and limits an op runs with.
+#[derive(Clone, Copy)]
+pub(crate) struct Clock {
+    pub now_ms: i64,
+    pub lease_ms: i64,
+    pub retention_ms: i64,
+}
+
+impl Op {
+    /// Runs the op on the writer's transaction, adding its change to the
+    /// figures to `totals`. An error has written nothing unless the
+    /// connection's change count moved (see `writer.rs`).
+    pub(crate) fn run(&self, conn: &rusqlite::Connection, t: Clock, totals: &mut Delta) -> Result<Done, DbError> {
+        let outcome = match self {
+            Op::PayKeyed { request, key, .. } => {
+                store::pay_keyed(conn, request, key, (t.now_ms, t.retention_ms), totals)?
+            }
+            Op::Claim {
+                request, key, token, ..
+            } => store::claim(
+                conn,
+                request,
+                (key, *token),
+                (t.now_ms, t.lease_ms, t.retention_ms),
+                totals,
+            )?,
+            Op::Complete {
+                request, key, token, ..
+            } => store::complete(conn, request, (key, *token), t.now_ms, totals)?,
+            Op::Insert { request, key, .. } => {
+                let payment = store::insert_unchecked(conn, request, key.as_deref(), t.now_ms, totals)?;
+                let body = payment.to_json();
+                Outcome::Executed {
+                    payment,
+                    body,
+                    takeover: false,
+                }
+            }
+            Op::Reap { .. } => return Ok(Done::Reaped(store::reap(conn, t.now_ms, t.retention_ms, totals)?)),
+            Op::RecordAudit { ledger_uid, audit } => {
+                totals::record_audit(conn, *ledger_uid, audit)?;
+                return Ok(Done::Nothing);
+            }
+            // The writer runs a wipe on its own, outside any batch.
+            Op::Wipe { .. } | Op::Shutdown => return Ok(Done::Nothing),
+        };
+        Ok(Done::Outcome(outcome))
+    }
+
+    /// True for an op that executed a payment (for the crash dice).
+    pub(crate) fn executed(result: &Result<Done, DbError>) -> bool {
+        matches!(result, Ok(Done::Outcome(Outcome::Executed { .. })))
+    }
+
+    /// After the COMMIT: counts what happened, whoever still waits for it (a
+    /// handler that stopped waiting is fine: the commit stands), and answers.
+    pub(crate) fn answer(self, result: Result<Done, DbError>, counters: &Counters) {
+        match (self, result) {
+            (
+                Op::PayKeyed { reply, .. }
+                | Op::Claim { reply, .. }
+                | Op::Complete { reply, .. }
+                | Op::Insert { reply, .. },
+                result,
+            ) => {
+                let result = result.and_then(|done| match done {
+                    Done::Outcome(outcome) => Ok(outcome),
+                    _ => Err(DbError::Other("the writer lost an answer".into())),
+                });
+                if let Ok(outcome) = &result {
+                    count(counters, outcome);
+                }
+                drop(reply.send(result));
+            }
+            (Op::Reap { reply }, result) => {
+                let reaped = result.map(|done| match done {
+                    Done::Reaped(n) => n,
+                    _ => 0,
+                });
+                match &reaped {
+                    Ok(n) => drop(counters.keys_reaped.fetch_add(*n as u64, Ordering::Relaxed)),
+                    Err(e) => tracing::warn!(error = %e, "reaping stored responses failed; will try again"),
+                }
+                drop(reply.send(reaped));
+            }
+            (Op::RecordAudit { .. }, Err(e)) => tracing::warn!(error = %e, "the audit's result was not recorded"),
+            (Op::Wipe { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (Op::RecordAudit { .. } | Op::Wipe { .. } | Op::Shutdown, _) => {}
+        }
+    }
+
+    /// Answers an op that was not executed (or whose batch did not commit).
+    pub(crate) fn refuse(self, why: &DbError) {
+        self.answer(Err(why.clone()), &Counters::default());
+    }
+}
+
+/// The counters an answer moves: counted where the answer is made (the
+/// writer after its COMMIT, or a reader), never by the handler that may have
+/// stopped waiting for it.
+pub(crate) fn count(counters: &Counters, outcome: &Outcome) {
+    match outcome {
+        Outcome::Executed { takeover, .. } => {
+            Counters::bump(&counters.executed);
+            if *takeover {
+                Counters::bump(&counters.lease_takeovers);
+            }
+        }
+        Outcome::Replayed { from_ledger, .. } => {
+            Counters::bump(&counters.replayed);
+            if *from_ledger {
+                Counters::bump(&counters.replayed_from_ledger);
+            }
+        }
+        Outcome::Claimed { takeover: true } => Counters::bump(&counters.lease_takeovers),
+        _ => {}
+    }
+}

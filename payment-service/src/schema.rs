@@ -1,0 +1,143 @@
+//! The database file: schema, connection settings, and bringing a database
+//! of an older version up to date.
+//!
+//! Tables:
+//! - `payments`: the ledger, one row per executed payment, never changed once
+//!   written. `idem_key` is the key as sent (kept forever, also in modes that
+//!   ignore it); `dedup_key` is set only under `--dedup unique` and is UNIQUE:
+//!   the permanent last line of defence that catches a retry arriving after
+//!   its stored response expired.
+//! - `accounts`: balances, created on first use at 0, may go negative.
+//! - `idempotency_keys`: one row per key under `--dedup unique`: in-flight
+//!   lease or stored response. Completed rows are reaped after the retention.
+//! - `ledger_totals`: the figures `/stats` shows, maintained by every write
+//!   (see `totals.rs`).
+//!
+//! `PRAGMA user_version` says which schema a file has, so opening a current
+//! file reads one header field and nothing else.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use crate::audit;
+use crate::config::Synchronous;
+use crate::db_error::{DbError, DbResult};
+use crate::totals;
+
+/// How long a connection waits for a lock before giving up with SQLITE_BUSY.
+/// Only readers and the single writer share the file, so waits are short.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// The schema this version writes; 0 is a file of a version without
+/// `ledger_totals` (or a new, empty file).
+const SCHEMA_VERSION: i64 = 1;
+
+/// The writer's page cache, in KiB: keeps the upper levels of the key indexes
+/// of a ledger of millions of payments in memory.
+const WRITER_CACHE_KIB: i64 = 65_536;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS payments (
+    id            INTEGER PRIMARY KEY,
+    src           TEXT    NOT NULL,
+    dest          TEXT    NOT NULL CHECK (dest <> src),
+    amount_minor  INTEGER NOT NULL CHECK (typeof(amount_minor) = 'integer' AND amount_minor > 0 AND amount_minor <= 100000000000),
+    idem_key      TEXT,
+    dedup_key     TEXT UNIQUE,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS payments_by_idem_key ON payments(idem_key) WHERE idem_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS accounts (
+    name          TEXT    PRIMARY KEY,
+    -- SQLite turns an overflowing integer sum into a float: refuse that.
+    balance_minor INTEGER NOT NULL CHECK (typeof(balance_minor) = 'integer')
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    idem_key        TEXT    PRIMARY KEY,
+    fingerprint     TEXT    NOT NULL,
+    state           TEXT    NOT NULL CHECK (state IN ('in_progress', 'completed')),
+    lock_owner      INTEGER,
+    locked_until_ms INTEGER,
+    payment_id      INTEGER REFERENCES payments(id),
+    response_status INTEGER,
+    response_body   TEXT,
+    created_at_ms   INTEGER NOT NULL,
+    completed_at_ms INTEGER
+-- One b-tree keyed by the key, not a rowid table plus an index on the key:
+-- one insert less per payment. (A file of the previous version keeps its
+-- rowid table; the statements are the same for both.)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_completion ON idempotency_keys(completed_at_ms) WHERE state = 'completed';
+-- Start-up expires the leases of a dead process: with this it visits only
+-- keys in flight, not every stored response.
+CREATE INDEX IF NOT EXISTS idempotency_keys_in_flight ON idempotency_keys(idem_key) WHERE state = 'in_progress';
+";
+
+/// Opens (creating if needed) the database for the single writer, with every
+/// setting stated explicitly rather than left to defaults, and brings a file
+/// of an older version up to date.
+pub fn open_writer(path: &Path, synchronous: Synchronous) -> DbResult<Connection> {
+    let mut conn = Connection::open(path)?;
+    // First: every statement below may have to wait for a lock.
+    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(DbError::Io(format!(
+            "journal_mode is {mode}, WAL is required (is the file on a network drive?)"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", synchronous.pragma())?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Statement journals and temporary tables in memory: a temporary file
+    // written for every statement that might have to be undone costs more
+    // CPU than the payment itself.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    bring_up_to_date(&mut conn)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection; WAL lets it read a consistent snapshot while
+/// the writer commits.
+pub fn open_reader(path: &Path) -> DbResult<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(conn)
+}
+
+/// A current file: nothing to do (one header read). A new file: the schema
+/// and a zero totals row. A file of an older version: the missing tables and
+/// indexes, and the totals computed once from its payments (O(n), once; the
+/// same pass as the audit, in the same transaction, so nothing slips between).
+fn bring_up_to_date(conn: &mut Connection) -> DbResult<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    if version > SCHEMA_VERSION {
+        return Err(DbError::Other(format!(
+            "the database has schema version {version}, written by a newer payment-service (this one knows {SCHEMA_VERSION})"
+        )));
+    }
+    let started = Instant::now();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(totals::TOTALS_SCHEMA)?;
+    let audited = audit::run(&mut audit::Within(&tx), audit::Balances::Skip, &mut |_| {})?;
+    let figures = audited.report.recomputed;
+    totals::reset(&tx, &figures)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    if figures.payments > 0 || figures.accounts > 0 {
+        tracing::info!(
+            payments = figures.payments,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "database of an older version brought up to date: its totals were computed once"
+        );
+    }
+    Ok(())
+}
