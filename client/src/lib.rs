@@ -21,6 +21,7 @@ mod backoff;
 pub mod classify;
 pub mod flow;
 pub mod history;
+pub mod intents;
 pub mod ledger;
 mod lines;
 pub mod money;

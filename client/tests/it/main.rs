@@ -74,9 +74,10 @@ pub async fn judge(
     attempts: &[client::history::AttemptRecord],
     strategy: client::strategy::KeyStrategy,
 ) -> Result<client::reconcile::Reconciliation, client::service::Inconclusive> {
+    let intents = client::intents::Intents::from(intents);
     let evidence = client::reconcile::Evidence {
-        intents,
-        attempts,
+        intents: &intents,
+        attempts: attempts.into(),
         strategy,
         mode: &mode,
     };
