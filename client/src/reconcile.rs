@@ -109,6 +109,12 @@ impl<'a> From<&'a [AttemptRecord]> for Attempts<'a> {
     }
 }
 
+impl<'a, const N: usize> From<&'a [AttemptRecord; N]> for Attempts<'a> {
+    fn from(records: &'a [AttemptRecord; N]) -> Attempts<'a> {
+        Attempts::Records(records)
+    }
+}
+
 impl<'a> From<&'a Vec<AttemptRecord>> for Attempts<'a> {
     fn from(records: &'a Vec<AttemptRecord>) -> Attempts<'a> {
         Attempts::Records(records)

@@ -293,7 +293,7 @@ impl ServiceReader {
             };
             if Instant::now() + delay >= self.deadline {
                 return Err(inconclusive(format!(
-                    "{what}: {why} (tried {tries} times until the reconciliation deadline)"
+                    "{what}: {why} (tried {tries} times until the reading deadline)"
                 )));
             }
             tracing::debug!(what, why, "retrying a read of the service");
