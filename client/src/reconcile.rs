@@ -214,7 +214,18 @@ pub async fn reconcile(reader: &Arc<ServiceReader>, evidence: &Evidence<'_>) -> 
         .map(|(after, last)| Read::Ids { after, last });
     read_all(reader, &ctx, window, &mut tally).await?;
     let windowed = (reader.requests(), started.elapsed());
-    let mut after = end;
+    read_tail(reader, &ctx, &mut tally).await?;
+    tracing::debug!(?probed, ?looked_up, ?windowed, total = ?started.elapsed(), "reconciliation reads (requests, time)");
+    Ok(match ctx.strategy {
+        KeyStrategy::None => totals_only(evidence.intents, &tally),
+        _ => judge(&ctx, &tally),
+    })
+}
+
+/// Every payment after the window, page by page: made since the reading
+/// began (a late retry landing, another client), whatever its key.
+async fn read_tail(reader: &ServiceReader, ctx: &Context, tally: &mut Tally) -> Result<(), Inconclusive> {
+    let mut after = ctx.end_id;
     for _ in 0..PAGES_MAX {
         let mut seen = Vec::new();
         let next = reader
@@ -223,13 +234,15 @@ pub async fn reconcile(reader: &Arc<ServiceReader>, evidence: &Evidence<'_>) -> 
         seen.into_iter().try_for_each(|s| tally.add(s, false))?;
         match next {
             Some(next) => after = next,
-            None => break,
+            None => return Ok(()),
         }
     }
-    tracing::debug!(?probed, ?looked_up, ?windowed, total = ?started.elapsed(), "reconciliation reads (requests, time)");
-    Ok(match ctx.strategy {
-        KeyStrategy::None => totals_only(evidence.intents, &tally),
-        _ => judge(&ctx, &tally),
+    Err(Inconclusive {
+        reason: format!(
+            "the service holds more than {} payments after id {}",
+            PAGES_MAX * PAGE_ROWS_MAX,
+            ctx.end_id
+        ),
     })
 }
 
