@@ -195,7 +195,7 @@ pub async fn reconcile(reader: &Arc<ServiceReader>, evidence: &Evidence<'_>) -> 
     let baseline = evidence.mode.baseline_id();
     let guess = baseline.saturating_add(evidence.intents.len() as i64);
     let end = reader.last_id(baseline, guess).await?.max(baseline);
-    let span = u64::try_from(end - baseline).unwrap_or(0);
+    let span = u64::try_from(end.saturating_sub(baseline)).unwrap_or(0);
     if span.div_ceil(PAGE_ROWS_MAX as u64) > PAGES_MAX as u64 {
         return Err(Inconclusive {
             reason: format!("{span} payment ids after the baseline {baseline}: more than the judge reads"),
