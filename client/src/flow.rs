@@ -11,9 +11,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::history::HistoryFile;
+use crate::intents::Intents;
 use crate::ledger::{Ledger, Meta, Opened};
-use crate::reconcile::{self, Evidence, Mode, Reconciliation, Verdict};
-use crate::runner::{self, Intent, Summary};
+use crate::reconcile::{self, Attempts, Evidence, Mode, Reconciliation, Verdict};
+use crate::runner::{self, Summary};
 use crate::service::{Inconclusive, ServiceReader};
 use crate::strategy::{KeyStrategy, Options};
 
@@ -35,7 +36,8 @@ pub const EXIT_CODES_HELP: &str = "Exit status: 0 a verdict (the --expect-ed one
 could not be read completely, so there is no verdict; 130 interrupted by Ctrl-C.";
 
 /// How long the service's starting point may take to read before anything
-/// is sent: it answers at once when it is up.
+/// is sent: a few dozen one-row pages, each an index seek, whatever the
+/// ledger's size.
 const BASELINE_DEADLINE_MS: u64 = 10_000;
 
 /// Everything a run needs besides its payments.
@@ -88,7 +90,7 @@ pub async fn intents(
     dest: &str,
     amount_minor: i64,
     seed: u64,
-) -> anyhow::Result<Vec<Intent>> {
+) -> anyhow::Result<Intents> {
     match csv {
         Some(path) => {
             let path = path.to_owned();
@@ -100,14 +102,14 @@ pub async fn intents(
                 "--count must be at most {}",
                 runner::INTENTS_MAX
             );
-            Ok(runner::repeat(count, src, dest, amount_minor, seed))
+            Ok(Intents::repeat(count, src, dest, amount_minor, seed))
         }
     }
 }
 
 /// `client pay`: note where the service's ledger stands, write the intents
 /// to `ledger` (if given) before the first attempt, send, judge.
-pub async fn pay(settings: &Settings, intents: Vec<Intent>, ledger: Option<&Path>) -> anyhow::Result<Ending> {
+pub async fn pay(settings: &Settings, intents: Intents, ledger: Option<&Path>) -> anyhow::Result<Ending> {
     settings.options.validate().map_err(anyhow::Error::msg)?;
     let baseline_id = baseline(&settings.service).await?;
     let (ledger, intents) = match ledger {
@@ -121,15 +123,7 @@ pub async fn pay(settings: &Settings, intents: Vec<Intent>, ledger: Option<&Path
         }
         None => (None, intents),
     };
-    let intents: Arc<[Intent]> = intents.into();
-    execute(
-        settings,
-        Arc::clone(&intents),
-        &intents,
-        Mode::Fresh { baseline_id },
-        ledger,
-    )
-    .await
+    execute(settings, intents.clone(), &intents, Mode::Fresh { baseline_id }, ledger).await
 }
 
 /// `client resume`: finish the unfinished payments of a ledger with their
@@ -141,7 +135,7 @@ pub async fn resume(settings: &Settings, path: &Path) -> anyhow::Result<Ending> 
     );
     settings.options.validate().map_err(anyhow::Error::msg)?;
     let opened = open_ledger(path).await?;
-    let to_send: Arc<[Intent]> = opened.unfinished().into();
+    let to_send = opened.unfinished();
     eprintln!(
         "resuming {}: {} payments, {} confirmed before, {} to finish",
         path.display(),
@@ -159,19 +153,21 @@ pub async fn resume(settings: &Settings, path: &Path) -> anyhow::Result<Ending> 
 
 /// The service's last payment id now: every payment sent after this has a
 /// higher one. Read before anything is sent, so failing here costs nothing.
+/// Found with one-row pages of `GET /payments` (each an index seek), not
+/// `/stats`, whose figures may cost the service a scan of its whole ledger:
+/// sending never waits for that.
 pub async fn baseline(service: &str) -> anyhow::Result<i64> {
     let reader = ServiceReader::new(service, Duration::from_millis(BASELINE_DEADLINE_MS))?;
-    let stats = reader.stats().await.with_context(|| {
+    reader.last_id(0, 0).await.with_context(|| {
         format!(
             "cannot read where the service's ledger stands before sending (is {service} the payment service? --service)"
         )
-    })?;
-    Ok(stats.last_payment_id)
+    })
 }
 
 /// Creates a ledger off the async workers (it fsyncs), giving `intents` back.
-pub async fn create_ledger(path: &Path, intents: Vec<Intent>, meta: Meta) -> anyhow::Result<(Ledger, Vec<Intent>)> {
-    let path = path.to_owned();
+pub async fn create_ledger(path: &Path, intents: impl Into<Intents>, meta: Meta) -> anyhow::Result<(Ledger, Intents)> {
+    let (path, intents) = (path.to_owned(), intents.into());
     tokio::task::spawn_blocking(move || Ledger::create(&path, &intents, meta).map(|ledger| (ledger, intents))).await?
 }
 
@@ -193,8 +189,8 @@ pub async fn open_ledger(path: &Path) -> anyhow::Result<Opened> {
 /// Sends `to_send`, then judges all of `intents` (the whole ledger on resume).
 async fn execute(
     settings: &Settings,
-    to_send: Arc<[Intent]>,
-    intents: &[Intent],
+    to_send: Intents,
+    intents: &Intents,
     mode: Mode,
     ledger: Option<(Arc<Ledger>, PathBuf)>,
 ) -> anyhow::Result<Ending> {
@@ -221,6 +217,7 @@ async fn execute(
         history,
         ledger: ledger.as_ref().map(|(ledger, _)| Arc::clone(ledger)),
         progress: settings.progress,
+        summary_only: true,
         stop: settings.stop.clone(),
         ..runner::Sinks::default()
     };
@@ -235,7 +232,7 @@ async fn execute(
     }
     let evidence = Evidence {
         intents,
-        attempts: &report.attempts,
+        attempts: Attempts::Outcomes(&report.outcomes),
         strategy: options.key,
         mode: &mode,
     };

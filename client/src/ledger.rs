@@ -20,7 +20,7 @@
 //! whole; one that does not is refused. A torn last `done` line (killed
 //! mid-append) is cut off on opening.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::intents::{INTENTS_MAX, Intents, IntentsBuilder};
 use crate::lines::LineWriter;
-use crate::runner::{INTENTS_MAX, Intent};
 
 /// The format this client writes and reads; older ledgers had no header.
 pub const LEDGER_FORMAT: &str = "client-ledger-2";
@@ -91,7 +91,7 @@ pub struct Ledger {
 pub struct Opened {
     pub ledger: Ledger,
     pub meta: Meta,
-    pub intents: Vec<Intent>,
+    pub intents: Intents,
     /// Indexes of the intents an earlier run confirmed (got a 2xx for).
     pub confirmed: HashSet<usize>,
     /// The length of a torn last line that was cut off, if there was one.
@@ -100,12 +100,9 @@ pub struct Opened {
 
 impl Opened {
     /// The intents not confirmed yet, in ledger order.
-    pub fn unfinished(&self) -> Vec<Intent> {
+    pub fn unfinished(&self) -> Intents {
         self.intents
-            .iter()
-            .filter(|i| !self.confirmed.contains(&i.index))
-            .cloned()
-            .collect()
+            .filter(|at| !self.confirmed.contains(&self.intents.index(at)))
     }
 }
 
@@ -123,7 +120,7 @@ pub fn partial_path(path: &Path) -> anyhow::Result<PathBuf> {
 impl Ledger {
     /// Creates a complete ledger holding `intents`, durably, or nothing.
     /// Blocking (file I/O and fsync): call it off the async workers.
-    pub fn create(path: &Path, intents: &[Intent], meta: Meta) -> anyhow::Result<Ledger> {
+    pub fn create(path: &Path, intents: &Intents, meta: Meta) -> anyhow::Result<Ledger> {
         if path.exists() {
             bail!(
                 "the ledger {} already exists: finish it with `client resume --ledger {}`, or choose another file",
@@ -224,7 +221,7 @@ impl Ledger {
 }
 
 /// Header, intents and the completion line, then fsync.
-fn write_all(file: File, intents: &[Intent], meta: Meta) -> anyhow::Result<()> {
+fn write_all(file: File, intents: &Intents, meta: Meta) -> anyhow::Result<()> {
     let mut out = BufWriter::new(file);
     let mut line = |line: &Line| -> anyhow::Result<()> {
         serde_json::to_writer(&mut out, line)?;
@@ -237,12 +234,12 @@ fn write_all(file: File, intents: &[Intent], meta: Meta) -> anyhow::Result<()> {
         baseline_id: meta.baseline_id,
         seed: meta.seed,
     })?;
-    for i in intents {
+    for i in intents.iter() {
         line(&Line::Intent {
             index: i.index,
-            key: i.key.clone(),
-            src: i.src.clone(),
-            dest: i.dest.clone(),
+            key: i.key,
+            src: i.src,
+            dest: i.dest,
             amount_minor: i.amount_minor,
         })?;
     }
@@ -401,32 +398,32 @@ fn read_header(lines: &mut LineReader) -> anyhow::Result<(Meta, usize)> {
     }
 }
 
-fn read_intents(lines: &mut LineReader, count: usize) -> anyhow::Result<Vec<Intent>> {
-    let mut intents = Vec::with_capacity(count);
-    let mut indexes = HashSet::with_capacity(count);
+fn read_intents(lines: &mut LineReader, count: usize) -> anyhow::Result<Intents> {
+    let mut intents = IntentsBuilder::with_capacity(count);
+    let mut read = 0;
+    // Indexes seen, once they stop being 0, 1, 2, ... (as this client writes them).
+    let mut indexes: Option<HashSet<usize>> = None;
     loop {
         let at = lines.number + 1;
         match lines.next()? {
-            None => return Err(lines.incomplete(count, intents.len())),
+            None => return Err(lines.incomplete(count, read)),
             Some(Line::Intent {
                 index,
                 key,
                 src,
                 dest,
                 amount_minor,
-            }) if intents.len() < count => {
-                if !indexes.insert(index) {
-                    bail!("{}:{at}: payment {index} appears twice", lines.path.display());
+            }) if read < count => {
+                if index != read || indexes.is_some() {
+                    let seen = indexes.get_or_insert_with(|| (0..read).collect());
+                    if !seen.insert(index) {
+                        bail!("{}:{at}: payment {index} appears twice", lines.path.display());
+                    }
                 }
-                intents.push(Intent {
-                    index,
-                    key,
-                    src,
-                    dest,
-                    amount_minor,
-                });
+                intents.push(index, &key, &src, &dest, amount_minor);
+                read += 1;
             }
-            Some(Line::Complete { intents: n }) if n == count && intents.len() == count => return Ok(intents),
+            Some(Line::Complete { intents: n }) if n == count && read == count => return Ok(intents.finish()),
             Some(_) => bail!(
                 "{}:{at}: not what a complete ledger of {count} payments holds here: the file is damaged and cannot be resumed",
                 lines.path.display()
@@ -436,15 +433,15 @@ fn read_intents(lines: &mut LineReader, count: usize) -> anyhow::Result<Vec<Inte
 }
 
 /// The `done` lines: which intents (by index) were confirmed.
-fn read_done(lines: &mut LineReader, intents: &[Intent]) -> anyhow::Result<HashSet<usize>> {
-    let index_of: HashMap<&str, usize> = intents.iter().map(|i| (i.key.as_str(), i.index)).collect();
+fn read_done(lines: &mut LineReader, intents: &Intents) -> anyhow::Result<HashSet<usize>> {
+    let index_of = |key: &str| intents.position_of_key(key).map(|at| intents.index(at));
     let mut confirmed = HashSet::new();
     loop {
         let at = lines.number + 1;
         match lines.next()? {
             None => return Ok(confirmed),
             Some(Line::Done { key, outcome }) => {
-                let Some(&index) = index_of.get(key.as_str()) else {
+                let Some(index) = index_of(&key) else {
                     bail!(
                         "{}:{at}: a payment {key:?} that the ledger does not hold",
                         lines.path.display()
@@ -466,8 +463,8 @@ fn read_done(lines: &mut LineReader, intents: &[Intent]) -> anyhow::Result<HashS
 mod tests {
     use super::*;
 
-    fn intents(n: usize) -> Vec<Intent> {
-        crate::runner::repeat(n, "bianca", "marc", 100, 7)
+    fn intents(n: usize) -> Intents {
+        Intents::repeat(n, "bianca", "marc", 100, 7)
     }
 
     const META: Meta = Meta {
@@ -483,8 +480,12 @@ mod tests {
         assert!(!partial_path(&path).expect("partial").exists());
         let opened = Ledger::open(&path).expect("open");
         assert_eq!(
-            (opened.meta, opened.intents, opened.repaired_bytes),
-            (META, intents(3), None)
+            (
+                opened.meta,
+                opened.intents.iter().collect::<Vec<_>>(),
+                opened.repaired_bytes
+            ),
+            (META, crate::runner::repeat(3, "bianca", "marc", 100, 7), None)
         );
         assert!(
             Ledger::create(&path, &intents(3), META).is_err(),
@@ -527,7 +528,7 @@ mod tests {
         let complete = std::fs::read(&path).expect("read");
         let done = format!(
             "{{\"type\":\"done\",\"key\":\"{}\",\"outcome\":\"confirmed\"}}\n",
-            intents(2)[0].key
+            intents(2).key(0)
         );
         let mut torn = complete.clone();
         torn.extend_from_slice(done.as_bytes());

@@ -6,8 +6,10 @@
 //!   how their end is printed; the binary only parses flags.
 //! - [`strategy`]: the knobs: key per payment / per attempt / none, retries,
 //!   backoff, timeouts, connection reuse.
+//! - [`intents`]: the payments of a run, compactly (32 bytes each; generated
+//!   keys derived, not stored).
 //! - [`runner`]: the retry loop per payment, `concurrency` at once, every
-//!   attempt recorded ([`history`]).
+//!   attempt counted into an 8-byte outcome and streamed ([`history`]).
 //! - [`classify`]: what an answer or error means (ok / fail / unknown) and
 //!   whether to retry.
 //! - [`backoff`]: seeded full-jitter delays.
@@ -21,6 +23,7 @@ mod backoff;
 pub mod classify;
 pub mod flow;
 pub mod history;
+pub mod intents;
 pub mod ledger;
 mod lines;
 pub mod money;

@@ -1,5 +1,5 @@
 //! Did each payment happen exactly once? The client's own record (intents and
-//! attempt history) against the service's ledger, checked the Jepsen way:
+//! what each was told) against the service's ledger, checked the Jepsen way:
 //!
 //! - a payment with an `ok` attempt must appear exactly once;
 //! - with only `unknown` attempts it may appear once or not at all;
@@ -12,6 +12,11 @@
 //! was every payment made once, and no money moved that should not have?
 //! A verdict is given only from a complete reading of the service; otherwise
 //! the answer is [`Inconclusive`].
+//!
+//! Memory: a few bytes per intent (a count of its payments, what it was
+//! told), one bit per id of the window, and at most [`ISSUES_LISTED_MAX`]
+//! payments kept by key; every page is sorted as it arrives, in the task that
+//! read it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -19,10 +24,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use crate::classify::Outcome;
 use crate::history::AttemptRecord;
+use crate::intents::Intents;
 use crate::money::format_minor;
-use crate::runner::Intent;
+use crate::runner::{Outcomes, PaymentOutcome};
 use crate::service::{Inconclusive, LOOKUP_KEYS_MAX, PAGE_ROWS_MAX, PAGES_MAX, ServicePayment, ServiceReader};
 use crate::strategy::KeyStrategy;
 
@@ -34,14 +39,13 @@ const LOOKUP_CHUNK_KEYS: usize = if LOOKUP_KEYS_MAX < PAGE_ROWS_MAX {
 } else {
     PAGE_ROWS_MAX - 1
 };
-/// Reads of the service in flight at once: the service answers reads from
-/// four connections, so more would only queue there.
-const READS_IN_FLIGHT: usize = 4;
+/// Reads of the service in flight at once: twice the service's four reader
+/// connections, so the next request waits there while an answer is parsed
+/// here (1,000 lookups of 999 keys on a loaded 2-core VM: 3.6 s with 2 in
+/// flight, 2.3-2.8 s with 4, 2.3-2.6 s with 8, no better with 16).
+const READS_IN_FLIGHT: usize = 8;
 /// Problems listed by key in the report; the counts cover all of them.
-const ISSUES_LISTED_MAX: usize = 20;
-/// Payments of this run the judge holds in memory at most (about 50 bytes
-/// each): ten per intent of the largest run.
-const PAYMENTS_HELD_MAX: usize = 10_000_000;
+pub const ISSUES_LISTED_MAX: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -88,10 +92,45 @@ impl Mode {
     }
 }
 
+/// What the client was told about its payments.
+#[derive(Debug, Clone, Copy)]
+pub enum Attempts<'a> {
+    /// Every attempt, with the key it sent (small runs, the scenario runner;
+    /// several runs' records together, by intent index).
+    Records(&'a [AttemptRecord]),
+    /// One outcome per payment sent (`client pay`, `client resume`): keys are
+    /// the intents' own, or `KEY-aN` for attempt N with `per-attempt`.
+    Outcomes(&'a Outcomes),
+}
+
+impl<'a> From<&'a [AttemptRecord]> for Attempts<'a> {
+    fn from(records: &'a [AttemptRecord]) -> Attempts<'a> {
+        Attempts::Records(records)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [AttemptRecord; N]> for Attempts<'a> {
+    fn from(records: &'a [AttemptRecord; N]) -> Attempts<'a> {
+        Attempts::Records(records)
+    }
+}
+
+impl<'a> From<&'a Vec<AttemptRecord>> for Attempts<'a> {
+    fn from(records: &'a Vec<AttemptRecord>) -> Attempts<'a> {
+        Attempts::Records(records)
+    }
+}
+
+impl<'a> From<&'a Outcomes> for Attempts<'a> {
+    fn from(outcomes: &'a Outcomes) -> Attempts<'a> {
+        Attempts::Outcomes(outcomes)
+    }
+}
+
 /// What the client knows: what it meant to pay and what it was told.
 pub struct Evidence<'a> {
-    pub intents: &'a [Intent],
-    pub attempts: &'a [AttemptRecord],
+    pub intents: &'a Intents,
+    pub attempts: Attempts<'a>,
     pub strategy: KeyStrategy,
     pub mode: &'a Mode,
 }
@@ -140,73 +179,137 @@ pub struct Reconciliation {
     pub verdict: Verdict,
 }
 
-/// Reads what the service holds for this run and judges it: the payments by
-/// id after the baseline (orphans, keyless totals), by key in chunks of
-/// [`LOOKUP_CHUNK_KEYS`] (this run's payments, even those made before the
-/// baseline by an earlier run with the same seed), then any made since the
-/// reading began. Reads run [`READS_IN_FLIGHT`] at a time. Any read that
-/// fails within the reader's deadline makes the whole answer inconclusive.
+/// Reads what the service holds for this run and judges it. First the
+/// newest id (the window is the ids after the baseline up to it), then every
+/// key of the run in chunks of [`LOOKUP_CHUNK_KEYS`] (this run's payments,
+/// even those made before the baseline by an earlier run with the same seed),
+/// then only the parts of the window the lookups did not account for id by
+/// id (payments no intent explains; none at all after a run alone on the
+/// service), then any payment made since. Reads run [`READS_IN_FLIGHT`] at a
+/// time. Each payment is counted once: lookups count ids up to the window's
+/// end, the window only what carries none of the run's keys, the rest after
+/// it. Any read that fails within the reader's deadline makes the whole
+/// answer inconclusive.
 pub async fn reconcile(reader: &Arc<ServiceReader>, evidence: &Evidence<'_>) -> Result<Reconciliation, Inconclusive> {
-    let mut collector = Collector::new(evidence);
+    let started = std::time::Instant::now();
     let baseline = evidence.mode.baseline_id();
-    let end = reader.stats().await?.last_payment_id;
+    let guess = baseline.saturating_add(evidence.intents.len() as i64);
+    let end = reader.last_id(baseline, guess).await?.max(baseline);
     let span = u64::try_from(end.saturating_sub(baseline)).unwrap_or(0);
-    let ranges = span.div_ceil(PAGE_ROWS_MAX as u64);
-    if ranges > PAGES_MAX as u64 {
+    if span.div_ceil(PAGE_ROWS_MAX as u64) > PAGES_MAX as u64 {
         return Err(Inconclusive {
             reason: format!("{span} payment ids after the baseline {baseline}: more than the judge reads"),
         });
     }
-    let range_start = |k: u64| baseline + (k * PAGE_ROWS_MAX as u64) as i64;
-    let window = (0..ranges).map(|k| Read::Ids(range_start(k)));
-    read_all(reader, window, &mut collector).await?;
-    if evidence.strategy != KeyStrategy::None {
-        let keys: Vec<&str> = collector.owner.keys().copied().collect();
-        let lookups = keys
-            .chunks(LOOKUP_CHUNK_KEYS)
-            .map(|chunk| Read::Keys(chunk.iter().map(|k| (*k).to_owned()).collect()));
-        read_all(reader, lookups, &mut collector).await?;
+    let ctx = Arc::new(Context::new(evidence, end));
+    let mut tally = Tally::new(evidence.intents.len(), baseline, span);
+    let probed = (reader.requests(), started.elapsed());
+    if ctx.strategy != KeyStrategy::None {
+        read_all(reader, &ctx, key_reads(&ctx), &mut tally).await?;
     }
-    reader
-        .payments_after(range_start(ranges), |p| collector.accept(p))
-        .await?;
-    Ok(match evidence.strategy {
-        KeyStrategy::None => totals_only(evidence.intents, &collector),
-        _ => judge(evidence, &collector),
+    let looked_up = (reader.requests(), started.elapsed());
+    let window = tally
+        .unaccounted(end)
+        .into_iter()
+        .map(|(after, last)| Read::Ids { after, last });
+    read_all(reader, &ctx, window, &mut tally).await?;
+    let windowed = (reader.requests(), started.elapsed());
+    read_tail(reader, &ctx, &mut tally).await?;
+    tracing::debug!(?probed, ?looked_up, ?windowed, total = ?started.elapsed(), "reconciliation reads (requests, time)");
+    Ok(match ctx.strategy {
+        KeyStrategy::None => totals_only(evidence.intents, &tally),
+        _ => judge(&ctx, &tally),
     })
 }
 
-/// One read of the service.
-enum Read {
-    /// The payments with ids in `(after, after + PAGE_ROWS_MAX]`.
-    Ids(i64),
-    /// The payments under these keys.
-    Keys(Vec<String>),
+/// Every payment after the window, page by page: made since the reading
+/// began (a late retry landing, another client), whatever its key.
+async fn read_tail(reader: &ServiceReader, ctx: &Context, tally: &mut Tally) -> Result<(), Inconclusive> {
+    let mut after = ctx.end_id;
+    for _ in 0..PAGES_MAX {
+        let mut seen = Vec::new();
+        let next = reader
+            .page_after(after, |p| seen.extend(ctx.sort(p, Source::Tail)))
+            .await?;
+        seen.into_iter().try_for_each(|s| tally.add(s, false))?;
+        match next {
+            Some(next) => after = next,
+            None => return Ok(()),
+        }
+    }
+    Err(Inconclusive {
+        reason: format!(
+            "the service holds more than {} payments after id {}",
+            PAGES_MAX * PAGE_ROWS_MAX,
+            ctx.end_id
+        ),
+    })
 }
 
-/// Runs `reads`, a few at a time, handing what they find to `collector`;
-/// stops at the first that cannot be read (the others are dropped).
+/// One read of the service: one page.
+enum Read {
+    /// A page of the payments under `keys` with ids above `after`; `pages`
+    /// of this lookup were read before it.
+    Keys {
+        keys: Arc<[String]>,
+        after: i64,
+        pages: usize,
+    },
+    /// The payments with ids in `(after, last]`.
+    Ids { after: i64, last: i64 },
+}
+
+/// Every key of the run that a lookup must ask for, once each, in chunks.
+fn key_reads(ctx: &Arc<Context>) -> impl Iterator<Item = Read> + use<> {
+    let per_intent = Arc::clone(ctx);
+    let sent: Vec<String> = ctx.sent_keys.keys().cloned().collect();
+    let mut keys = (0..ctx.intents.len())
+        .flat_map(move |at| per_intent.keys_of(at))
+        .chain(sent);
+    std::iter::from_fn(move || {
+        let chunk: Vec<String> = keys.by_ref().take(LOOKUP_CHUNK_KEYS).collect();
+        (!chunk.is_empty()).then(|| Read::Keys {
+            keys: chunk.into(),
+            after: 0,
+            pages: 0,
+        })
+    })
+}
+
+/// What one read found, sorted.
+struct Found {
+    lookup: bool,
+    sightings: Vec<Sighting>,
+    /// The next page of the same lookup, if more may follow.
+    more: Option<Read>,
+}
+
+/// Runs `reads`, a few at a time, handing what they find to `tally`; stops
+/// at the first that cannot be read (the others are dropped).
 async fn read_all(
     reader: &Arc<ServiceReader>,
+    ctx: &Arc<Context>,
     reads: impl Iterator<Item = Read>,
-    collector: &mut Collector<'_>,
+    tally: &mut Tally,
 ) -> Result<(), Inconclusive> {
     let mut reads = reads.fuse();
+    let mut more = Vec::new();
     let mut running = JoinSet::new();
     loop {
         while running.len() < READS_IN_FLIGHT {
-            let Some(read) = reads.next() else { break };
-            let reader = Arc::clone(reader);
-            running.spawn(async move {
-                match read {
-                    Read::Ids(after) => reader.id_range(after).await,
-                    Read::Keys(keys) => reader.lookup(&keys).await,
-                }
-            });
+            let Some(read) = more.pop().or_else(|| reads.next()) else {
+                break;
+            };
+            running.spawn(perform(Arc::clone(reader), Arc::clone(ctx), read));
         }
         match running.join_next().await {
             None => return Ok(()),
-            Some(Ok(found)) => found?.into_iter().try_for_each(|p| collector.accept(p))?,
+            Some(Ok(found)) => {
+                let found = found?;
+                let lookup = found.lookup;
+                found.sightings.into_iter().try_for_each(|s| tally.add(s, lookup))?;
+                more.extend(found.more);
+            }
             Some(Err(e)) => {
                 return Err(Inconclusive {
                     reason: format!("a read of the service failed: {e}"),
@@ -216,195 +319,390 @@ async fn read_all(
     }
 }
 
+/// One read, its payments sorted as they are parsed.
+async fn perform(reader: Arc<ServiceReader>, ctx: Arc<Context>, read: Read) -> Result<Found, Inconclusive> {
+    let mut sightings = Vec::new();
+    match read {
+        Read::Ids { after, last } => {
+            reader
+                .id_range(after, last, |p| sightings.extend(ctx.sort(p, Source::Window)))
+                .await?;
+            Ok(Found {
+                lookup: false,
+                sightings,
+                more: None,
+            })
+        }
+        Read::Keys { keys, after, pages } => {
+            let end = ctx.end_id;
+            let next = reader
+                .lookup_page(&keys, after, |p| {
+                    if p.id <= end {
+                        sightings.extend(ctx.sort(p, Source::Lookup));
+                    }
+                })
+                .await?;
+            // Ids past the window's end are read after it, whatever their key.
+            let more = match next {
+                Some(next) if next < end && pages + 1 >= PAGES_MAX => {
+                    return Err(Inconclusive {
+                        reason: format!(
+                            "more than {} payments under {} keys",
+                            PAGES_MAX * PAGE_ROWS_MAX,
+                            keys.len()
+                        ),
+                    });
+                }
+                Some(next) if next < end => Some(Read::Keys {
+                    keys,
+                    after: next,
+                    pages: pages + 1,
+                }),
+                _ => None,
+            };
+            Ok(Found {
+                lookup: true,
+                sightings,
+                more,
+            })
+        }
+    }
+}
+
+/// Where a payment was read: it decides what it may be counted as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A lookup of this run's keys, ids up to the window's end.
+    Lookup,
+    /// The id window: payments under this run's keys were counted by their lookup.
+    Window,
+    /// After the window's end: made since the reading began.
+    Tail,
+}
+
 /// What one payment the service holds means for this run.
-enum Found {
+#[derive(Debug)]
+enum Sighting {
     /// The payment of the intent at this position.
-    Intent { at: usize, amount_minor: i64 },
-    /// Made during the run under one of its keys, but no intent explains it.
-    Orphan {
+    Intent { at: usize, id: i64 },
+    /// Under one of this run's keys, seen in the id window: its lookup counts it.
+    Owned { id: i64 },
+    /// Money under this run's keys that no intent explains, or a key used before.
+    Unexplained {
+        id: i64,
         key: String,
         amount_minor: i64,
-        reused: bool,
+        problem: Unexplained,
     },
-    /// Made before the run under one of its keys, for a different payment.
-    Before { key: String },
+    /// Made during a run without keys.
+    Keyless { amount_minor: i64 },
 }
 
-/// Sorts the payments read into what they mean, once each (by id).
-struct Collector<'a> {
-    intents: &'a [Intent],
-    /// Each key this run sent (or would send), to its intent's position.
-    owner: HashMap<&'a str, usize>,
-    /// An intent's index to its position in `intents`.
-    position: HashMap<usize, usize>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unexplained {
+    /// Made during the run under one of its keys, for no intent.
+    Orphaned,
+    /// Made during the run under an intent's key, for a different payment.
+    Reused,
+    /// Made before the run under an intent's key, for a different payment.
+    Before,
+}
+
+impl Unexplained {
+    fn problem(self) -> &'static str {
+        match self {
+            Unexplained::Orphaned => "orphaned",
+            Unexplained::Reused => "key reused for another payment",
+            Unexplained::Before => "key used before this run for another payment",
+        }
+    }
+}
+
+/// What the reads need to sort a payment; shared by the reads in flight.
+struct Context {
+    intents: Intents,
+    /// Per intent position: what it was told and how many attempts it made.
+    told: Vec<PaymentOutcome>,
+    /// Keys in the attempt records that the intents do not name as theirs
+    /// (`per-attempt` keys, a restarted client's new keys), to the position
+    /// of their intent. Empty with [`Attempts::Outcomes`].
+    sent_keys: HashMap<String, usize>,
+    /// `per-attempt` from outcomes: key `KEY-aN` is attempt N of KEY's intent.
+    attempt_suffixes: bool,
+    strategy: KeyStrategy,
+    baseline_id: i64,
+    /// The window's last id.
+    end_id: i64,
     /// `pay-<seed>-`: a key with it that no intent owns is an orphan.
     prefix: String,
-    baseline_id: i64,
-    keyless: bool,
-    /// By id: a payment read twice (window and lookup) counts once; in id
-    /// order, so the issues listed are the same on every run.
-    found: BTreeMap<i64, Found>,
-    keyless_payments: u64,
-    keyless_minor: i128,
 }
 
-impl<'a> Collector<'a> {
-    fn new(evidence: &Evidence<'a>) -> Collector<'a> {
-        let position: HashMap<usize, usize> = evidence
-            .intents
-            .iter()
-            .enumerate()
-            .map(|(at, i)| (i.index, at))
-            .collect();
-        let mut owner = HashMap::new();
-        if evidence.strategy == KeyStrategy::PerPayment {
-            owner.extend(evidence.intents.iter().enumerate().map(|(at, i)| (i.key.as_str(), at)));
-        }
-        for a in evidence.attempts {
-            if let (Some(key), Some(&at)) = (&a.key, position.get(&a.intent)) {
-                owner.insert(key.as_str(), at);
-            }
-        }
-        Collector {
-            intents: evidence.intents,
-            owner,
-            position,
-            prefix: evidence.intents.first().map(|i| key_prefix(&i.key)).unwrap_or_default(),
+impl Context {
+    fn new(evidence: &Evidence, end_id: i64) -> Context {
+        let mut ctx = Context {
+            intents: evidence.intents.clone(),
+            told: told(evidence),
+            sent_keys: HashMap::new(),
+            attempt_suffixes: matches!(evidence.attempts, Attempts::Outcomes(_))
+                && evidence.strategy == KeyStrategy::PerAttempt,
+            strategy: evidence.strategy,
             baseline_id: evidence.mode.baseline_id(),
-            keyless: evidence.strategy == KeyStrategy::None,
-            found: BTreeMap::new(),
-            keyless_payments: 0,
-            keyless_minor: 0,
+            end_id,
+            prefix: evidence.intents.key_prefix(),
+        };
+        if let Attempts::Records(records) = evidence.attempts {
+            for a in records {
+                let (Some(key), Some(at)) = (&a.key, ctx.intents.position_of(a.intent)) else {
+                    continue;
+                };
+                // The last record of a key decides, as with the intents' own keys.
+                if ctx.own_key(key) == Some(at) {
+                    ctx.sent_keys.remove(key);
+                } else {
+                    ctx.sent_keys.insert(key.clone(), at);
+                }
+            }
+        }
+        ctx
+    }
+
+    /// The intent whose own key this is (`per-payment` sends every intent's own key).
+    fn own_key(&self, key: &str) -> Option<usize> {
+        match self.strategy {
+            KeyStrategy::PerPayment => self.intents.position_of_key(key),
+            _ => None,
         }
     }
 
-    fn accept(&mut self, p: ServicePayment) -> Result<(), Inconclusive> {
+    /// The intent that sent (or would send) this key, if any.
+    fn owner(&self, key: &str) -> Option<usize> {
+        if let Some(&at) = self.sent_keys.get(key) {
+            return Some(at);
+        }
+        if let Some(at) = self.own_key(key) {
+            return Some(at);
+        }
+        if !self.attempt_suffixes {
+            return None;
+        }
+        let (base, attempt) = split_attempt_key(key)?;
+        let at = self.intents.position_of_key(base)?;
+        (1..=self.told[at].attempts()).contains(&attempt).then_some(at)
+    }
+
+    /// The keys of the intent at `at` that the lookups ask for (each key is
+    /// asked for once, by the intent that owns it).
+    fn keys_of(&self, at: usize) -> Vec<String> {
+        let key = self.intents.key(at);
+        let candidates: Vec<String> = match self.strategy {
+            KeyStrategy::PerPayment => vec![key.into_owned()],
+            KeyStrategy::PerAttempt if self.attempt_suffixes => {
+                (1..=self.told[at].attempts()).map(|n| format!("{key}-a{n}")).collect()
+            }
+            _ => Vec::new(),
+        };
+        candidates.into_iter().filter(|k| self.owner(k) == Some(at)).collect()
+    }
+
+    fn sort(&self, p: &ServicePayment<'_>, source: Source) -> Option<Sighting> {
         let during_run = p.id > self.baseline_id;
-        let Some(key) = p.idempotency_key else {
-            if self.keyless && during_run {
-                self.keyless_payments += 1;
-                self.keyless_minor += i128::from(p.amount_minor);
-            }
-            return Ok(());
-        };
-        if self.keyless || self.found.contains_key(&p.id) {
-            return Ok(());
-        }
-        let found = match self.owner.get(key.as_str()) {
-            Some(&at) if same_payment(&self.intents[at], &p.src, &p.dest, p.amount_minor) => Found::Intent {
-                at,
+        let Some(key) = p.idempotency_key.as_deref() else {
+            let counted = self.strategy == KeyStrategy::None && during_run && source != Source::Lookup;
+            return counted.then_some(Sighting::Keyless {
                 amount_minor: p.amount_minor,
-            },
-            Some(_) if during_run => Found::Orphan {
-                key,
-                amount_minor: p.amount_minor,
-                reused: true,
-            },
-            Some(_) => Found::Before { key },
-            None if during_run && !self.prefix.is_empty() && key.starts_with(&self.prefix) => Found::Orphan {
-                key,
-                amount_minor: p.amount_minor,
-                reused: false,
-            },
-            None => return Ok(()),
-        };
-        if self.found.len() >= PAYMENTS_HELD_MAX {
-            return Err(Inconclusive {
-                reason: format!("more than {PAYMENTS_HELD_MAX} payments carry this run's keys"),
             });
+        };
+        if self.strategy == KeyStrategy::None {
+            return None;
         }
-        self.found.insert(p.id, found);
-        Ok(())
+        let unexplained = |problem| {
+            Some(Sighting::Unexplained {
+                id: p.id,
+                key: key.to_owned(),
+                amount_minor: p.amount_minor,
+                problem,
+            })
+        };
+        match self.owner(key) {
+            Some(_) if source == Source::Window => Some(Sighting::Owned { id: p.id }),
+            Some(at) if self.intents.is_payment(at, &p.src, &p.dest, p.amount_minor) => {
+                Some(Sighting::Intent { at, id: p.id })
+            }
+            Some(_) if during_run => unexplained(Unexplained::Reused),
+            Some(_) => unexplained(Unexplained::Before),
+            None if during_run && !self.prefix.is_empty() && key.starts_with(&self.prefix) => {
+                unexplained(Unexplained::Orphaned)
+            }
+            None => None,
+        }
     }
 }
 
-fn same_payment(intent: &Intent, src: &str, dest: &str, amount_minor: i64) -> bool {
-    intent.src == src && intent.dest == dest && intent.amount_minor == amount_minor
+/// `KEY-a3` → (`KEY`, 3), exactly as the runner writes it.
+fn split_attempt_key(key: &str) -> Option<(&str, u32)> {
+    let (base, n) = key.rsplit_once("-a")?;
+    let canonical = !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit());
+    Some((base, n.parse().ok().filter(|_| canonical)?))
 }
 
-/// What the caller was told about one intent, over all its attempts.
-#[derive(Debug, Clone, Copy, Default)]
-struct Told {
-    ok: bool,
-    unknown: bool,
-    failed: bool,
-}
-
-impl Told {
-    /// Every attempt failed definitively: the caller was told "it did not happen".
-    fn only_failed(self) -> bool {
-        self.failed && !self.ok && !self.unknown
-    }
-}
-
-fn told(evidence: &Evidence, position: &HashMap<usize, usize>) -> Vec<Told> {
-    let mut told = vec![Told::default(); evidence.intents.len()];
+/// What each intent was told over every attempt this judgement covers.
+fn told(evidence: &Evidence) -> Vec<PaymentOutcome> {
+    let intents = evidence.intents;
+    let mut told = vec![PaymentOutcome::default(); intents.len()];
     if let Mode::Resume { confirmed_before, .. } = evidence.mode {
-        for (t, intent) in told.iter_mut().zip(evidence.intents) {
-            // Earlier runs' attempts are not in the history: a confirmed one
-            // was acknowledged; any other may have been sent and landed.
-            if confirmed_before.contains(&intent.index) {
-                t.ok = true;
-            } else {
-                t.unknown = true;
+        // Earlier runs' attempts are not in the history: a confirmed one
+        // was acknowledged; any other may have been sent and landed.
+        for (at, t) in told.iter_mut().enumerate() {
+            *t = t.with_earlier(confirmed_before.contains(&intents.index(at)));
+        }
+    }
+    match evidence.attempts {
+        Attempts::Records(records) => {
+            for a in records {
+                if let Some(at) = intents.position_of(a.intent) {
+                    told[at] = told[at].with_attempt(a.attempt, a.outcome);
+                }
             }
         }
-    }
-    for a in evidence.attempts {
-        if let Some(&at) = position.get(&a.intent) {
-            let t = &mut told[at];
-            match a.outcome {
-                Outcome::Ok => t.ok = true,
-                Outcome::Unknown => t.unknown = true,
-                Outcome::Fail => t.failed = true,
+        Attempts::Outcomes(outcomes) => {
+            for (index, outcome) in outcomes.iter() {
+                if let Some(at) = intents.position_of(index) {
+                    told[at] = told[at].merge(outcome);
+                }
             }
         }
     }
     told
 }
 
-/// The per-key check and the verdict.
-fn judge(evidence: &Evidence, collected: &Collector) -> Reconciliation {
-    let intents = evidence.intents;
-    let mut payments = vec![(0u64, 0i128); intents.len()];
-    let mut r = empty(intents, true);
-    let mut unexplained = Vec::new();
-    for found in collected.found.values() {
-        match found {
-            Found::Intent { at, amount_minor } => {
-                payments[*at].0 += 1;
-                payments[*at].1 += i128::from(*amount_minor);
-            }
-            Found::Orphan {
-                key,
-                amount_minor,
-                reused,
-            } => {
-                r.orphaned += 1;
-                r.payments += 1;
-                r.moved_minor += i128::from(*amount_minor);
-                unexplained.push((
-                    key,
-                    if *reused {
-                        "key reused for another payment"
-                    } else {
-                        "orphaned"
-                    },
-                ));
-            }
-            Found::Before { key } => {
-                r.reused_before += 1;
-                unexplained.push((key, "key used before this run for another payment"));
-            }
+/// What the reads found, counted.
+struct Tally {
+    baseline_id: i64,
+    /// One bit per id of the window: set when a lookup returned that id.
+    looked_up: Vec<u64>,
+    /// Payments found per intent position.
+    found: Vec<u32>,
+    orphaned: u64,
+    orphaned_minor: i128,
+    reused_before: u64,
+    /// The unexplained payments with the smallest ids, for the report.
+    examples: BTreeMap<i64, (String, &'static str)>,
+    keyless_payments: u64,
+    keyless_minor: i128,
+}
+
+impl Tally {
+    fn new(intents: usize, baseline_id: i64, span: u64) -> Tally {
+        Tally {
+            baseline_id,
+            looked_up: vec![0; span.div_ceil(64) as usize],
+            found: vec![0; intents],
+            orphaned: 0,
+            orphaned_minor: 0,
+            reused_before: 0,
+            examples: BTreeMap::new(),
+            keyless_payments: 0,
+            keyless_minor: 0,
         }
     }
-    for ((intent, told), (n, moved)) in intents.iter().zip(told(evidence, &collected.position)).zip(payments) {
-        r.payments += n;
-        r.moved_minor += moved;
-        count_intent(&mut r, intent, told, n);
+
+    /// The window bit of `id`, if it is in the window.
+    fn bit(&self, id: i64) -> Option<(usize, u64)> {
+        let offset = u64::try_from(id.checked_sub(self.baseline_id)?.checked_sub(1)?).ok()?;
+        let word = usize::try_from(offset / 64).ok()?;
+        (word < self.looked_up.len()).then_some((word, 1 << (offset % 64)))
     }
-    for (key, problem) in unexplained {
-        issue(&mut r, None, key, 1, problem);
+
+    fn mark(&mut self, id: i64) {
+        if let Some((word, bit)) = self.bit(id) {
+            self.looked_up[word] |= bit;
+        }
+    }
+
+    fn marked(&self, id: i64) -> bool {
+        self.bit(id).is_some_and(|(word, bit)| self.looked_up[word] & bit != 0)
+    }
+
+    /// The id ranges `(after, last]` of the window (up to `end`) holding an
+    /// id no lookup returned: only these need reading id by id.
+    fn unaccounted(&self, end: i64) -> Vec<(i64, i64)> {
+        let step = PAGE_ROWS_MAX as i64;
+        let mut ranges = Vec::new();
+        let mut after = self.baseline_id;
+        while after < end {
+            let last = after.saturating_add(step).min(end);
+            if (after + 1..=last).any(|id| !self.marked(id)) {
+                ranges.push((after, last));
+            }
+            after = last;
+        }
+        ranges
+    }
+
+    fn add(&mut self, s: Sighting, lookup: bool) -> Result<(), Inconclusive> {
+        match s {
+            Sighting::Intent { at, id } => {
+                if lookup {
+                    self.mark(id);
+                }
+                self.found[at] = self.found[at].checked_add(1).ok_or_else(|| Inconclusive {
+                    reason: format!("more than {} payments under one key", u32::MAX),
+                })?;
+            }
+            Sighting::Owned { id } if !self.marked(id) => {
+                return Err(Inconclusive {
+                    reason: format!(
+                        "payment {id} carries one of this run's keys, but the lookup of that key did not return it: \
+                         the service's answers disagree"
+                    ),
+                });
+            }
+            Sighting::Owned { .. } => {}
+            Sighting::Unexplained {
+                id,
+                key,
+                amount_minor,
+                problem,
+            } => {
+                if lookup {
+                    self.mark(id);
+                }
+                if problem == Unexplained::Before {
+                    self.reused_before += 1;
+                } else {
+                    self.orphaned += 1;
+                    self.orphaned_minor += i128::from(amount_minor);
+                }
+                self.examples.insert(id, (key, problem.problem()));
+                if self.examples.len() > ISSUES_LISTED_MAX {
+                    self.examples.pop_last();
+                }
+            }
+            Sighting::Keyless { amount_minor } => {
+                self.keyless_payments += 1;
+                self.keyless_minor += i128::from(amount_minor);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The per-key check and the verdict.
+fn judge(ctx: &Context, tally: &Tally) -> Reconciliation {
+    let intents = &ctx.intents;
+    let mut r = empty(intents, true);
+    r.orphaned = tally.orphaned;
+    r.payments = tally.orphaned;
+    r.moved_minor = tally.orphaned_minor;
+    r.reused_before = tally.reused_before;
+    for (at, (&n, &told)) in tally.found.iter().zip(&ctx.told).enumerate() {
+        let n = u64::from(n);
+        r.payments += n;
+        r.moved_minor += i128::from(n) * i128::from(intents.amount_minor(at));
+        count_intent(&mut r, intents, at, told, n);
+    }
+    for (key, problem) in tally.examples.values() {
+        issue(&mut r, None, || key.clone(), 1, problem);
     }
     r.moved = format_minor(r.moved_minor);
     let too_much = r.duplicated > 0 || r.orphaned > 0 || r.failed_but_landed > 0;
@@ -412,54 +710,64 @@ fn judge(evidence: &Evidence, collected: &Collector) -> Reconciliation {
     r
 }
 
-fn count_intent(r: &mut Reconciliation, intent: &Intent, told: Told, n: u64) {
+fn count_intent(r: &mut Reconciliation, intents: &Intents, at: usize, told: PaymentOutcome, n: u64) {
+    let index = Some(intents.index(at));
+    let key = || intents.key(at).into_owned();
     if n > 0 && told.only_failed() {
         // Told "no" yet money moved: the caller will pay again.
         r.failed_but_landed += 1;
         if n == 1 {
-            issue(r, Some(intent.index), &intent.key, n, "failed but landed");
+            issue(r, index, key, n, "failed but landed");
         }
     }
     match n {
         0 => {
             r.lost += 1;
-            if told.ok {
+            if told.told_ok() {
                 r.acknowledged_but_missing += 1;
-                issue(r, Some(intent.index), &intent.key, 0, "acknowledged but missing");
+                issue(r, index, key, 0, "acknowledged but missing");
             } else {
-                if told.unknown {
+                if told.told_unknown() {
                     r.unknown_not_landed += 1;
                 }
-                issue(r, Some(intent.index), &intent.key, 0, "lost");
+                issue(r, index, key, 0, "lost");
             }
         }
         1 => {
             r.exactly_once += 1;
-            if !told.ok && told.unknown {
+            if !told.told_ok() && told.told_unknown() {
                 r.unknown_landed += 1;
             }
         }
         _ => {
             r.duplicated += 1;
             r.extra_payments += n - 1;
-            issue(r, Some(intent.index), &intent.key, n, "duplicated");
+            issue(r, index, key, n, "duplicated");
         }
     }
 }
 
-fn issue(r: &mut Reconciliation, intent: Option<usize>, key: &str, payments: u64, problem: &'static str) {
+/// Lists a problem, while fewer than [`ISSUES_LISTED_MAX`] are (the key is
+/// only made then).
+fn issue(
+    r: &mut Reconciliation,
+    intent: Option<usize>,
+    key: impl FnOnce() -> String,
+    payments: u64,
+    problem: &'static str,
+) {
     if r.issues.len() < ISSUES_LISTED_MAX {
         r.issues.push(KeyIssue {
             intent,
-            key: key.to_owned(),
+            key: key(),
             payments,
             problem,
         });
     }
 }
 
-fn empty(intents: &[Intent], per_key: bool) -> Reconciliation {
-    let expected_minor: i128 = intents.iter().map(|i| i128::from(i.amount_minor)).sum();
+fn empty(intents: &Intents, per_key: bool) -> Reconciliation {
+    let expected_minor = intents.total_minor();
     Reconciliation {
         intents: intents.len() as u64,
         expected: format_minor(expected_minor),
@@ -485,11 +793,11 @@ fn empty(intents: &[Intent], per_key: bool) -> Reconciliation {
 
 /// Without keys the service cannot tell which payment a row belongs to: compare
 /// counts and sums of the keyless payments made during the run.
-fn totals_only(intents: &[Intent], collected: &Collector) -> Reconciliation {
+fn totals_only(intents: &Intents, tally: &Tally) -> Reconciliation {
     let mut r = empty(intents, false);
-    let (n, want) = (collected.keyless_payments, intents.len() as u64);
+    let (n, want) = (tally.keyless_payments, intents.len() as u64);
     r.payments = n;
-    r.moved_minor = collected.keyless_minor;
+    r.moved_minor = tally.keyless_minor;
     r.moved = format_minor(r.moved_minor);
     r.exactly_once = n.min(want);
     r.lost = want.saturating_sub(n);
@@ -507,15 +815,11 @@ fn verdict(too_little: bool, too_much: bool) -> Verdict {
     }
 }
 
-/// `pay-0123456789abcdef-0000042` → `pay-0123456789abcdef-`.
-fn key_prefix(key: &str) -> String {
-    key.rfind('-').map(|at| key[..=at].to_owned()).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::classify::Outcome;
+    use crate::runner::key_for;
 
     fn attempt(intent: usize, key: &str, outcome: Outcome) -> AttemptRecord {
         AttemptRecord {
@@ -531,35 +835,39 @@ mod tests {
         }
     }
 
-    fn payment(id: i64, key: &str, amount_minor: i64) -> ServicePayment {
+    fn payment(id: i64, key: &str, amount_minor: i64) -> ServicePayment<'static> {
         ServicePayment {
             id,
             src: "bianca".into(),
             dest: "marc".into(),
             amount_minor,
-            idempotency_key: Some(key.to_owned()),
+            idempotency_key: Some(key.to_owned().into()),
         }
     }
 
-    /// Judges `found` (already read) against two intents of 1.00.
+    /// Judges `found` (read after the window, so counted whatever their key)
+    /// against two intents of 1.00.
     fn judged(mode: &Mode, attempts: &[AttemptRecord], found: Vec<ServicePayment>) -> Reconciliation {
-        let intents = crate::runner::repeat(2, "bianca", "marc", 100, 3);
+        let intents = Intents::repeat(2, "bianca", "marc", 100, 3);
         let evidence = Evidence {
             intents: &intents,
-            attempts,
+            attempts: attempts.into(),
             strategy: KeyStrategy::PerPayment,
             mode,
         };
-        let mut c = Collector::new(&evidence);
+        let ctx = Context::new(&evidence, mode.baseline_id());
+        let mut tally = Tally::new(intents.len(), mode.baseline_id(), 0);
         for p in found {
-            c.accept(p).expect("held");
+            tally
+                .add(ctx.sort(&p, Source::Tail).expect("this run's"), false)
+                .expect("counted");
         }
-        judge(&evidence, &c)
+        judge(&ctx, &tally)
     }
 
     #[test]
     fn failed_but_landed_pays_too_much_and_is_listed() {
-        let (k0, k1) = (crate::runner::key_for(3, 0), crate::runner::key_for(3, 1));
+        let (k0, k1) = (key_for(3, 0), key_for(3, 1));
         let attempts = [attempt(0, &k0, Outcome::Fail), attempt(1, &k1, Outcome::Ok)];
         let fresh = Mode::Fresh { baseline_id: 10 };
         let r = judged(&fresh, &attempts, vec![payment(5, &k0, 100), payment(11, &k1, 100)]);
@@ -580,7 +888,7 @@ mod tests {
 
     #[test]
     fn resume_counts_earlier_confirmations_and_unknowns() {
-        let (k0, k1) = (crate::runner::key_for(3, 0), crate::runner::key_for(3, 1));
+        let (k0, k1) = (key_for(3, 0), key_for(3, 1));
         // Intent 0 confirmed by the crashed run; intent 1 was in flight, and
         // its only attempt now is refused: it may have landed before.
         let resume = Mode::Resume {
@@ -602,21 +910,102 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_payment_read_twice_counts_once() {
-        let k0 = crate::runner::key_for(3, 0);
-        let attempts = [attempt(0, &k0, Outcome::Ok)];
-        let r = judged(
-            &Mode::Fresh { baseline_id: 0 },
-            &attempts,
-            vec![payment(1, &k0, 100), payment(1, &k0, 100)],
-        );
-        assert_eq!((r.exactly_once, r.lost, r.duplicated), (1, 1, 0), "{r:?}");
+    /// Two intents; payment 1 (intent 0's) is in the window and under a key.
+    fn window_of_one() -> (Context, Tally, ServicePayment<'static>) {
+        let intents = Intents::repeat(2, "bianca", "marc", 100, 3);
+        let mode = Mode::Fresh { baseline_id: 0 };
+        let evidence = Evidence {
+            intents: &intents,
+            attempts: Attempts::Records(&[]),
+            strategy: KeyStrategy::PerPayment,
+            mode: &mode,
+        };
+        (
+            Context::new(&evidence, 1),
+            Tally::new(2, 0, 1),
+            payment(1, &key_for(3, 0), 100),
+        )
     }
 
     #[test]
-    fn prefix_and_wide_money() {
-        assert_eq!(key_prefix("pay-00ff-0000042"), "pay-00ff-");
-        assert_eq!(verdict(true, true), Verdict::Both);
+    fn a_payment_read_by_key_and_by_id_counts_once() {
+        let (ctx, mut tally, p) = window_of_one();
+        assert_eq!(tally.unaccounted(1), vec![(0, 1)]);
+        tally
+            .add(ctx.sort(&p, Source::Lookup).expect("ours"), true)
+            .expect("counted");
+        assert!(
+            tally.unaccounted(1).is_empty(),
+            "the lookup accounted for the whole window"
+        );
+        tally
+            .add(ctx.sort(&p, Source::Window).expect("seen"), false)
+            .expect("known");
+        let r = judge(&ctx, &tally);
+        assert_eq!(
+            (r.exactly_once, r.lost, r.duplicated, r.payments),
+            (1, 1, 0, 1),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_window_payment_its_lookup_missed_is_inconclusive() {
+        let (ctx, mut tally, p) = window_of_one();
+        let why = tally
+            .add(ctx.sort(&p, Source::Window).expect("seen"), false)
+            .expect_err("the answers disagree");
+        assert!(why.reason.contains("did not return it"), "{why}");
+    }
+
+    #[test]
+    fn per_attempt_keys_belong_to_the_attempts_made() {
+        let intents = Intents::repeat(2, "bianca", "marc", 100, 3);
+        let sent = crate::runner::Outcomes::for_tests(&intents, &[(0, 2), (1, 1)]);
+        let mode = Mode::Fresh { baseline_id: 0 };
+        let evidence = Evidence {
+            intents: &intents,
+            attempts: (&sent).into(),
+            strategy: KeyStrategy::PerAttempt,
+            mode: &mode,
+        };
+        let ctx = Context::new(&evidence, 0);
+        let k0 = key_for(3, 0);
+        assert_eq!(ctx.keys_of(0), vec![format!("{k0}-a1"), format!("{k0}-a2")]);
+        assert_eq!(ctx.owner(&format!("{k0}-a2")), Some(0));
+        for never_sent in [format!("{k0}-a3"), format!("{k0}-a0"), format!("{k0}-a01"), k0] {
+            assert_eq!(ctx.owner(&never_sent), None, "{never_sent}");
+        }
+        // A key of this run's generator that no attempt sent is an orphan.
+        let orphan = ctx.sort(&payment(1, &format!("{}-a3", key_for(3, 0)), 100), Source::Tail);
+        assert!(
+            matches!(
+                orphan,
+                Some(Sighting::Unexplained {
+                    problem: Unexplained::Orphaned,
+                    ..
+                })
+            ),
+            "{orphan:?}"
+        );
+    }
+
+    #[test]
+    fn examples_keep_the_smallest_ids() {
+        let mut tally = Tally::new(0, 0, 0);
+        for id in (1..=ISSUES_LISTED_MAX as i64 + 5).rev() {
+            let s = Sighting::Unexplained {
+                id,
+                key: format!("k{id}"),
+                amount_minor: 1,
+                problem: Unexplained::Orphaned,
+            };
+            tally.add(s, false).expect("counted");
+        }
+        assert_eq!(tally.orphaned, ISSUES_LISTED_MAX as u64 + 5);
+        assert_eq!(
+            tally.examples.keys().copied().collect::<Vec<_>>(),
+            (1..=ISSUES_LISTED_MAX as i64).collect::<Vec<_>>()
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! Sends the payments: one retry loop per payment, `concurrency` of them at
-//! once, every attempt recorded.
+//! once. Every attempt is counted and streamed to the history file (if any);
+//! what each payment was told is kept as 8 bytes ([`PaymentOutcome`]), and the
+//! full [`AttemptRecord`]s are kept in memory only unless the caller asks for
+//! a summary only ([`Sinks::summary_only`], what `client pay` does).
 
-use std::io::IsTerminal;
+use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -13,27 +16,13 @@ use tokio::time::Instant;
 use crate::backoff;
 use crate::classify::{self, ErrorKind, Next, Outcome};
 use crate::history::{AttemptRecord, HistoryFile};
+pub use crate::intents::{INTENTS_MAX, Intent, Intents, IntentsBuilder, key_for};
 use crate::ledger::{Finish, Ledger};
 use crate::strategy::{ConnectionMode, KeyStrategy, Options};
 
-/// One logical payment the client wants to happen exactly once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Intent {
-    pub index: usize,
-    /// The payment's key: sent as is with `per-payment`, as `KEY-aN` with `per-attempt`.
-    pub key: String,
-    pub src: String,
-    pub dest: String,
-    pub amount_minor: i64,
-}
-
-/// The most payments one run takes (about 100 MB of history at worst).
-pub const INTENTS_MAX: usize = 1_000_000;
-
-/// Reproducible keys: the same seed names the same payments.
-pub fn key_for(seed: u64, index: usize) -> String {
-    format!("pay-{seed:016x}-{index:07}")
-}
+/// The longest CSV line accepted: two 64-byte accounts and an amount fit
+/// many times over, so anything longer is not a payment row.
+const CSV_LINE_BYTES_MAX: usize = 4096;
 
 /// `count` identical payments.
 pub fn repeat(count: usize, src: &str, dest: &str, amount_minor: i64, seed: u64) -> Vec<Intent> {
@@ -49,39 +38,44 @@ pub fn repeat(count: usize, src: &str, dest: &str, amount_minor: i64, seed: u64)
 }
 
 /// Reads the workshop's `payments.csv`: rows `src,dest,amount`, an optional
-/// header, blank lines skipped. Errors name the line.
-pub fn read_csv(path: &std::path::Path, seed: u64) -> anyhow::Result<Vec<Intent>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut intents = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || (n == 0 && line.eq_ignore_ascii_case("src,dest,amount")) {
+/// header, blank lines skipped. Errors name the line. Blocking.
+pub fn read_csv(path: &std::path::Path, seed: u64) -> anyhow::Result<Intents> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut input = BufReader::new(file);
+    let (mut intents, mut line, mut n) = (IntentsBuilder::default(), Vec::new(), 0usize);
+    let mut count = 0usize;
+    loop {
+        line.clear();
+        let limit = CSV_LINE_BYTES_MAX as u64 + 1;
+        let read = (&mut input).take(limit).read_until(b'\n', &mut line);
+        if read.with_context(|| format!("cannot read {}", path.display()))? == 0 {
+            return Ok(intents.finish());
+        }
+        n += 1;
+        let where_ = || format!("{}:{n}", path.display());
+        anyhow::ensure!(
+            line.len() <= CSV_LINE_BYTES_MAX,
+            "{}: a line longer than {CSV_LINE_BYTES_MAX} bytes",
+            where_()
+        );
+        let text = std::str::from_utf8(&line)
+            .with_context(|| format!("{}: not UTF-8", where_()))?
+            .trim();
+        if text.is_empty() || (n == 1 && text.eq_ignore_ascii_case("src,dest,amount")) {
             continue;
         }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let fields: Vec<&str> = text.split(',').map(str::trim).collect();
         let [src, dest, amount] = fields[..] else {
-            bail!(
-                "{}:{}: expected 3 fields src,dest,amount, got {:?}",
-                path.display(),
-                n + 1,
-                line
-            );
+            bail!("{}: expected 3 fields src,dest,amount, got {:?}", where_(), text);
         };
-        let amount_minor = crate::money::parse_minor(amount)
-            .map_err(|why| anyhow::anyhow!("{}:{}: bad amount: {why}", path.display(), n + 1))?;
-        if intents.len() == INTENTS_MAX {
+        let amount_minor =
+            crate::money::parse_minor(amount).map_err(|why| anyhow::anyhow!("{}: bad amount: {why}", where_()))?;
+        if count == INTENTS_MAX {
             bail!("{} has more than {INTENTS_MAX} payments", path.display());
         }
-        let index = intents.len();
-        intents.push(Intent {
-            index,
-            key: key_for(seed, index),
-            src: src.into(),
-            dest: dest.into(),
-            amount_minor,
-        });
+        intents.push(count, &key_for(seed, count), src, dest, amount_minor);
+        count += 1;
     }
-    Ok(intents)
 }
 
 /// How each payment ended.
@@ -90,6 +84,121 @@ pub struct IntentResult {
     pub index: usize,
     pub confirmed: bool,
     pub attempts: u32,
+}
+
+/// What one payment was told over all its attempts, in 8 bytes: the flags
+/// in the low bits, the number of attempts in the high 32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PaymentOutcome(u64);
+
+impl PaymentOutcome {
+    const OK: u64 = 1;
+    const UNKNOWN: u64 = 1 << 1;
+    const FAILED: u64 = 1 << 2;
+    const FINISHED: u64 = 1 << 3;
+    const CONFIRMED: u64 = 1 << 4;
+    const FLAGS: u64 = (1 << 5) - 1;
+    const ATTEMPTS_SHIFT: u32 = 32;
+
+    /// Attempts made (the highest attempt number seen).
+    pub fn attempts(self) -> u32 {
+        (self.0 >> Self::ATTEMPTS_SHIFT) as u32
+    }
+
+    /// Some attempt got a definitive success.
+    pub fn told_ok(self) -> bool {
+        self.0 & Self::OK != 0
+    }
+
+    /// Some attempt's effect is unknown (no answer after sending).
+    pub fn told_unknown(self) -> bool {
+        self.0 & Self::UNKNOWN != 0
+    }
+
+    /// Some attempt failed definitively.
+    pub fn told_failed(self) -> bool {
+        self.0 & Self::FAILED != 0
+    }
+
+    /// Every attempt failed definitively: the caller was told "it did not happen".
+    pub fn only_failed(self) -> bool {
+        self.told_failed() && !self.told_ok() && !self.told_unknown()
+    }
+
+    /// The payment's retry loop ended (not abandoned by a crash, not left unstarted).
+    pub fn finished(self) -> bool {
+        self.0 & Self::FINISHED != 0
+    }
+
+    /// Finished with a 2xx.
+    pub fn confirmed(self) -> bool {
+        self.0 & Self::CONFIRMED != 0
+    }
+
+    /// With one more attempt, numbered `number`, that ended as `outcome`.
+    pub fn with_attempt(self, number: u32, outcome: Outcome) -> PaymentOutcome {
+        let flag = match outcome {
+            Outcome::Ok => Self::OK,
+            Outcome::Unknown => Self::UNKNOWN,
+            Outcome::Fail => Self::FAILED,
+        };
+        let attempts = u64::from(self.attempts().max(number)) << Self::ATTEMPTS_SHIFT;
+        PaymentOutcome(attempts | (self.0 & Self::FLAGS) | flag)
+    }
+
+    /// With what earlier runs were told about the same payment: a 2xx
+    /// (`confirmed`), or possibly sent and landed (unknown).
+    pub fn with_earlier(self, confirmed: bool) -> PaymentOutcome {
+        PaymentOutcome(self.0 | if confirmed { Self::OK } else { Self::UNKNOWN })
+    }
+
+    /// Both together: every flag of either, the larger attempt count.
+    pub fn merge(self, other: PaymentOutcome) -> PaymentOutcome {
+        let attempts = u64::from(self.attempts().max(other.attempts())) << Self::ATTEMPTS_SHIFT;
+        PaymentOutcome(attempts | ((self.0 | other.0) & Self::FLAGS))
+    }
+
+    fn finish(self, confirmed: bool) -> PaymentOutcome {
+        PaymentOutcome(self.0 | Self::FINISHED | if confirmed { Self::CONFIRMED } else { 0 })
+    }
+}
+
+/// One [`PaymentOutcome`] per intent sent, by its position in what was sent.
+#[derive(Debug, Clone, Default)]
+pub struct Outcomes {
+    intents: Intents,
+    slots: Vec<PaymentOutcome>,
+}
+
+impl Outcomes {
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// (intent index, outcome) for every intent sent, in the order sent.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, PaymentOutcome)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(at, o)| (self.intents.index(at), *o))
+    }
+
+    /// Outcomes of `intents` sent: (position, attempts made, each unknown).
+    #[cfg(test)]
+    pub(crate) fn for_tests(intents: &Intents, made: &[(usize, u32)]) -> Outcomes {
+        let mut slots = vec![PaymentOutcome::default(); intents.len()];
+        for &(at, attempts) in made {
+            slots[at] = (1..=attempts).fold(slots[at], |o, n| o.with_attempt(n, Outcome::Unknown));
+        }
+        Outcomes {
+            intents: intents.clone(),
+            slots,
+        }
+    }
 }
 
 /// Counts over the whole run.
@@ -120,8 +229,13 @@ pub struct RunReport {
     /// True when the run was stopped by a simulated crash: payments in flight
     /// were abandoned mid-attempt, as if the client process had died.
     pub crashed: bool,
+    /// How each finished payment ended, by index (empty with [`Sinks::summary_only`]).
     pub results: Vec<IntentResult>,
+    /// Every attempt, by intent index and attempt number (empty with
+    /// [`Sinks::summary_only`]: then they went to the history file only).
     pub attempts: Vec<AttemptRecord>,
+    /// What each payment sent was told: all the judge needs, 8 bytes each.
+    pub outcomes: Outcomes,
     pub summary: Summary,
 }
 
@@ -132,6 +246,11 @@ pub struct Sinks {
     pub ledger: Option<Arc<Ledger>>,
     /// Draw a progress line on stderr (only if it is a terminal).
     pub progress: bool,
+    /// Keep only [`RunReport::outcomes`] and the summary in memory, not every
+    /// attempt record (`results` and `attempts` stay empty): what a run of a
+    /// million payments needs, with the records streamed to `history`. Off by
+    /// default, so small runs (the scenario runner) get every record.
+    pub summary_only: bool,
     /// When this turns true, every payment is abandoned at once, mid-attempt,
     /// without recording anything more: a simulated client crash.
     pub crash: Option<tokio::sync::watch::Receiver<bool>>,
@@ -144,20 +263,78 @@ pub struct Sinks {
     pub crash_after_confirmed: Option<usize>,
 }
 
+/// Attempt counts by kind, kept as the run goes (no record is needed for them).
+#[derive(Default)]
+struct Counters {
+    attempts: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    unknown: AtomicU64,
+    connect_errors: AtomicU64,
+    resets: AtomicU64,
+    timeouts: AtomicU64,
+    incomplete: AtomicU64,
+    replays_seen: AtomicU64,
+    conflicts_409: AtomicU64,
+    unavailable_503: AtomicU64,
+    refused_4xx: AtomicU64,
+}
+
+impl Counters {
+    fn count(&self, a: &AttemptRecord) {
+        let add = |counter: &AtomicU64, yes: bool| {
+            if yes {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        add(&self.attempts, true);
+        add(&self.ok, a.outcome == Outcome::Ok);
+        add(&self.failed, a.outcome == Outcome::Fail);
+        add(&self.unknown, a.outcome == Outcome::Unknown);
+        add(&self.connect_errors, a.error == Some(ErrorKind::Connect));
+        add(&self.resets, a.error == Some(ErrorKind::Reset));
+        add(&self.timeouts, a.error == Some(ErrorKind::Timeout));
+        add(
+            &self.incomplete,
+            matches!(a.error, Some(ErrorKind::Incomplete | ErrorKind::Other)),
+        );
+        add(&self.replays_seen, a.replayed == Some(true));
+        add(&self.conflicts_409, a.status == Some(409));
+        add(&self.unavailable_503, a.status == Some(503));
+        add(
+            &self.refused_4xx,
+            a.status
+                .is_some_and(|s| (400..500).contains(&s) && s != 409 && s != 429),
+        );
+    }
+}
+
 struct Shared {
     client: reqwest::Client,
     url: String,
     options: Options,
-    intents: Arc<[Intent]>,
+    intents: Intents,
+    /// A [`PaymentOutcome`] per position, written only by the worker that took it.
+    outcomes: Vec<AtomicU64>,
+    counters: Counters,
     sinks: Sinks,
     started: Instant,
     deadline: Instant,
     next: AtomicUsize,
     finished: AtomicUsize,
     confirmed: AtomicUsize,
-    attempts: AtomicU64,
     /// Turns true on a simulated crash, from `Sinks::crash` or the confirmed count.
     crash: tokio::sync::watch::Sender<bool>,
+}
+
+impl Shared {
+    fn outcome(&self, at: usize) -> PaymentOutcome {
+        PaymentOutcome(self.outcomes[at].load(Ordering::Relaxed))
+    }
+
+    fn set_outcome(&self, at: usize, outcome: PaymentOutcome) {
+        self.outcomes[at].store(outcome.0, Ordering::Relaxed);
+    }
 }
 
 pub fn http_client(options: &Options) -> anyhow::Result<reqwest::Client> {
@@ -175,17 +352,17 @@ pub fn http_client(options: &Options) -> anyhow::Result<reqwest::Client> {
 }
 
 /// Sends every intent to `target` (`http://host:port`) and returns what
-/// happened. Takes the intents shared (a `Vec` converts), so a caller that
-/// judges them afterwards need not hold a second copy.
+/// happened. Takes the intents shared (a `Vec<Intent>` converts), so a caller
+/// that judges them afterwards need not hold a second copy.
 pub async fn run(
     target: &str,
-    intents: impl Into<Arc<[Intent]>>,
+    intents: impl Into<Intents>,
     options: &Options,
     sinks: Sinks,
 ) -> anyhow::Result<RunReport> {
     let intents = intents.into();
     options.validate().map_err(anyhow::Error::msg)?;
-    if intents.len() > INTENTS_MAX {
+    if intents.len() > INTENTS_MAX || intents.refused() > 0 {
         bail!("at most {INTENTS_MAX} payments per run");
     }
     let started = Instant::now();
@@ -193,33 +370,25 @@ pub async fn run(
         client: http_client(options)?,
         url: format!("{}/payments", target.trim_end_matches('/')),
         options: options.clone(),
+        outcomes: (0..intents.len()).map(|_| AtomicU64::new(0)).collect(),
         intents,
+        counters: Counters::default(),
         sinks,
         started,
         deadline: started + Duration::from_millis(options.deadline_ms),
         next: AtomicUsize::new(0),
         finished: AtomicUsize::new(0),
         confirmed: AtomicUsize::new(0),
-        attempts: AtomicU64::new(0),
         crash: tokio::sync::watch::channel(false).0,
     });
-    if let Some(mut external) = shared.sinks.crash.clone() {
-        let relay = Arc::clone(&shared);
-        tokio::spawn(async move {
-            if external.wait_for(|crashed| *crashed).await.is_ok() {
-                relay.crash.send_replace(true);
-            }
-        });
-    }
+    relay_crash(&shared);
     let done = Arc::new(AtomicBool::new(false));
     let progress = (shared.sinks.progress && std::io::stderr().is_terminal())
         .then(|| tokio::spawn(draw_progress(Arc::clone(&shared), Arc::clone(&done))));
-
     let workers: Vec<_> = (0..options.concurrency.min(shared.intents.len().max(1)))
         .map(|_| tokio::spawn(worker(Arc::clone(&shared))))
         .collect();
-    let mut results = Vec::with_capacity(shared.intents.len());
-    let mut attempts = Vec::new();
+    let (mut results, mut attempts) = (Vec::new(), Vec::new());
     for w in workers {
         let (r, a) = w.await.context("a payment worker failed")?;
         results.extend(r);
@@ -233,15 +402,31 @@ pub async fn run(
     flush_sinks(&shared.sinks, crashed).await?;
     results.sort_by_key(|r| r.index);
     attempts.sort_by_key(|a| (a.intent, a.attempt));
-    let summary = summarize(&results, &attempts, started.elapsed());
-    let stopped = stopping(&shared);
+    let outcomes = Outcomes {
+        intents: shared.intents.clone(),
+        slots: (0..shared.intents.len()).map(|at| shared.outcome(at)).collect(),
+    };
+    let summary = summarize(&shared.counters, &outcomes.slots, started.elapsed());
     Ok(RunReport {
-        stopped,
+        stopped: stopping(&shared),
         crashed,
         results,
         attempts,
+        outcomes,
         summary,
     })
+}
+
+/// Turns an external crash signal ([`Sinks::crash`]) into the run's own.
+fn relay_crash(shared: &Arc<Shared>) {
+    if let Some(mut external) = shared.sinks.crash.clone() {
+        let relay = Arc::clone(shared);
+        tokio::spawn(async move {
+            if external.wait_for(|crashed| *crashed).await.is_ok() {
+                relay.crash.send_replace(true);
+            }
+        });
+    }
 }
 
 /// Writes out the history, and makes the ledger's `done` lines durable;
@@ -267,14 +452,14 @@ fn stopping(shared: &Shared) -> bool {
 async fn worker(shared: Arc<Shared>) -> (Vec<IntentResult>, Vec<AttemptRecord>) {
     let (mut results, mut records) = (Vec::new(), Vec::new());
     loop {
-        let i = shared.next.fetch_add(1, Ordering::Relaxed);
-        let Some(intent) = shared.intents.get(i) else { break };
+        let at = shared.next.fetch_add(1, Ordering::Relaxed);
+        let Some(intent) = shared.intents.get(at) else { break };
         let mut crash = shared.crash.subscribe();
         if *crash.borrow() || stopping(&shared) {
             break;
         }
         let result = tokio::select! {
-            result = pay(&shared, intent, &mut records) => result,
+            result = pay(&shared, at, &intent, &mut records) => result,
             _ = crash.wait_for(|crashed| *crashed) => break,
         };
         if result.confirmed {
@@ -295,14 +480,17 @@ async fn worker(shared: Arc<Shared>) -> (Vec<IntentResult>, Vec<AttemptRecord>) 
                 tracing::warn!(error = %e, "cannot record a finished payment in the ledger");
             }
         }
+        shared.set_outcome(at, shared.outcome(at).finish(result.confirmed));
         shared.finished.fetch_add(1, Ordering::Relaxed);
-        results.push(result);
+        if !shared.sinks.summary_only {
+            results.push(result);
+        }
     }
     (results, records)
 }
 
-/// The retry loop of one payment.
-async fn pay(shared: &Shared, intent: &Intent, records: &mut Vec<AttemptRecord>) -> IntentResult {
+/// The retry loop of the payment at position `at`.
+async fn pay(shared: &Shared, at: usize, intent: &Intent, records: &mut Vec<AttemptRecord>) -> IntentResult {
     let options = &shared.options;
     let mut rng = backoff::stream(options.seed, intent.index as u64);
     let body = serde_json::json!({
@@ -330,8 +518,7 @@ async fn pay(shared: &Shared, intent: &Intent, records: &mut Vec<AttemptRecord>)
         };
         let timeout = Duration::from_millis(options.attempt_timeout_ms).min(shared.deadline - now);
         let (record, next) = send(shared, intent.index, attempt, key, &body, timeout).await;
-        record_attempt(shared, &record).await;
-        records.push(record);
+        record_attempt(shared, at, record, records).await;
         let retry_after = match next {
             Next::Done => return ended(true, attempt),
             Next::Stop => return ended(false, attempt),
@@ -357,17 +544,22 @@ async fn pay(shared: &Shared, intent: &Intent, records: &mut Vec<AttemptRecord>)
     }
 }
 
-/// Counts an attempt, and writes it to the history file and the debug log.
-async fn record_attempt(shared: &Shared, record: &AttemptRecord) {
-    shared.attempts.fetch_add(1, Ordering::Relaxed);
+/// Counts an attempt into the payment's outcome and the run's counters,
+/// writes it to the history file and the debug log, and keeps it unless
+/// only a summary is wanted.
+async fn record_attempt(shared: &Shared, at: usize, record: AttemptRecord, records: &mut Vec<AttemptRecord>) {
+    shared.set_outcome(at, shared.outcome(at).with_attempt(record.attempt, record.outcome));
+    shared.counters.count(&record);
     if let Some(history) = &shared.sinks.history
-        && let Err(e) = history.append(record).await
+        && let Err(e) = history.append(&record).await
     {
         tracing::warn!(error = %e, "cannot write the history file");
     }
     tracing::debug!(intent = record.intent, attempt = record.attempt, outcome = ?record.outcome, status = ?record.status, error = ?record.error, "attempt");
+    if !shared.sinks.summary_only {
+        records.push(record);
+    }
 }
-
 /// What one attempt got: (outcome, status, error, replayed, next step).
 type Answer = (Outcome, Option<u16>, Option<ErrorKind>, Option<bool>, Next);
 
@@ -444,7 +636,7 @@ async fn draw_progress(shared: Arc<Shared>, done: Arc<AtomicBool>) {
     let total = shared.intents.len().max(1);
     loop {
         let finished = shared.finished.load(Ordering::Relaxed);
-        let attempts = shared.attempts.load(Ordering::Relaxed);
+        let attempts = shared.counters.attempts.load(Ordering::Relaxed);
         let width = 30;
         let filled = finished * width / total;
         eprint!(
@@ -461,30 +653,29 @@ async fn draw_progress(shared: Arc<Shared>, done: Arc<AtomicBool>) {
     }
 }
 
-fn summarize(results: &[IntentResult], attempts: &[AttemptRecord], elapsed: Duration) -> Summary {
-    let count = |f: &dyn Fn(&AttemptRecord) -> bool| attempts.iter().filter(|a| f(a)).count() as u64;
-    let elapsed_ms = elapsed.as_millis() as u64;
+fn summarize(c: &Counters, outcomes: &[PaymentOutcome], elapsed: Duration) -> Summary {
+    let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let finished = outcomes.iter().filter(|o| o.finished()).count() as u64;
+    let confirmed = outcomes.iter().filter(|o| o.confirmed()).count() as u64;
+    let attempts = get(&c.attempts);
     Summary {
-        intents: results.len() as u64,
-        confirmed: results.iter().filter(|r| r.confirmed).count() as u64,
-        given_up: results.iter().filter(|r| !r.confirmed).count() as u64,
-        attempts: attempts.len() as u64,
-        ok: count(&|a| a.outcome == Outcome::Ok),
-        failed: count(&|a| a.outcome == Outcome::Fail),
-        unknown: count(&|a| a.outcome == Outcome::Unknown),
-        connect_errors: count(&|a| a.error == Some(ErrorKind::Connect)),
-        resets: count(&|a| a.error == Some(ErrorKind::Reset)),
-        timeouts: count(&|a| a.error == Some(ErrorKind::Timeout)),
-        incomplete: count(&|a| a.error == Some(ErrorKind::Incomplete) || a.error == Some(ErrorKind::Other)),
-        replays_seen: count(&|a| a.replayed == Some(true)),
-        conflicts_409: count(&|a| a.status == Some(409)),
-        unavailable_503: count(&|a| a.status == Some(503)),
-        refused_4xx: count(&|a| {
-            a.status
-                .is_some_and(|s| (400..500).contains(&s) && s != 409 && s != 429)
-        }),
-        elapsed_ms,
-        attempts_per_s: (attempts.len() as f64 / elapsed.as_secs_f64().max(1e-9)) as u64,
+        intents: finished,
+        confirmed,
+        given_up: finished - confirmed,
+        attempts,
+        ok: get(&c.ok),
+        failed: get(&c.failed),
+        unknown: get(&c.unknown),
+        connect_errors: get(&c.connect_errors),
+        resets: get(&c.resets),
+        timeouts: get(&c.timeouts),
+        incomplete: get(&c.incomplete),
+        replays_seen: get(&c.replays_seen),
+        conflicts_409: get(&c.conflicts_409),
+        unavailable_503: get(&c.unavailable_503),
+        refused_4xx: get(&c.refused_4xx),
+        elapsed_ms: elapsed.as_millis() as u64,
+        attempts_per_s: (attempts as f64 / elapsed.as_secs_f64().max(1e-9)) as u64,
     }
 }
 
@@ -499,15 +690,17 @@ mod tests {
         std::fs::write(&path, "src,dest,amount\nbianca,marc,1\n\nalice, bob ,12.50\n\n\n").expect("write");
         let intents = read_csv(&path, 3).expect("parses");
         assert_eq!(intents.len(), 2);
+        let second = intents.get(1).expect("two");
         assert_eq!(
             (
-                intents[1].src.as_str(),
-                intents[1].dest.as_str(),
-                intents[1].amount_minor
+                second.src.as_str(),
+                second.dest.as_str(),
+                second.amount_minor,
+                second.index
             ),
-            ("alice", "bob", 1250)
+            ("alice", "bob", 1250, 1)
         );
-        assert_eq!(intents[0].key, key_for(3, 0));
+        assert_eq!(intents.key(0), key_for(3, 0));
         std::fs::write(&path, "bianca,marc,1\n").expect("write");
         assert_eq!(read_csv(&path, 3).expect("no header").len(), 1);
         std::fs::write(&path, "src,dest,amount\nbianca,marc\n").expect("write");
@@ -518,5 +711,20 @@ mod tests {
         );
         std::fs::write(&path, "bianca,marc,1.234\n").expect("write");
         assert!(format!("{:#}", read_csv(&path, 3).expect_err("bad amount")).contains(":1: bad amount"));
+        std::fs::write(&path, format!("bianca,marc,1\n{}\n", "x".repeat(CSV_LINE_BYTES_MAX))).expect("write");
+        assert!(format!("{:#}", read_csv(&path, 3).expect_err("long")).contains(":2: a line longer"));
+    }
+
+    #[test]
+    fn an_outcome_keeps_every_flag_and_the_attempt_count() {
+        let o = PaymentOutcome::default()
+            .with_attempt(1, Outcome::Fail)
+            .with_attempt(2, Outcome::Fail);
+        assert_eq!((o.attempts(), o.only_failed(), o.finished()), (2, true, false));
+        let o = o.with_attempt(3, Outcome::Unknown).finish(false);
+        assert!(o.told_unknown() && !o.only_failed() && o.finished() && !o.confirmed());
+        let both = o.merge(PaymentOutcome::default().with_attempt(7, Outcome::Ok).finish(true));
+        assert_eq!((both.attempts(), both.told_ok(), both.confirmed()), (7, true, true));
+        assert!(PaymentOutcome::default().with_earlier(false).told_unknown());
     }
 }

@@ -1,14 +1,18 @@
-//! Reading the payment service for the judge: `/stats`, its payments by id
-//! (`GET /payments?after_id=`) and by key (`POST /payments/lookup`). Every
-//! request is retried with bounded backoff until the reader's deadline; what
-//! cannot be read completely and correctly is [`Inconclusive`], never guessed.
+//! Reading the payment service for the judge: its payments by id
+//! (`GET /payments?after_id=`), by key (`POST /payments/lookup`), the newest
+//! id (a search with one-row pages, never `/stats`, which may scan the whole
+//! ledger), and `/stats` for the scenario runner. Every request is retried
+//! with bounded backoff until the reader's deadline; what cannot be read
+//! completely and correctly is [`Inconclusive`], never guessed. Pages are
+//! parsed in place (strings borrowed from the answer) and handed over one
+//! payment at a time, so nothing is kept per payment here.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use tokio::time::Instant;
 
 pub use eo_core::wire::{LOOKUP_KEYS_MAX, PAGE_ROWS_MAX};
@@ -25,15 +29,31 @@ pub const RECONCILE_DEADLINE_MS_DEFAULT: u64 = 120_000;
 /// that keeps answering full pages cannot keep the judge for ever (10 million
 /// payments).
 pub const PAGES_MAX: usize = 10_000;
+/// The largest answer read: a full page of the largest payment documents
+/// (a 255-byte key, two 64-byte accounts) is under 600 KB.
+const ANSWER_BYTES_MAX: usize = 4 << 20;
+/// Probes for the newest id at most: 64 gallop past any `i64`, 64 bisect it.
+const PROBES_MAX: u32 = 130;
 
-/// A payment as the service documents it (`GET /payments/{id}`).
+/// A payment as the service documents it (`GET /payments/{id}`), its strings
+/// borrowed from the answer when they hold no escapes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ServicePayment {
+pub struct ServicePayment<'a> {
     pub id: i64,
-    pub src: String,
-    pub dest: String,
+    #[serde(borrow)]
+    pub src: Cow<'a, str>,
+    #[serde(borrow)]
+    pub dest: Cow<'a, str>,
     pub amount_minor: i64,
-    pub idempotency_key: Option<String>,
+    #[serde(borrow, deserialize_with = "optional_text")]
+    pub idempotency_key: Option<Cow<'a, str>>,
+}
+
+/// `Option<Cow<str>>` that borrows (serde's own only borrows a bare `Cow`).
+fn optional_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text>::deserialize(d)?.map(|t| t.0))
 }
 
 /// The part of `/stats` the client and the scenario judge read. Every field
@@ -41,11 +61,17 @@ pub struct ServicePayment {
 pub type ServiceStats = eo_core::wire::LedgerStats;
 
 #[derive(Deserialize)]
-struct Page {
-    payments: Vec<ServicePayment>,
+struct Page<'a> {
+    #[serde(borrow)]
+    payments: Vec<ServicePayment<'a>>,
     next_after_id: Option<i64>,
 }
 
+#[derive(Serialize)]
+struct LookupBody<'a> {
+    keys: &'a [String],
+    after_id: i64,
+}
 /// Why the judge cannot say whether money moved exactly once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Inconclusive {
@@ -86,6 +112,7 @@ impl ServiceReader {
         let http = reqwest::Client::builder()
             .no_proxy()
             .retry(reqwest::retry::never())
+            .tcp_nodelay(true)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
         Ok(ServiceReader {
@@ -103,82 +130,154 @@ impl ServiceReader {
 
     pub async fn stats(&self) -> Result<ServiceStats, Inconclusive> {
         let url = format!("{}/stats", self.base);
-        self.with_retries("GET /stats", || self.http.get(&url)).await
+        self.with_retries("GET /stats", || self.http.get(&url), |body| parse_json(body))
+            .await
     }
 
-    /// Every payment with an id above `after_id`, in id order, page by page,
-    /// each handed to `each` (which may refuse to hold more).
-    pub async fn payments_after(
-        &self,
-        after_id: i64,
-        mut each: impl FnMut(ServicePayment) -> Result<(), Inconclusive>,
-    ) -> Result<(), Inconclusive> {
-        let mut after = after_id;
-        for _ in 0..PAGES_MAX {
-            let page = self.page_after(after).await?;
-            page.payments.into_iter().try_for_each(&mut each)?;
-            match page.next_after_id {
-                Some(next) => after = next,
-                None => return Ok(()),
+    /// The newest payment id (0 if there is none), without `/stats`: each
+    /// probe is one `GET /payments?after_id=X&limit=1`, an index seek on the
+    /// service. `lo` is an id believed to exist (or 0) and `guess` where the
+    /// newest probably is; from there it gallops up and bisects: a few probes
+    /// when the guess is right, about 2 log2(n) at worst. With payments being
+    /// made meanwhile, the answer is an id that was the newest at some moment
+    /// of the search, or one of those made since.
+    pub async fn last_id(&self, lo: i64, guess: i64) -> Result<i64, Inconclusive> {
+        let mut probes = 0u32;
+        let mut lo = lo.max(0);
+        match self.probe(lo, &mut probes).await? {
+            None => return Ok(lo),
+            Some(id) => lo = id,
+        }
+        // No payment has an id above `hi`, once it is known.
+        let mut hi = None;
+        if guess.saturating_sub(1) > lo {
+            match self.probe(guess - 1, &mut probes).await? {
+                Some(id) => lo = id,
+                None => hi = Some(guess - 1),
             }
         }
-        Err(inconclusive(format!(
-            "the service holds more than {} payments after id {after_id}",
-            PAGES_MAX * PAGE_ROWS_MAX
-        )))
+        let mut step = 0i64;
+        while hi.is_none() {
+            let x = lo.saturating_add(step);
+            match self.probe(x, &mut probes).await? {
+                Some(id) => (lo, step) = (id, step.saturating_mul(2).saturating_add(1)),
+                None => hi = Some(x),
+            }
+        }
+        while let Some(h) = hi
+            && lo < h
+        {
+            let mid = lo + (h - lo) / 2;
+            match self.probe(mid, &mut probes).await? {
+                Some(id) => lo = id,
+                None => hi = Some(mid),
+            }
+        }
+        Ok(lo)
     }
 
-    /// The payments with ids in `(after_id, after_id + PAGE_ROWS_MAX]`: one
-    /// page holds them all, since ids are unique integers. Pages of
-    /// neighbouring ranges can be read at the same time.
-    pub async fn id_range(&self, after_id: i64) -> Result<Vec<ServicePayment>, Inconclusive> {
-        let last = after_id.saturating_add(PAGE_ROWS_MAX as i64);
-        let mut page = self.page_after(after_id).await?;
-        page.payments.retain(|p| p.id <= last);
-        Ok(page.payments)
+    /// The first payment id above `after`, if any.
+    async fn probe(&self, after: i64, probes: &mut u32) -> Result<Option<i64>, Inconclusive> {
+        *probes += 1;
+        if *probes > PROBES_MAX {
+            return Err(inconclusive(format!(
+                "the newest payment id was not found in {PROBES_MAX} reads: ids keep moving"
+            )));
+        }
+        let mut first = None;
+        self.page(after, 1, |p| {
+            first = first.or(Some(p.id));
+        })
+        .await?;
+        Ok(first)
     }
 
-    async fn page_after(&self, after: i64) -> Result<Page, Inconclusive> {
-        let url = format!("{}/payments?after_id={after}&limit={PAGE_ROWS_MAX}", self.base);
-        let what = format!("GET /payments?after_id={after}");
-        let page: Page = self.with_retries(&what, || self.http.get(&url)).await?;
-        check_page(&what, &page, after, None)?;
-        Ok(page)
+    /// One page of the payments with ids above `after` (at most
+    /// [`PAGE_ROWS_MAX`]), each handed to `each`; returns where the next page
+    /// starts, if more may follow.
+    pub async fn page_after(
+        &self,
+        after: i64,
+        each: impl FnMut(&ServicePayment<'_>) + Send,
+    ) -> Result<Option<i64>, Inconclusive> {
+        self.page(after, PAGE_ROWS_MAX, each).await
     }
 
-    /// Every payment made under one of `keys` (at most [`LOOKUP_KEYS_MAX`]),
-    /// all pages of them.
-    pub async fn lookup(&self, keys: &[String]) -> Result<Vec<ServicePayment>, Inconclusive> {
+    /// The payments with ids in `(after, last]` (`last - after` at most
+    /// [`PAGE_ROWS_MAX`]): one page holds them all, since ids are unique
+    /// integers. Neighbouring ranges can be read at the same time.
+    pub async fn id_range(
+        &self,
+        after: i64,
+        last: i64,
+        mut each: impl FnMut(&ServicePayment<'_>) + Send,
+    ) -> Result<(), Inconclusive> {
+        self.page(after, PAGE_ROWS_MAX, |p| {
+            if p.id <= last {
+                each(p);
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn page(
+        &self,
+        after: i64,
+        limit: usize,
+        mut each: impl FnMut(&ServicePayment<'_>) + Send,
+    ) -> Result<Option<i64>, Inconclusive> {
+        let url = format!("{}/payments?after_id={after}&limit={limit}", self.base);
+        let what = format!("GET /payments?after_id={after}&limit={limit}");
+        let accept = |body: &[u8]| {
+            let page: Page = parse_json(body)?;
+            check_page(&page, after, limit, None).map_err(Failure::Definitive)?;
+            page.payments.iter().for_each(&mut each);
+            Ok(page.next_after_id)
+        };
+        self.with_retries(&what, || self.http.get(&url), accept).await
+    }
+
+    /// One page of the payments made under one of `keys` (at most
+    /// [`LOOKUP_KEYS_MAX`]) with ids above `after`, each handed to `each`;
+    /// returns where the next page starts, if more may follow.
+    pub async fn lookup_page(
+        &self,
+        keys: &[String],
+        after: i64,
+        mut each: impl FnMut(&ServicePayment<'_>) + Send,
+    ) -> Result<Option<i64>, Inconclusive> {
         if keys.len() > LOOKUP_KEYS_MAX {
             return Err(inconclusive(format!("{} keys in one lookup", keys.len())));
         }
         let url = format!("{}/payments/lookup", self.base);
+        let body = serde_json::to_vec(&LookupBody { keys, after_id: after })
+            .map_err(|e| inconclusive(format!("cannot write a lookup: {e}")))?;
         let asked: HashSet<&str> = keys.iter().map(String::as_str).collect();
-        let (mut after, mut found) = (0, Vec::new());
-        for _ in 0..PAGES_MAX {
-            let body = serde_json::json!({ "keys": keys, "after_id": after });
-            let what = format!("POST /payments/lookup ({} keys, after_id {after})", keys.len());
-            let page: Page = self.with_retries(&what, || self.http.post(&url).json(&body)).await?;
-            check_page(&what, &page, after, Some(&asked))?;
-            found.extend(page.payments);
-            match page.next_after_id {
-                Some(next) => after = next,
-                None => return Ok(found),
-            }
-        }
-        Err(inconclusive(format!(
-            "more than {} payments under {} keys",
-            PAGES_MAX * PAGE_ROWS_MAX,
-            keys.len()
-        )))
+        let what = format!("POST /payments/lookup ({} keys, after_id {after})", keys.len());
+        let request = || {
+            let post = self
+                .http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json");
+            post.body(body.clone())
+        };
+        let accept = |bytes: &[u8]| {
+            let page: Page = parse_json(bytes)?;
+            check_page(&page, after, PAGE_ROWS_MAX, Some(&asked)).map_err(Failure::Definitive)?;
+            page.payments.iter().for_each(&mut each);
+            Ok(page.next_after_id)
+        };
+        self.with_retries(&what, request, accept).await
     }
 
-    /// Sends the request built by `request` until it answers a 2xx with the
-    /// expected JSON, waiting between tries, within the deadline.
-    async fn with_retries<T: DeserializeOwned>(
+    /// Sends the request built by `request` until it answers a 2xx whose body
+    /// `accept` takes, waiting between tries, within the deadline.
+    async fn with_retries<T>(
         &self,
         what: &str,
         request: impl Fn() -> reqwest::RequestBuilder,
+        mut accept: impl FnMut(&[u8]) -> Result<T, Failure>,
     ) -> Result<T, Inconclusive> {
         let mut delay = Duration::from_millis(RETRY_DELAY_MS_MIN);
         let mut tries = 0u32;
@@ -186,14 +285,15 @@ impl ServiceReader {
             let left = self.deadline.saturating_duration_since(Instant::now());
             let timeout = left.min(Duration::from_millis(REQUEST_TIMEOUT_MS));
             tries += 1;
-            let why = match self.once(request().timeout(timeout)).await {
+            let answer = self.once(request().timeout(timeout)).await;
+            let why = match answer.and_then(|body| accept(&body)) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Definitive(why)) => return Err(inconclusive(format!("{what}: {why}"))),
                 Err(Failure::Transient(why)) => why,
             };
             if Instant::now() + delay >= self.deadline {
                 return Err(inconclusive(format!(
-                    "{what}: {why} (tried {tries} times until the reconciliation deadline)"
+                    "{what}: {why} (tried {tries} times until the reading deadline)"
                 )));
             }
             tracing::debug!(what, why, "retrying a read of the service");
@@ -202,9 +302,11 @@ impl ServiceReader {
         }
     }
 
-    async fn once<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, Failure> {
+    /// One try: the body of a 2xx answer, read to its end (at most
+    /// [`ANSWER_BYTES_MAX`]).
+    async fn once(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, Failure> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let response = request
+        let mut response = request
             .send()
             .await
             .map_err(|e| Failure::Transient(format!("no answer from {} ({e})", self.base)))?;
@@ -215,25 +317,30 @@ impl ServiceReader {
         if !status.is_success() {
             return Err(Failure::Transient(format!("the service answered {status}")));
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| Failure::Transient(format!("the answer was cut off ({e})")))?;
-        serde_json::from_slice(&body).map_err(|e| Failure::Transient(format!("a malformed answer ({e})")))
+        let expected = response.content_length().unwrap_or(0) as usize;
+        let mut body = Vec::with_capacity(expected.min(ANSWER_BYTES_MAX));
+        let cut = |e: reqwest::Error| Failure::Transient(format!("the answer was cut off ({e})"));
+        while let Some(chunk) = response.chunk().await.map_err(cut)? {
+            if body.len() + chunk.len() > ANSWER_BYTES_MAX {
+                return Err(Failure::Definitive(format!("an answer over {ANSWER_BYTES_MAX} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 }
 
-/// A page must move forward: ids ascending and above the cursor, a next
-/// cursor beyond it, and (for a lookup) only the keys asked for. Anything
-/// else could make the judge miss payments or loop.
-fn check_page(what: &str, page: &Page, after: i64, asked: Option<&HashSet<&str>>) -> Result<(), Inconclusive> {
-    let broken = |why: String| {
-        Err(inconclusive(format!(
-            "{what}: the answer breaks the service's contract: {why}"
-        )))
-    };
-    if page.payments.len() > PAGE_ROWS_MAX {
-        return broken(format!("{} payments in one page", page.payments.len()));
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Failure> {
+    serde_json::from_slice(body).map_err(|e| Failure::Transient(format!("a malformed answer ({e})")))
+}
+
+/// A page must move forward: at most `limit` payments, ids ascending and
+/// above the cursor, a next cursor beyond them, and (for a lookup) only the
+/// keys asked for. Anything else could make the judge miss payments or loop.
+fn check_page(page: &Page, after: i64, limit: usize, asked: Option<&HashSet<&str>>) -> Result<(), String> {
+    let broken = |why: String| Err(format!("the answer breaks the service's contract: {why}"));
+    if page.payments.len() > limit {
+        return broken(format!("{} payments in a page of at most {limit}", page.payments.len()));
     }
     let mut last = after;
     for p in &page.payments {
@@ -252,7 +359,6 @@ fn check_page(what: &str, page: &Page, after: i64, asked: Option<&HashSet<&str>>
         _ => Ok(()),
     }
 }
-
 /// Checks a `--target` or `--service` value: an `http://` URL with a host
 /// (and perhaps a port and a path). The error says how to fix it.
 pub fn parse_http_url(text: &str) -> Result<String, String> {
@@ -305,7 +411,7 @@ mod tests {
         assert_eq!(parse_http_url("http://localhost").as_deref(), Ok("http://localhost"));
     }
 
-    fn page(ids: &[i64], next: Option<i64>) -> Page {
+    fn page(ids: &[i64], next: Option<i64>) -> Page<'static> {
         Page {
             payments: ids
                 .iter()
@@ -314,7 +420,7 @@ mod tests {
                     src: "a".into(),
                     dest: "b".into(),
                     amount_minor: 1,
-                    idempotency_key: Some(format!("k{id}")),
+                    idempotency_key: Some(format!("k{id}").into()),
                 })
                 .collect(),
             next_after_id: next,
@@ -323,12 +429,16 @@ mod tests {
 
     #[test]
     fn pages_that_do_not_move_forward_are_refused() {
-        assert!(check_page("t", &page(&[3, 4], None), 2, None).is_ok());
-        assert!(check_page("t", &page(&[3, 3], None), 2, None).is_err());
-        assert!(check_page("t", &page(&[2], None), 2, None).is_err());
-        assert!(check_page("t", &page(&[3], Some(2)), 2, None).is_err());
+        assert!(check_page(&page(&[3, 4], None), 2, 2, None).is_ok());
+        assert!(check_page(&page(&[3, 3], None), 2, 2, None).is_err());
+        assert!(check_page(&page(&[2], None), 2, 2, None).is_err());
+        assert!(check_page(&page(&[3], Some(2)), 2, 2, None).is_err());
         let asked = HashSet::from(["k3"]);
-        assert!(check_page("t", &page(&[3], None), 0, Some(&asked)).is_ok());
-        assert!(check_page("t", &page(&[4], None), 0, Some(&asked)).is_err());
+        assert!(check_page(&page(&[3], None), 0, 1, Some(&asked)).is_ok());
+        assert!(check_page(&page(&[4], None), 0, 1, Some(&asked)).is_err());
+        assert!(
+            check_page(&page(&[3, 4], None), 2, 1, None).is_err(),
+            "more than the limit"
+        );
     }
 }

@@ -14,7 +14,7 @@ use client::classify::ErrorKind;
 use client::history::{AttemptRecord, HistoryFile};
 use client::ledger::Meta;
 use client::reconcile::{Evidence, Mode, Reconciliation, Verdict};
-use client::runner::{self, Intent, RunReport, Sinks};
+use client::runner::{self, Intent, Intents, RunReport, Sinks};
 use client::service::{Inconclusive, ServiceReader, ServiceStats};
 use client::strategy::{self, Options};
 use serde::Serialize;
@@ -131,7 +131,7 @@ impl Stage<'_> {
         }
     }
 
-    async fn run(&self, intents: Vec<Intent>, sinks: Sinks) -> anyhow::Result<RunReport> {
+    async fn run(&self, intents: impl Into<Intents>, sinks: Sinks) -> anyhow::Result<RunReport> {
         runner::run(&self.proxy.url, intents, &self.options, sinks).await
     }
 }
@@ -291,9 +291,10 @@ async fn judge(stage: &Stage<'_>, acted: Acted) -> anyhow::Result<Outcome> {
     let mode = Mode::Fresh {
         baseline_id: stage.baseline_id,
     };
+    let intents = Intents::from(&stage.intents);
     let evidence = Evidence {
-        intents: &stage.intents,
-        attempts: &acted.judged,
+        intents: &intents,
+        attempts: (&acted.judged).into(),
         strategy: stage.options.key,
         mode: &mode,
     };

@@ -21,9 +21,10 @@ async fn judge_quickly(
 ) {
     let intents = runner::repeat(2, "bianca", "marc", 100, 1);
     let mode = Mode::Fresh { baseline_id: 0 };
+    let intents = client::intents::Intents::from(intents);
     let evidence = Evidence {
         intents: &intents,
-        attempts: &[],
+        attempts: (&[][..]).into(),
         strategy: KeyStrategy::PerPayment,
         mode: &mode,
     };
@@ -47,9 +48,10 @@ async fn the_service_stopped_before_reconciling_is_inconclusive() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mode = Mode::Fresh { baseline_id: 0 };
+    let intents = client::intents::Intents::from(intents);
     let evidence = Evidence {
         intents: &intents,
-        attempts: &report.attempts,
+        attempts: (&report.attempts).into(),
         strategy: KeyStrategy::PerPayment,
         mode: &mode,
     };

@@ -7,6 +7,7 @@ mod at_scale;
 mod faults;
 mod inconclusive;
 mod ledger_crash;
+mod no_stats;
 mod reconciliation;
 mod resume;
 mod retry_rules;
@@ -66,17 +67,19 @@ pub async fn stats(service: &Service) -> serde_json::Value {
         .expect("json")
 }
 
-/// Reconciles through the library's judge, with a 10 s reading deadline.
-pub async fn judge(
+/// Reconciles through the library's judge, with a 10 s reading deadline;
+/// `attempts` are records (`&[AttemptRecord]`) or a run's `&Outcomes`.
+pub async fn judge<'a>(
     service: &str,
     mode: client::reconcile::Mode,
     intents: &[client::runner::Intent],
-    attempts: &[client::history::AttemptRecord],
+    attempts: impl Into<client::reconcile::Attempts<'a>>,
     strategy: client::strategy::KeyStrategy,
 ) -> Result<client::reconcile::Reconciliation, client::service::Inconclusive> {
+    let intents = client::intents::Intents::from(intents);
     let evidence = client::reconcile::Evidence {
-        intents,
-        attempts,
+        intents: &intents,
+        attempts: attempts.into(),
         strategy,
         mode: &mode,
     };

@@ -165,29 +165,33 @@ async fn the_same_key_for_another_amount_is_not_this_payment() {
 async fn ids_with_gaps_are_each_read_once() {
     // Ids 5, 1500, 2400, 2500: the id ranges are read side by side, and a
     // page for (0, 1000] also returns later ids, which must not count twice.
+    // The stub answers pages as the service does (`limit`, `next_after_id`).
     let ids = [5, 1500, 2400, 2500];
     let (url, _) = crate::spawn_stub(move |line| {
-        if line.starts_with("GET /stats") {
-            let stats =
-                r#"{"payments":4,"last_payment_id":2500,"total_amount_minor":400,"duplicate_keys":0,"invariants":{}}"#;
-            return (200, stats.to_owned());
-        }
-        let after: i64 = line
-            .split("after_id=")
-            .nth(1)
-            .and_then(|rest| rest.split(['&', ' ']).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(i64::MAX);
-        let payments: Vec<String> = ids
+        let number = |name: &str| -> Option<i64> {
+            let rest = line.split(name).nth(1)?;
+            rest.split(['&', ' ']).next()?.parse().ok()
+        };
+        let (after, limit) = (number("after_id=").unwrap_or(i64::MAX), number("limit=").unwrap_or(100));
+        let page: Vec<i64> = ids
             .iter()
-            .filter(|id| **id > after)
+            .copied()
+            .filter(|id| *id > after)
+            .take(limit as usize)
+            .collect();
+        let next = match page.last() {
+            Some(last) if page.len() == limit as usize => last.to_string(),
+            _ => "null".to_owned(),
+        };
+        let payments: Vec<String> = page
+            .iter()
             .map(|id| {
                 format!(r#"{{"id":{id},"src":"bianca","dest":"marc","amount_minor":100,"idempotency_key":null}}"#)
             })
             .collect();
         (
             200,
-            format!(r#"{{"payments":[{}],"next_after_id":null}}"#, payments.join(",")),
+            format!(r#"{{"payments":[{}],"next_after_id":{next}}}"#, payments.join(",")),
         )
     })
     .await;

@@ -96,3 +96,51 @@ async fn the_same_seed_gives_the_same_history() {
     };
     assert_eq!(run().await, run().await);
 }
+
+#[tokio::test]
+async fn outcomes_judge_as_records_do_and_summary_only_keeps_no_records() {
+    for (key, expected) in [
+        (KeyStrategy::PerPayment, Verdict::ExactlyOnce),
+        (KeyStrategy::PerAttempt, Verdict::TooMuch),
+    ] {
+        let service = spawn_service(|_| {}).await;
+        let proxy = spawn_proxy(service.addr, |i| faults::seeded(SEED, i)).await;
+        let mut options = Options::new(SEED);
+        options.key = key;
+        options.backoff = Backoff::None;
+        let intents = runner::repeat(PAYMENTS, "bianca", "marc", 100, SEED);
+        let mode = baseline(&service).await;
+        let report = runner::run(&proxy.url, intents.clone(), &options, Sinks::default())
+            .await
+            .expect("run");
+        let by_records = judge(&service.url, mode.clone(), &intents, &report.attempts, key)
+            .await
+            .expect("reconcile");
+        let by_outcomes = judge(&service.url, mode.clone(), &intents, &report.outcomes, key)
+            .await
+            .expect("reconcile");
+        assert_eq!(by_records.verdict, expected, "{key:?}: {by_records:?}");
+        assert_eq!(
+            serde_json::to_value(&by_records).expect("json"),
+            serde_json::to_value(&by_outcomes).expect("json"),
+            "{key:?}"
+        );
+        let made: u64 = report.outcomes.iter().map(|(_, o)| u64::from(o.attempts())).sum();
+        assert_eq!(made, report.summary.attempts, "{key:?}");
+
+        // The same payments again, keeping only outcomes: the judge needs no more.
+        let sinks = Sinks {
+            summary_only: true,
+            ..Sinks::default()
+        };
+        let again = runner::run(&proxy.url, intents.clone(), &options, sinks)
+            .await
+            .expect("run");
+        assert!(again.attempts.is_empty() && again.results.is_empty(), "{key:?}");
+        assert_eq!(
+            (again.outcomes.len(), again.summary.intents),
+            (PAYMENTS, PAYMENTS as u64)
+        );
+        assert!(again.outcomes.iter().all(|(_, o)| o.finished() && o.attempts() >= 1));
+    }
+}

@@ -58,9 +58,10 @@ async fn pay_and_judge(s: &Scenario, target: &str, service: &str, stats_from: &s
         .await
         .expect("run");
     let mode = Mode::Fresh { baseline_id: 0 };
+    let table = client::runner::Intents::from(&intents);
     let evidence = Evidence {
-        intents: &intents,
-        attempts: &report.attempts,
+        intents: &table,
+        attempts: (&report.attempts).into(),
         strategy: options.key,
         mode: &mode,
     };
@@ -103,9 +104,10 @@ async fn a_stopped_service_makes_the_lesson_inconclusive() {
     assert_eq!(report.summary.confirmed, 3);
     service.stop().await.expect("stops");
     let mode = Mode::Fresh { baseline_id: 0 };
+    let table = client::runner::Intents::from(&intents);
     let evidence = Evidence {
-        intents: &intents,
-        attempts: &report.attempts,
+        intents: &table,
+        attempts: (&report.attempts).into(),
         strategy: client::strategy::KeyStrategy::PerPayment,
         mode: &mode,
     };
