@@ -331,7 +331,7 @@ pub fn insert_unchecked(
     insert_payment(conn, request, key, false, now_ms)
 }
 
-fn insert_payment(
+pub(crate) fn insert_payment(
     conn: &Connection,
     request: &PaymentRequest,
     key: Option<&str>,

@@ -67,6 +67,13 @@ pub enum Op {
         key: Option<String>,
         reply: Reply<Outcome>,
     },
+    /// A write of the workshop's exercise (`--dedup exercise`), built by
+    /// `exercise_kit`: it runs in the batch's transaction like the others,
+    /// and its answer, too, waits for the COMMIT.
+    Exercise {
+        work: crate::exercise_kit::Work,
+        reply: Reply<Outcome>,
+    },
     Wipe {
         reply: Reply<Wiped>,
     },
@@ -409,7 +416,8 @@ impl Op {
             Op::PayKeyed { reply, .. }
             | Op::Claim { reply, .. }
             | Op::Complete { reply, .. }
-            | Op::Insert { reply, .. } => drop(reply.send(Err(why.clone()))),
+            | Op::Insert { reply, .. }
+            | Op::Exercise { reply, .. } => drop(reply.send(Err(why.clone()))),
             Op::Wipe { reply } => drop(reply.send(Err(why.clone()))),
             Op::Reap | Op::Shutdown => {}
         }
@@ -460,6 +468,7 @@ fn apply(
             });
             outcome(reply, r)
         }
+        Op::Exercise { work, reply } => outcome(reply, work(conn, now_ms)),
         Op::Wipe { reply } => {
             let r = store::wipe(conn);
             let ok = r.is_ok();
