@@ -7,7 +7,9 @@
 //! pays again. Change it so that a key pays once, whatever the network, the
 //! timing or a restart do; then check it with
 //!
-//!     cargo run --release -p scenarios -- exercise
+//! ```sh
+//! cargo run --release -p scenarios -- exercise
+//! ```
 //!
 //! which plays five stages of faults against it, stops at the first that
 //! fails and gives a hint.
