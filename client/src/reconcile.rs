@@ -176,6 +176,38 @@ pub async fn reconcile(reader: &Arc<ServiceReader>, evidence: &Evidence<'_>) -> 
     })
 }
 
+/// Judges `payments`, read by this run's keys alone ([`keys_sent`]), for a
+/// service that can be read by key but not by id (one this project did not
+/// start): the same per-key check as [`reconcile`], blind only to payments
+/// made under keys the client never sent. Give `evidence.mode` baseline 0:
+/// every payment found counts as this run's.
+pub fn judge_by_keys(evidence: &Evidence<'_>, payments: Vec<ServicePayment>) -> Result<Reconciliation, Inconclusive> {
+    let mut collector = Collector::new(evidence);
+    for p in payments {
+        collector.accept(p)?;
+    }
+    Ok(judge(evidence, &collector))
+}
+
+/// Every key this run sent, or would send: what a read by key asks for.
+pub fn keys_sent(evidence: &Evidence<'_>) -> Vec<String> {
+    let collector = Collector::new(evidence);
+    let mut keys: Vec<String> = collector.owner.keys().map(|k| (*k).to_owned()).collect();
+    keys.sort();
+    keys
+}
+
+/// The verdict from money alone, for a service that says only how much it
+/// moved: `moved_minor` against what the intents meant to move. Equal sums
+/// can hide a lost payment and a doubled one; a per-key reading cannot.
+pub fn judge_totals(intents: &[Intent], moved_minor: i128) -> Reconciliation {
+    let mut r = empty(intents, false);
+    r.moved_minor = moved_minor;
+    r.moved = format_minor(moved_minor);
+    r.verdict = verdict(moved_minor < r.expected_minor, moved_minor > r.expected_minor);
+    r
+}
+
 /// One read of the service.
 enum Read {
     /// The payments with ids in `(after, after + PAGE_ROWS_MAX]`.
@@ -618,5 +650,38 @@ mod tests {
     fn prefix_and_wide_money() {
         assert_eq!(key_prefix("pay-00ff-0000042"), "pay-00ff-");
         assert_eq!(verdict(true, true), Verdict::Both);
+    }
+
+    #[test]
+    fn by_keys_alone_and_by_totals() {
+        let intents = crate::runner::repeat(2, "bianca", "marc", 100, 3);
+        let (k0, k1) = (intents[0].key.clone(), intents[1].key.clone());
+        let attempts = [attempt(0, &k0, Outcome::Ok), attempt(1, &k1, Outcome::Ok)];
+        let mode = Mode::Fresh { baseline_id: 0 };
+        let evidence = Evidence {
+            intents: &intents,
+            attempts: &attempts,
+            strategy: KeyStrategy::PerPayment,
+            mode: &mode,
+        };
+        assert_eq!(keys_sent(&evidence), vec![k0.clone(), k1.clone()]);
+        let once = vec![payment(7, &k0, 100), payment(9, &k1, 100)];
+        assert_eq!(
+            judge_by_keys(&evidence, once).expect("judged").verdict,
+            Verdict::ExactlyOnce
+        );
+        let twice = vec![payment(7, &k0, 100), payment(8, &k0, 100), payment(9, &k1, 100)];
+        let r = judge_by_keys(&evidence, twice).expect("judged");
+        assert_eq!((r.verdict, r.duplicated, r.extra_payments), (Verdict::TooMuch, 1, 1));
+        // A key reused for another amount is money no intent explains.
+        let reused = vec![payment(7, &k0, 100), payment(9, &k1, 100), payment(10, &k1, 200)];
+        assert_eq!(judge_by_keys(&evidence, reused).expect("judged").orphaned, 1);
+        assert_eq!(judge_totals(&intents, 200).verdict, Verdict::ExactlyOnce);
+        assert_eq!(judge_totals(&intents, 100).verdict, Verdict::TooLittle);
+        let r = judge_totals(&intents, 300);
+        assert_eq!(
+            (r.verdict, r.per_key, r.moved.as_str()),
+            (Verdict::TooMuch, false, "3.00")
+        );
     }
 }
