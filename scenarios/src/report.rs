@@ -53,11 +53,15 @@ pub fn narrative(index: usize, o: &Outcome) -> String {
         o.payments,
         metric(o, "attempts")
     );
+    if let Some(judged) = &o.judged {
+        let _ = writeln!(out, "   judged    {judged}");
+    }
     let detail = match &o.reconciliation {
         Some(r) if r.per_key => format!(
             "{} exactly once, {} lost, {} paid twice or more ({} extra payments)",
             r.exactly_once, r.lost, r.duplicated, r.extra_payments
         ),
+        Some(_) if o.judged.is_some() => "only the totals could be compared".to_owned(),
         Some(r) => format!(
             "{} payments stored for {} intended (no keys: only totals can be compared)",
             r.payments, r.intents
