@@ -329,6 +329,9 @@ pub fn render(ladder: &Ladder) -> String {
 fn render_failure(out: &mut String, stage: &StageResult, o: &Outcome) {
     let _ = writeln!(out, "  FAIL  stage {}: {}", stage.number, stage.title);
     out.push_str(&report::narrative(stage.number, o));
+    if let Some(judged) = &o.judged {
+        let _ = writeln!(out, "   judged    {judged}");
+    }
     if let Some(hint) = &stage.hint {
         let _ = writeln!(out, "\n   hint");
         for line in wrap(hint, 72) {

@@ -252,6 +252,9 @@ async fn play_each(args: &PlayArgs, chosen: Vec<Scenario>, replay: &str) -> anyh
         let outcome = play::play(&adapted, &settings).await?;
         if !args.json {
             print!("{}", report::narrative(i + 1, &outcome));
+            if let Some(judged) = &outcome.judged {
+                println!("   judged    {judged}");
+            }
         }
         outcomes.push(outcome);
     }

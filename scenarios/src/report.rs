@@ -53,9 +53,6 @@ pub fn narrative(index: usize, o: &Outcome) -> String {
         o.payments,
         metric(o, "attempts")
     );
-    if let Some(judged) = &o.judged {
-        let _ = writeln!(out, "   judged    {judged}");
-    }
     let detail = match &o.reconciliation {
         Some(r) if r.per_key => format!(
             "{} exactly once, {} lost, {} paid twice or more ({} extra payments)",
