@@ -123,10 +123,12 @@ pub struct Ladder {
     pub against: String,
     pub seed: u64,
     pub stages: Vec<StageResult>,
-    /// Stages passed, in a row from the first.
+    /// Stages passed.
     pub passed: usize,
     /// Every stage passed.
     pub pass: bool,
+    /// The command that plays the same ladder again.
+    pub replay: String,
 }
 
 /// What `--reference` names, or the attendee's file.
@@ -168,13 +170,21 @@ pub async fn play_ladder(settings: &Settings, solution: Option<u8>) -> anyhow::R
         stopped |= result.status == Status::Failed;
         results.push(result);
     }
-    let passed = results.iter().take_while(|r| r.status == Status::Passed).count();
+    let passed = results.iter().filter(|r| r.status == Status::Passed).count();
+    let mut replay = format!("scenarios exercise --seed {}", settings.seed);
+    if let Some(n) = solution {
+        let _ = write!(replay, " --reference {n}");
+    }
+    if let Some(outside) = &settings.outside {
+        let _ = write!(replay, " --service-url {}", outside.url);
+    }
     Ok(Ladder {
         against: against(settings, solution),
         seed: settings.seed,
         pass: passed == results.len(),
         passed,
         stages: results,
+        replay,
     })
 }
 
@@ -398,13 +408,19 @@ fn render_summary(out: &mut String, ladder: &Ladder) {
     if ladder.pass {
         let _ = writeln!(out, "Every stage passes: each payment is paid exactly once.");
     } else if ladder.stages.iter().any(|s| s.status == Status::Failed) {
-        let _ = writeln!(
-            out,
-            "Change {} and run `cargo run --release -p scenarios -- exercise` again.",
-            payment_service::EXERCISE_FILE
-        );
+        if ladder.against == payment_service::EXERCISE_FILE {
+            let _ = writeln!(
+                out,
+                "Change {} and run `cargo run --release -p scenarios -- exercise` again.",
+                ladder.against
+            );
+        } else {
+            let _ = writeln!(out, "The hint says what the stage needs.");
+        }
+    } else {
+        let _ = writeln!(out, "Skipped stages count as not passed: each says what it needs.");
     }
-    let _ = writeln!(out, "reproduce with: scenarios exercise --seed {}", ladder.seed);
+    let _ = writeln!(out, "reproduce with: {}", ladder.replay);
 }
 
 /// Splits `text` into lines of at most `width` characters, at spaces.
@@ -481,12 +497,13 @@ fn diff<'a>(old: &[&'a str], new: &[&'a str]) -> Vec<(char, &'a str)> {
         if i < n && j < m && old[i] == new[j] {
             out.push((' ', old[i]));
             (i, j) = (i + 1, j + 1);
-        } else if j < m && (i == n || common[i][j + 1] >= common[i + 1][j]) {
-            out.push(('+', new[j]));
-            j += 1;
-        } else {
+        } else if i < n && (j == m || common[i + 1][j] >= common[i][j + 1]) {
+            // Removals first, as unified diffs show them.
             out.push(('-', old[i]));
             i += 1;
+        } else {
+            out.push(('+', new[j]));
+            j += 1;
         }
     }
     out

@@ -7,3 +7,4 @@ mod exercise;
 mod judge;
 mod lessons;
 mod lost_ack;
+mod outside;
