@@ -341,18 +341,30 @@ pub(crate) async fn answer(state: &AppState, request: PaymentRequest, key: Strin
         runtime: Handle::current(),
     };
     let ran = tokio::task::spawn_blocking(move || handle(&mut tx, &request, &key)).await;
-    let answer = match ran {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(Failed(error))) => return Err(error),
+    match ran {
+        Ok(Ok(answer)) => render(state, answer),
+        Ok(Err(Failed(error))) => Err(error),
         Err(panicked) => {
             tracing::error!(error = %panicked, "the exercise's code panicked");
-            return Err(ApiError::new(
-                Problem::TemporarilyUnavailable,
-                format!("the exercise's code in {EXERCISE_FILE} panicked ({panicked}); see the service's log"),
-            ));
+            Ok(panicked_answer(&panicked.to_string()))
         }
-    };
-    render(state, answer)
+    }
+}
+
+/// 500 for a panic in the exercise's code (a `todo!()`, an `unwrap` on
+/// `None`): a retry may or may not help, so the client retries without
+/// waiting for a `Retry-After`, and a stage fails in seconds, not minutes.
+fn panicked_answer(why: &str) -> Response {
+    let detail = format!("the exercise's code in {EXERCISE_FILE} panicked ({why}); see the service's log");
+    let body = serde_json::json!({
+        "type": "about:blank", "title": "Internal Server Error", "status": 500, "detail": detail,
+    });
+    let mut response = json(StatusCode::INTERNAL_SERVER_ERROR, body.to_string());
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/problem+json"),
+    );
+    response
 }
 
 fn render(state: &AppState, answer: Answer) -> Result<Response, ApiError> {
@@ -383,5 +395,19 @@ fn render(state: &AppState, answer: Answer) -> Result<Response, ApiError> {
             };
             Err(ApiError::new(problem, detail))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_a_500_problem_without_retry_after() {
+        let response = panicked_answer("not yet implemented");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = response.headers();
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert!(headers.get("retry-after").is_none());
     }
 }

@@ -57,6 +57,8 @@ const STAGES: [(&str, &str, &str); 5] = [
     ),
 ];
 
+/// Attempts of the payment at fault printed at most (all are in `--json`).
+const TIMELINE_LINES_MAX: usize = 16;
 /// The history of a stage read for its timeline at most: stages are small.
 const HISTORY_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
@@ -351,8 +353,18 @@ fn render_failure(out: &mut String, stage: &StageResult, o: &Outcome) {
     if let Some(t) = &stage.timeline {
         let key = t.key.as_deref().unwrap_or("(no key)");
         let _ = writeln!(out, "\n   one payment at fault: #{}, key {key}", t.intent);
-        for line in timeline_lines(&t.attempts) {
+        let lines = timeline_lines(&t.attempts);
+        for line in lines.iter().take(TIMELINE_LINES_MAX) {
             let _ = writeln!(out, "     {line}");
+        }
+        if lines.len() > TIMELINE_LINES_MAX {
+            let _ = writeln!(out, "     ... {} more attempts", lines.len() - TIMELINE_LINES_MAX);
+        }
+        if t.attempts.iter().any(|a| a.status == Some(500)) {
+            let _ = writeln!(
+                out,
+                "     (500: the code panicked; `cargo run -p payment-service -- --dedup exercise` shows its log)"
+            );
         }
     }
     let _ = writeln!(out);
@@ -411,7 +423,7 @@ fn render_summary(out: &mut String, ladder: &Ladder) {
         if ladder.against == payment_service::EXERCISE_FILE {
             let _ = writeln!(
                 out,
-                "Change {} and run `cargo run --release -p scenarios -- exercise` again.",
+                "Change {} and run `cargo run -p scenarios -- exercise` again.",
                 ladder.against
             );
         } else {
