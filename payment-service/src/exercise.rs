@@ -8,7 +8,7 @@
 //! timing or a restart do; then check it with
 //!
 //! ```sh
-//! cargo run --release -p scenarios -- exercise
+//! cargo run -p scenarios -- exercise
 //! ```
 //!
 //! which plays five stages of faults against it, stops at the first that
