@@ -246,6 +246,45 @@ async fn read_tail(reader: &ServiceReader, ctx: &Context, tally: &mut Tally) -> 
     })
 }
 
+/// Judges `payments`, read by this run's keys alone ([`keys_sent`]), for a
+/// service that can be read by key but not by id (one this project did not
+/// start): the same per-key check as [`reconcile`], blind only to payments
+/// made under keys the client never sent. Give `evidence.mode` baseline 0:
+/// every payment found counts as this run's.
+pub fn judge_by_keys(evidence: &Evidence<'_>, payments: &[ServicePayment<'_>]) -> Result<Reconciliation, Inconclusive> {
+    let ctx = Context::new(evidence, evidence.mode.baseline_id());
+    let mut tally = Tally::new(evidence.intents.len(), ctx.baseline_id, 0);
+    for p in payments {
+        if let Some(sighting) = ctx.sort(p, Source::Lookup) {
+            tally.add(sighting, true)?;
+        }
+    }
+    Ok(judge(&ctx, &tally))
+}
+
+/// Every key this run sent, or would send: what a read by key asks for.
+pub fn keys_sent(evidence: &Evidence<'_>) -> Vec<String> {
+    let ctx = Context::new(evidence, evidence.mode.baseline_id());
+    let mut keys: Vec<String> = (0..ctx.intents.len())
+        .flat_map(|at| ctx.keys_of(at))
+        .chain(ctx.sent_keys.keys().cloned())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The verdict from money alone, for a service that says only how much it
+/// moved: `moved_minor` against what the intents meant to move. Equal sums
+/// can hide a lost payment and a doubled one; a per-key reading cannot.
+pub fn judge_totals(intents: &Intents, moved_minor: i128) -> Reconciliation {
+    let mut r = empty(intents, false);
+    r.moved_minor = moved_minor;
+    r.moved = format_minor(moved_minor);
+    r.verdict = verdict(moved_minor < r.expected_minor, moved_minor > r.expected_minor);
+    r
+}
+
 /// One read of the service: one page.
 enum Read {
     /// A page of the payments under `keys` with ids above `after`; `pages`
@@ -1006,6 +1045,39 @@ mod tests {
         assert_eq!(
             tally.examples.keys().copied().collect::<Vec<_>>(),
             (1..=ISSUES_LISTED_MAX as i64).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn by_keys_alone_and_by_totals() {
+        let intents = Intents::repeat(2, "bianca", "marc", 100, 3);
+        let (k0, k1) = (intents.key(0).into_owned(), intents.key(1).into_owned());
+        let attempts = [attempt(0, &k0, Outcome::Ok), attempt(1, &k1, Outcome::Ok)];
+        let mode = Mode::Fresh { baseline_id: 0 };
+        let evidence = Evidence {
+            intents: &intents,
+            attempts: (&attempts).into(),
+            strategy: KeyStrategy::PerPayment,
+            mode: &mode,
+        };
+        assert_eq!(keys_sent(&evidence), vec![k0.clone(), k1.clone()]);
+        let once = [payment(7, &k0, 100), payment(9, &k1, 100)];
+        assert_eq!(
+            judge_by_keys(&evidence, &once).expect("judged").verdict,
+            Verdict::ExactlyOnce
+        );
+        let twice = [payment(7, &k0, 100), payment(8, &k0, 100), payment(9, &k1, 100)];
+        let r = judge_by_keys(&evidence, &twice).expect("judged");
+        assert_eq!((r.verdict, r.duplicated, r.extra_payments), (Verdict::TooMuch, 1, 1));
+        // A key reused for another amount is money no intent explains.
+        let reused = [payment(7, &k0, 100), payment(9, &k1, 100), payment(10, &k1, 200)];
+        assert_eq!(judge_by_keys(&evidence, &reused).expect("judged").orphaned, 1);
+        assert_eq!(judge_totals(&intents, 200).verdict, Verdict::ExactlyOnce);
+        assert_eq!(judge_totals(&intents, 100).verdict, Verdict::TooLittle);
+        let r = judge_totals(&intents, 300);
+        assert_eq!(
+            (r.verdict, r.per_key, r.moved.as_str()),
+            (Verdict::TooMuch, false, "3.00")
         );
     }
 }

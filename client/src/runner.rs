@@ -18,7 +18,7 @@ use crate::classify::{self, ErrorKind, Next, Outcome};
 use crate::history::{AttemptRecord, HistoryFile};
 pub use crate::intents::{INTENTS_MAX, Intent, Intents, IntentsBuilder, key_for};
 use crate::ledger::{Finish, Ledger};
-use crate::strategy::{ConnectionMode, KeyStrategy, Options};
+use crate::strategy::{AmountStyle, ConnectionMode, KeyStrategy, Options};
 
 /// The longest CSV line accepted: two 64-byte accounts and an amount fit
 /// many times over, so anything longer is not a payment row.
@@ -368,7 +368,7 @@ pub async fn run(
     let started = Instant::now();
     let shared = Arc::new(Shared {
         client: http_client(options)?,
-        url: format!("{}/payments", target.trim_end_matches('/')),
+        url: format!("{}{}", target.trim_end_matches('/'), options.request.path),
         options: options.clone(),
         outcomes: (0..intents.len()).map(|_| AtomicU64::new(0)).collect(),
         intents,
@@ -493,12 +493,7 @@ async fn worker(shared: Arc<Shared>) -> (Vec<IntentResult>, Vec<AttemptRecord>) 
 async fn pay(shared: &Shared, at: usize, intent: &Intent, records: &mut Vec<AttemptRecord>) -> IntentResult {
     let options = &shared.options;
     let mut rng = backoff::stream(options.seed, intent.index as u64);
-    let body = serde_json::json!({
-        "src": intent.src,
-        "dest": intent.dest,
-        "amount": crate::money::format_minor(intent.amount_minor),
-    })
-    .to_string();
+    let body = request_body(intent, options.request.amount);
     let ended = |confirmed, attempts| IntentResult {
         index: intent.index,
         confirmed,
@@ -544,6 +539,23 @@ async fn pay(shared: &Shared, at: usize, intent: &Intent, records: &mut Vec<Atte
     }
 }
 
+/// The JSON body of an intent, with the amount as a string (`"1.00"`) or a
+/// number written with two decimals (`1.00`): digits, never a float.
+fn request_body(intent: &Intent, style: AmountStyle) -> String {
+    let amount = crate::money::format_minor(intent.amount_minor);
+    let amount = match style {
+        AmountStyle::String => format!("\"{amount}\""),
+        AmountStyle::Number => amount,
+    };
+    // Serializing a plain string cannot fail.
+    let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    format!(
+        r#"{{"src":{},"dest":{},"amount":{amount}}}"#,
+        text(&intent.src),
+        text(&intent.dest)
+    )
+}
+
 /// Counts an attempt into the payment's outcome and the run's counters,
 /// writes it to the history file and the debug log, and keeps it unless
 /// only a summary is wanted.
@@ -583,7 +595,7 @@ async fn send(
         request = request.header(reqwest::header::CONNECTION, "close");
     }
     if let Some(key) = &key {
-        request = request.header("Idempotency-Key", key.as_str());
+        request = request.header(shared.options.request.key_header.as_str(), key.as_str());
     }
     let (outcome, status, error, replayed, next) = match request.send().await {
         Err(e) => {
@@ -682,6 +694,19 @@ fn summarize(c: &Counters, outcomes: &[PaymentOutcome], elapsed: Duration) -> Su
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_carry_the_amount_as_a_string_or_as_a_number() {
+        let intent = &repeat(1, "bi\"anca", "marc", 1250, 1)[0];
+        assert_eq!(
+            request_body(intent, AmountStyle::String),
+            r#"{"src":"bi\"anca","dest":"marc","amount":"12.50"}"#
+        );
+        assert_eq!(
+            request_body(intent, AmountStyle::Number),
+            r#"{"src":"bi\"anca","dest":"marc","amount":12.50}"#
+        );
+    }
 
     #[test]
     fn reads_the_workshop_csv_with_or_without_header() {

@@ -49,6 +49,19 @@ pub struct ServicePayment<'a> {
     pub idempotency_key: Option<Cow<'a, str>>,
 }
 
+impl ServicePayment<'_> {
+    /// The same payment owning its strings, to keep beyond the answer it was read from.
+    pub fn to_owned_payment(&self) -> ServicePayment<'static> {
+        ServicePayment {
+            id: self.id,
+            src: Cow::Owned(self.src.to_string()),
+            dest: Cow::Owned(self.dest.to_string()),
+            amount_minor: self.amount_minor,
+            idempotency_key: self.idempotency_key.as_ref().map(|k| Cow::Owned(k.to_string())),
+        }
+    }
+}
+
 /// `Option<Cow<str>>` that borrows (serde's own only borrows a bare `Cow`).
 fn optional_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
     #[derive(Deserialize)]

@@ -72,6 +72,59 @@ pub enum ConnectionMode {
     Reuse,
 }
 
+/// How the amount travels in the JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AmountStyle {
+    /// `"amount": "1.00"` (the original workshop's CSV sends strings too).
+    String,
+    /// `"amount": 1.00`, a JSON number written with two decimals.
+    Number,
+}
+
+/// What a payment request looks like on the wire, so the client can talk to
+/// a service this project did not write (the original workshop's: path
+/// `/payments/`, header `Payment-Idempotence-Key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestShape {
+    /// Appended to the target URL, e.g. `/payments`.
+    pub path: String,
+    /// The header that carries the idempotency key.
+    pub key_header: String,
+    pub amount: AmountStyle,
+}
+
+/// The longest path and header name accepted, in bytes.
+pub const SHAPE_TEXT_BYTES_MAX: usize = 256;
+
+impl Default for RequestShape {
+    fn default() -> RequestShape {
+        RequestShape {
+            path: "/payments".into(),
+            key_header: "Idempotency-Key".into(),
+            amount: AmountStyle::String,
+        }
+    }
+}
+
+impl RequestShape {
+    pub fn validate(&self) -> Result<(), String> {
+        let printable = |t: &str| t.bytes().all(|b| b.is_ascii_graphic());
+        if !self.path.starts_with('/') || self.path.len() > SHAPE_TEXT_BYTES_MAX || !printable(&self.path) {
+            return Err(format!(
+                "the request path {:?} must start with / and be at most {SHAPE_TEXT_BYTES_MAX} printable characters",
+                self.path
+            ));
+        }
+        if self.key_header.len() > SHAPE_TEXT_BYTES_MAX
+            || reqwest::header::HeaderName::from_bytes(self.key_header.as_bytes()).is_err()
+        {
+            return Err(format!("{:?} is not a valid header name", self.key_header));
+        }
+        Ok(())
+    }
+}
+
 /// Everything that decides how payments are sent.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -86,6 +139,8 @@ pub struct Options {
     pub concurrency: usize,
     pub connection: ConnectionMode,
     pub seed: u64,
+    /// Path, key header and amount style of each request.
+    pub request: RequestShape,
 }
 
 /// The most concurrent payments: beyond this a laptop runs out of sockets
@@ -109,6 +164,7 @@ impl Options {
             concurrency: 1,
             connection: ConnectionMode::Fresh,
             seed,
+            request: RequestShape::default(),
         }
     }
 
@@ -127,7 +183,7 @@ impl Options {
         if !(1..=DEADLINE_MS_MAX).contains(&self.deadline_ms) {
             return Err(format!("--deadline-ms must be between 1 and {DEADLINE_MS_MAX}"));
         }
-        Ok(())
+        self.request.validate()
     }
 }
 
@@ -145,5 +201,24 @@ mod tests {
         assert!(Retries::Limited(2).allows(1));
         assert!(!Retries::Limited(2).allows(2));
         assert!(Retries::Unlimited.allows(u32::MAX));
+    }
+
+    #[test]
+    fn request_shapes_are_checked() {
+        assert!(RequestShape::default().validate().is_ok());
+        let workshop = RequestShape {
+            path: "/payments/".into(),
+            key_header: "Payment-Idempotence-Key".into(),
+            amount: AmountStyle::String,
+        };
+        assert!(workshop.validate().is_ok());
+        for (path, header) in [("payments", "K"), ("/a b", "K"), ("/p", "bad header"), ("/p", "")] {
+            let shape = RequestShape {
+                path: path.into(),
+                key_header: header.into(),
+                amount: AmountStyle::Number,
+            };
+            assert!(shape.validate().is_err(), "{path:?} {header:?}");
+        }
     }
 }

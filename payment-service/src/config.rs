@@ -21,6 +21,9 @@ pub enum DedupMode {
     CheckThenInsert,
     /// Keys are stored for audit only; every request pays.
     Off,
+    /// The workshop's exercise: the attendee's code in `src/exercise.rs`
+    /// decides what a keyed request does (`scenarios exercise` checks it).
+    Exercise,
 }
 
 impl DedupMode {
@@ -29,6 +32,7 @@ impl DedupMode {
             DedupMode::Unique => "unique",
             DedupMode::CheckThenInsert => "check-then-insert",
             DedupMode::Off => "off",
+            DedupMode::Exercise => "exercise",
         }
     }
 }
@@ -65,7 +69,7 @@ impl Synchronous {
 #[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// How keys deduplicate: unique (correct), check-then-insert (racy), off (keys ignored)
+    /// How keys deduplicate: unique (correct), check-then-insert (racy), off (keys ignored), exercise (src/exercise.rs decides)
     #[arg(long, value_enum, default_value_t = DedupMode::Unique)]
     pub dedup: DedupMode,
     /// Refuse payments without an idempotency key (400) instead of executing them undeduplicated
@@ -94,6 +98,9 @@ pub struct Settings {
     /// Seed of the crash-injection dice, so a crashing run can be replayed
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// With --dedup exercise: run reference solution N instead of src/exercise.rs (0 is the starting state)
+    #[arg(long, hide = true, value_name = "N")]
+    pub exercise_solution: Option<u8>,
 }
 
 /// The defaults are clap's: one source for the flags' defaults and this.
@@ -122,6 +129,7 @@ impl Settings {
             crash_after_commit: self.crash_after_commit,
             crash_before_commit: self.crash_before_commit,
             seed: self.seed,
+            exercise_solution: self.exercise_solution,
             queue_depth_max: QUEUE_DEPTH_MAX_DEFAULT,
             write_wait: Duration::from_millis(WRITE_WAIT_MS_MAX_DEFAULT),
             server_limits: SERVER_LIMITS,
@@ -142,6 +150,9 @@ impl Settings {
         ];
         if self.require_key {
             args.push("--require-key".to_owned());
+        }
+        if let Some(n) = self.exercise_solution {
+            args.push(format!("--exercise-solution={n}"));
         }
         args
     }
@@ -170,6 +181,8 @@ pub struct Config {
     /// Probability in [0, 1] that the process kills itself right before a commit.
     pub crash_before_commit: f64,
     pub seed: u64,
+    /// `--dedup exercise` runs this reference solution instead of the attendee's file.
+    pub exercise_solution: Option<u8>,
     /// Writes waiting for the writer thread; beyond it requests get 503.
     pub queue_depth_max: usize,
     /// How long a request waits for the writer's answer before answering 503
@@ -217,6 +230,9 @@ impl Config {
                 self.key_lease.as_millis(),
                 self.processing_delay.as_millis()
             ));
+        }
+        if let Some(n) = self.exercise_solution {
+            crate::exercise_kit::check_solution(n, self.dedup)?;
         }
         if self.queue_depth_max == 0 {
             return Err("the write queue depth must be at least 1".into());
@@ -272,7 +288,7 @@ mod tests {
             settings: Settings,
         }
         let odd = Settings {
-            dedup: DedupMode::CheckThenInsert,
+            dedup: DedupMode::Exercise,
             require_key: true,
             processing_delay_ms: 250,
             synchronous: Synchronous::Normal,
@@ -281,6 +297,7 @@ mod tests {
             crash_after_commit: 0.25,
             crash_before_commit: 0.125,
             seed: 99,
+            exercise_solution: Some(3),
         };
         let args = std::iter::once("x".to_owned()).chain(odd.to_args());
         assert_eq!(Flags::parse_from(args).settings, odd);

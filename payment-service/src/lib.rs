@@ -19,6 +19,9 @@
 //! - `payment`, `money`, `key`, `lookup`: parsing and validating what clients send.
 //! - `error`: one error type, rendered as RFC 9457 problem+json.
 //! - `stats`: request counters and the `/stats` document.
+//! - `exercise`: the workshop's exercise, the one file an attendee edits
+//!   (`--dedup exercise`); `exercise_kit`: its transaction, helpers and
+//!   answers; `solutions`: the reference solutions, one per stage.
 //! - [`bench`]: the durable-commit benchmark behind `payment-service bench`.
 //!
 //! The seam for tests and the binary is [`run`]: give it a bound listener, a
@@ -37,6 +40,8 @@ mod db_file;
 mod db_lock;
 mod desk;
 mod error;
+mod exercise;
+mod exercise_kit;
 mod extract;
 mod generation;
 mod key;
@@ -47,6 +52,7 @@ mod payment;
 mod readers;
 mod reads;
 mod schema;
+mod solutions;
 mod stats;
 mod store;
 mod totals;
@@ -62,7 +68,10 @@ use tokio::sync::mpsc;
 
 pub use api::{AppState, REQUESTS_IN_FLIGHT_MAX, app};
 pub use config::{Config, DedupMode, Settings, Synchronous};
+pub use exercise_kit::EXERCISE_FILE;
 pub use lookup::{LOOKUP_KEYS_MAX, LOOKUP_ROWS_MAX};
+/// The exercise's reference solutions' source text (0: the starting state).
+pub use solutions::SOURCES as EXERCISE_SOLUTIONS;
 
 /// How long the writer gets to finish what is queued when the service stops.
 const WRITER_STOP_MS_MAX: u64 = 10_000;

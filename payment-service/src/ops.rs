@@ -42,6 +42,13 @@ pub enum Op {
         key: Option<String>,
         reply: Reply<Outcome>,
     },
+    /// A write of the workshop's exercise (`--dedup exercise`), built by
+    /// `exercise_kit`: it runs in the batch's transaction like the others,
+    /// and its answer, too, waits for the COMMIT.
+    Exercise {
+        work: crate::exercise_kit::Work,
+        reply: Reply<Outcome>,
+    },
     /// Delete the whole ledger (a fresh database file where possible); the
     /// reader pools whose connections must be closed before the swap.
     Wipe {
@@ -104,6 +111,7 @@ impl Op {
                     takeover: false,
                 }
             }
+            Op::Exercise { work, .. } => work(conn, t.now_ms, totals)?,
             Op::Reap { .. } => return Ok(Done::Reaped(store::reap(conn, t.now_ms, t.retention_ms, totals)?)),
             Op::RecordAudit { ledger_uid, audit } => {
                 totals::record_audit(conn, *ledger_uid, audit)?;
@@ -128,7 +136,8 @@ impl Op {
                 Op::PayKeyed { reply, .. }
                 | Op::Claim { reply, .. }
                 | Op::Complete { reply, .. }
-                | Op::Insert { reply, .. },
+                | Op::Insert { reply, .. }
+                | Op::Exercise { reply, .. },
                 result,
             ) => {
                 let result = result.and_then(|done| match done {

@@ -308,7 +308,37 @@ fn execute_keyed(
     (now_ms, before, earlier): (i64, KeyBefore, Option<i64>),
     totals: &mut Delta,
 ) -> DbResult<Outcome> {
-    let (payment, delta) = insert_payment(conn, request, (Some(key), earlier), true, now_ms)?;
+    execute_with_answer(conn, request, (key, true), (now_ms, before, earlier), totals)
+}
+
+/// Books a payment for the workshop's exercise (`--dedup exercise`): the
+/// payment under `key` (in the UNIQUE column when `unique`) and its stored
+/// answer, with their change to the figures, like every other write.
+pub(crate) fn book_exercise(
+    conn: &Connection,
+    request: &PaymentRequest,
+    (key, unique): (&str, bool),
+    now_ms: i64,
+    totals: &mut Delta,
+) -> DbResult<Outcome> {
+    let before = match key_row(conn, key)? {
+        None => KeyBefore::Absent,
+        Some(row) if row.in_progress => KeyBefore::InFlight,
+        Some(_) => KeyBefore::Completed,
+    };
+    execute_with_answer(conn, request, (key, unique), (now_ms, before, None), totals)
+}
+
+/// The payment under `key`, the money moved and the answer stored under the
+/// key, all in the caller's transaction.
+fn execute_with_answer(
+    conn: &Connection,
+    request: &PaymentRequest,
+    (key, unique): (&str, bool),
+    (now_ms, before, earlier): (i64, KeyBefore, Option<i64>),
+    totals: &mut Delta,
+) -> DbResult<Outcome> {
+    let (payment, delta) = insert_payment(conn, request, (Some(key), earlier), unique, now_ms)?;
     let body = payment.to_json();
     conn.prepare_cached(
         "INSERT INTO idempotency_keys

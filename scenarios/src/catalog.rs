@@ -205,7 +205,26 @@ pub enum Act {
     ClientCrash { after_percent: u32, resume: bool },
     /// After the payments, every key is sent again with a different amount.
     ReuseKeys { amount: String },
+    /// Every payment is sent once and its answer lost on the way back; then
+    /// the service is killed (kill -9) and restarted on the same database,
+    /// and every payment is retried with its key. With `late`, the restart
+    /// waits until the service's stored answers have expired
+    /// (`service.key_retention`, at most a minute), so the retry is a late one.
+    RetryAfterRestart {
+        #[serde(default)]
+        late: bool,
+    },
 }
+
+impl Act {
+    /// Whether the lesson kills the service (so needs to be able to restart it).
+    pub fn kills_the_service(&self) -> bool {
+        matches!(self, Act::CrashService { .. } | Act::RetryAfterRestart { .. })
+    }
+}
+
+/// The longest answer retention a `late` retry waits out: a lesson stays short.
+pub const LATE_RETRY_WAIT_MS_MAX: u64 = 60_000;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -336,6 +355,14 @@ impl Scenario {
             }
             Act::CrashService { crashes: Some(n) } if !(1..=100).contains(n) => {
                 Err(Bad::new("act.crashes", "must be between 1 and 100"))
+            }
+            Act::RetryAfterRestart { late: true }
+                if self.service.key_retention.as_millis() > u128::from(LATE_RETRY_WAIT_MS_MAX) =>
+            {
+                Err(Bad::new(
+                    "service.key_retention",
+                    format!("must be at most {LATE_RETRY_WAIT_MS_MAX} ms for a late retry, which waits it out"),
+                ))
             }
             Act::ReuseKeys { amount } if client::money::parse_minor(amount).is_err() => Err(Bad::new(
                 "act.amount",

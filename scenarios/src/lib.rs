@@ -10,8 +10,17 @@
 //!   then judge from `/stats`, the proxy's fault counters and the client's
 //!   history and reconciliation.
 //! - [`report`]: the narrative and the final table.
+//! - [`exercise`]: the workshop's exercise as a ladder of five stages, the
+//!   reference solutions' diffs.
+//! - [`target`]: lessons against a service this runner did not start
+//!   (`--service-url`), with `command` supervising `--service-cmd`, and
+//!   `restart`: the act that kills the service between a payment and its retry.
 
 pub mod catalog;
+mod command;
+pub mod exercise;
 pub mod parts;
 pub mod play;
 pub mod report;
+mod restart;
+pub mod target;

@@ -1,13 +1,15 @@
-//! The `scenarios` binary: the guided tour, `list`, `run`.
+//! The `scenarios` binary: the guided tour, `list`, `run`, `exercise`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use scenarios::catalog::{self, Scenario};
 use scenarios::play::{self, Outcome, Settings};
 use scenarios::report;
+use scenarios::target::Outside;
 
 /// Plays the exactly-once lessons: a payment service, a fault-injecting proxy
 /// and a retrying client, started together on free loopback ports with a
@@ -39,6 +41,15 @@ struct PlayArgs {
     /// Also load scenario files from DIR (a file replaces the built-in of the same name)
     #[arg(long, value_name = "DIR", global = true)]
     catalog: Option<PathBuf>,
+    /// Play against this running service (any language) instead of starting this project's
+    #[arg(long, value_name = "URL", global = true)]
+    service_url: Option<String>,
+    /// With --service-url: the request's shape and where its money is read (TOML; see the README)
+    #[arg(long, value_name = "FILE", global = true, requires = "service_url")]
+    target_file: Option<PathBuf>,
+    /// With --service-url: the shell command that starts it, so lessons that kill it can run
+    #[arg(long, value_name = "CMD", global = true, requires = "service_url")]
+    service_cmd: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -52,6 +63,17 @@ enum Command {
         /// Play every scenario in the catalog
         #[arg(long)]
         all: bool,
+    },
+    /// The workshop's exercise: a ladder of five stages against
+    /// payment-service/src/exercise.rs (`--dedup exercise`), stopping at the
+    /// first that fails, with a hint
+    Exercise {
+        /// Play reference solution N instead of exercise.rs (0 is the starting state)
+        #[arg(long, value_name = "N")]
+        reference: Option<u8>,
+        /// Print reference solution N as a diff from the starting state, and stop
+        #[arg(long, value_name = "N")]
+        show_solution: Option<usize>,
     },
     /// Internal: run the payment service as a child process (crash scenarios)
     #[command(name = "__serve-payment", hide = true)]
@@ -95,6 +117,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
     let args = cli.play.clone();
     match cli.command {
         Some(Command::ServePayment(serve)) => serve_payment(serve).await.map(|()| true),
+        Some(Command::Exercise {
+            reference,
+            show_solution,
+        }) => match show_solution {
+            Some(n) => {
+                print!("{}", scenarios::exercise::show_solution(n)?);
+                Ok(true)
+            }
+            None => exercise(&args, reference).await,
+        },
         Some(Command::List) => {
             for s in catalog::load(args.catalog.as_deref())? {
                 let tour = s.tour.map_or("  ".to_owned(), |t| format!("{t:>2}"));
@@ -162,33 +194,85 @@ async fn play_all(args: &PlayArgs, chosen: Vec<Scenario>, replay: &str) -> anyho
     }
 }
 
-async fn play_each(args: &PlayArgs, chosen: Vec<Scenario>, replay: &str) -> anyhow::Result<bool> {
+/// The settings every lesson of a run shares, from the flags.
+async fn settings(args: &PlayArgs) -> anyhow::Result<Settings> {
     if !(1..=PAYMENTS_MAX).contains(&args.payments) {
         bail!("--payments must be between 1 and {PAYMENTS_MAX}");
     }
-    let seed = args.seed.unwrap_or_else(chaos_proxy::config::fresh_seed);
-    let settings = Settings {
+    let outside = match &args.service_url {
+        Some(url) => Some(Arc::new(
+            Outside::new(url, args.target_file.as_deref(), args.service_cmd.clone()).await?,
+        )),
+        None => None,
+    };
+    Ok(Settings {
         payments: args.payments,
-        seed,
+        seed: args.seed.unwrap_or_else(chaos_proxy::config::fresh_seed),
         keep: args.keep.clone(),
         exe: std::env::current_exe()?,
+        outside,
+    })
+}
+
+/// `scenarios exercise`: the ladder, its report, and whether every stage passed.
+async fn exercise(args: &PlayArgs, reference: Option<u8>) -> anyhow::Result<bool> {
+    let settings = settings(args).await?;
+    let ladder = tokio::select! {
+        ladder = scenarios::exercise::play_ladder(&settings, reference) => ladder?,
+        interrupted = tokio::signal::ctrl_c() => {
+            interrupted?;
+            eprintln!("\nscenarios: interrupted");
+            return Ok(false);
+        }
     };
+    if args.json {
+        println!("{}", serde_json::to_string(&ladder)?);
+    } else {
+        print!("{}", scenarios::exercise::render(&ladder));
+    }
+    Ok(ladder.pass)
+}
+
+async fn play_each(args: &PlayArgs, chosen: Vec<Scenario>, replay: &str) -> anyhow::Result<bool> {
+    let settings = settings(args).await?;
+    let seed = settings.seed;
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(chosen.len());
+    let mut skipped: Vec<(String, String)> = Vec::new();
     for (i, s) in chosen.iter().enumerate() {
-        let outcome = play::play(s, &settings).await?;
+        let adapted = match &settings.outside {
+            Some(outside) => match outside.skip_reason(s) {
+                Some(why) => {
+                    skipped.push((s.name.clone(), why));
+                    continue;
+                }
+                None => outside.adapt(s),
+            },
+            None => s.clone(),
+        };
+        let outcome = play::play(&adapted, &settings).await?;
         if !args.json {
             print!("{}", report::narrative(i + 1, &outcome));
+            if let Some(judged) = &outcome.judged {
+                println!("   judged    {judged}");
+            }
         }
         outcomes.push(outcome);
     }
     let all_pass = outcomes.iter().all(|o| o.pass);
     if args.json {
+        let skipped: Vec<_> = skipped
+            .iter()
+            .map(|(name, why)| serde_json::json!({ "name": name, "why": why }))
+            .collect();
         println!(
             "{}",
-            serde_json::json!({ "seed": seed, "pass": all_pass, "scenarios": outcomes })
+            serde_json::json!({ "seed": seed, "pass": all_pass, "scenarios": outcomes, "skipped": skipped })
         );
     } else {
         print!("{}", report::table(&outcomes, seed, replay));
+        for (name, why) in &skipped {
+            println!("skipped {name}: {why}");
+        }
     }
     Ok(all_pass)
 }

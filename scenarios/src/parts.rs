@@ -13,12 +13,17 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use crate::catalog::{Scenario, Scope, Stream};
 
 /// Bound on every wait for a piece to start, answer or stop.
 pub const STEP_TIMEOUT_MS: u64 = 10_000;
+/// How long a (re)started service may take to accept connections: a JVM
+/// service started with `--service-cmd` takes seconds.
+pub const SERVICE_START_MS_MAX: u64 = 60_000;
+/// Interval of the bounded polls for a service to come up.
+pub const POLL_MS: u64 = 20;
 /// Restarts of a crashing service at most, so a service that crashes at once
 /// on every start cannot loop for ever.
 const RESTARTS_MAX: u64 = 200;
@@ -36,8 +41,11 @@ pub struct Service {
     pub url: String,
     pub addr: SocketAddr,
     pub restarts: Arc<AtomicU64>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Asks the supervisor to kill the service (it then restarts it); none
+    /// for a service in this process.
+    pub(crate) restart: Option<Arc<Notify>>,
+    pub(crate) stop: Option<oneshot::Sender<()>>,
+    pub(crate) task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 /// The flags of the service's child process: where it listens and stores,
@@ -70,6 +78,7 @@ impl Service {
             url: format!("http://{addr}"),
             addr,
             restarts: Arc::new(AtomicU64::new(0)),
+            restart: None,
             stop: Some(stop),
             task,
         })
@@ -82,11 +91,15 @@ impl Service {
         let addr = first.1;
         let restarts = Arc::new(AtomicU64::new(0));
         let (stop, mut stopped) = oneshot::channel::<()>();
+        let restart = Arc::new(Notify::new());
         let (exe, s, db, counter) = (exe.to_owned(), s.clone(), db.to_owned(), Arc::clone(&restarts));
+        let kill = Arc::clone(&restart);
         let task = tokio::spawn(async move {
             let mut child = first.0;
             loop {
                 tokio::select! {
+                    // kill -9 on request; the arm below restarts it.
+                    () = kill.notified() => drop(child.start_kill()),
                     status = child.wait() => {
                         let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
                         tracing::debug!(?status, restart = n, "the service died; restarting it on the same database");
@@ -108,9 +121,31 @@ impl Service {
             url: format!("http://{addr}"),
             addr,
             restarts,
+            restart: Some(restart),
             stop: Some(stop),
             task,
         })
+    }
+
+    /// Kills the service (kill -9) and returns once its restart, on the same
+    /// address and database, accepts connections again.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        let Some(kill) = &self.restart else {
+            bail!("this service runs inside the scenario runner and cannot be killed");
+        };
+        let before = self.restarts.load(Ordering::Relaxed);
+        kill.notify_one();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(SERVICE_START_MS_MAX);
+        loop {
+            let restarted = self.restarts.load(Ordering::Relaxed) > before;
+            if restarted && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the service did not come back within {SERVICE_START_MS_MAX} ms after a restart");
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
     }
 
     pub async fn stats(&self) -> anyhow::Result<Value> {
@@ -210,6 +245,19 @@ impl Proxy {
             stop: Some(stop),
             task,
         })
+    }
+
+    /// Adds a toxic (toxiproxy's JSON) to the proxy while it runs.
+    pub async fn add_toxic(&self, toxic: Value) -> anyhow::Result<()> {
+        let request = http()?
+            .post(format!("{}/proxies/{PROXY_NAME}/toxics", self.api))
+            .json(&toxic);
+        expect_ok(request.send().await, "add a toxic").await.map(drop)
+    }
+
+    pub async fn remove_toxic(&self, name: &str) -> anyhow::Result<()> {
+        let request = http()?.delete(format!("{}/proxies/{PROXY_NAME}/toxics/{name}", self.api));
+        expect_ok(request.send().await, "remove a toxic").await.map(drop)
     }
 
     pub async fn set_enabled(&self, enabled: bool) -> anyhow::Result<()> {

@@ -29,6 +29,9 @@ pub struct Settings {
     pub keep: Option<PathBuf>,
     /// This program, re-run as the service child for crash scenarios.
     pub exe: PathBuf,
+    /// A service this runner did not write, judged from outside
+    /// (`--service-url`); none: each lesson starts this project's own.
+    pub outside: Option<Arc<crate::target::Outside>>,
 }
 
 /// The time the judge may spend reading the service and the proxy,
@@ -54,6 +57,9 @@ pub struct Outcome {
     pub metrics: BTreeMap<String, u64>,
     pub reconciliation: Option<Reconciliation>,
     pub elapsed_ms: u64,
+    /// How an outside service was judged (per key, or totals only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judged: Option<String>,
 }
 
 impl Outcome {
@@ -87,10 +93,10 @@ fn options(spec: &ClientSpec, seed: u64) -> Options {
 }
 
 /// Everything the act produced for judging.
-struct Acted {
-    runs: Vec<RunReport>,
+pub(crate) struct Acted {
+    pub(crate) runs: Vec<RunReport>,
     /// Attempts that count for the reconciliation (a second, refused pass does not).
-    judged: Vec<AttemptRecord>,
+    pub(crate) judged: Vec<AttemptRecord>,
 }
 
 impl Acted {
@@ -102,7 +108,7 @@ impl Acted {
     }
 
     /// Two runs of the same intents, both judged.
-    fn both(first: RunReport, second: RunReport) -> Acted {
+    pub(crate) fn both(first: RunReport, second: RunReport) -> Acted {
         Acted {
             judged: first.attempts.iter().chain(&second.attempts).cloned().collect(),
             runs: vec![first, second],
@@ -111,27 +117,29 @@ impl Acted {
 }
 
 /// What a scenario acts on and is judged by.
-struct Stage<'a> {
-    scenario: &'a Scenario,
-    service: &'a Service,
-    proxy: &'a Proxy,
-    intents: Vec<Intent>,
-    options: Options,
+pub(crate) struct Stage<'a> {
+    pub(crate) scenario: &'a Scenario,
+    pub(crate) service: &'a Service,
+    pub(crate) proxy: &'a Proxy,
+    pub(crate) intents: Vec<Intent>,
+    pub(crate) options: Options,
     /// The service's last payment id before the act.
     baseline_id: i64,
     dir: PathBuf,
     history: Arc<HistoryFile>,
+    /// An outside service, as read before the act.
+    pub(crate) outside: Option<crate::target::Before>,
 }
 
 impl Stage<'_> {
-    fn sinks(&self) -> Sinks {
+    pub(crate) fn sinks(&self) -> Sinks {
         Sinks {
             history: Some(Arc::clone(&self.history)),
             ..Sinks::default()
         }
     }
 
-    async fn run(&self, intents: impl Into<Intents>, sinks: Sinks) -> anyhow::Result<RunReport> {
+    pub(crate) async fn run(&self, intents: impl Into<Intents>, sinks: Sinks) -> anyhow::Result<RunReport> {
         runner::run(&self.proxy.url, intents, &self.options, sinks).await
     }
 }
@@ -142,18 +150,25 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
     let payments = settings.payments.min(s.payments_max.unwrap_or(usize::MAX)).max(1);
     let (_tmp, dir) = parts::scratch_dir(settings.keep.as_deref(), &s.name)?;
     let db = dir.join("payments.db");
-    let service = match s.act {
-        Act::CrashService { crashes } => {
+    let service = match (&settings.outside, &s.act) {
+        (Some(outside), _) => outside.start().await?,
+        (None, Act::CrashService { crashes }) => {
             let p = match crashes {
-                Some(n) => (f64::from(n) / payments as f64).min(0.5),
+                Some(n) => (f64::from(*n) / payments as f64).min(0.5),
                 None => s.service.crash_after_commit,
             };
             Service::supervised(&settings.exe, s, &db, seed, p).await?
         }
-        _ => Service::in_process(s, &db).await?,
+        // A process of its own: killed and restarted, or running the
+        // exercise's code, which may keep what it knows in statics.
+        (None, act) if act.kills_the_service() || s.service.dedup == payment_service::DedupMode::Exercise => {
+            Service::supervised(&settings.exe, s, &db, seed, s.service.crash_after_commit).await?
+        }
+        (None, _) => Service::in_process(s, &db).await?,
     };
     let proxy = Proxy::start(s, service.addr, seed).await?;
-    let outcome = stage_and_play(s, &service, &proxy, dir, payments, seed).await;
+    let outside = settings.outside.clone();
+    let outcome = stage_and_play(s, (&service, &proxy, outside), dir, payments, seed).await;
     let stopped_proxy = proxy.stop().await;
     let stopped_service = service.stop().await;
     let mut outcome = outcome.with_context(|| format!("scenario {}", s.name))?;
@@ -165,8 +180,7 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
 
 async fn stage_and_play(
     s: &Scenario,
-    service: &Service,
-    proxy: &Proxy,
+    (service, proxy, outside): (&Service, &Proxy, Option<Arc<crate::target::Outside>>),
     dir: PathBuf,
     payments: usize,
     seed: u64,
@@ -176,15 +190,24 @@ async fn stage_and_play(
     let history = tokio::task::spawn_blocking(move || HistoryFile::create(&history_path))
         .await?
         .context("cannot create the history file")?;
+    let mut options = options(&s.client, seed);
+    let (baseline_id, outside) = match outside {
+        Some(outside) => {
+            options.request = outside.shape.clone();
+            (0, Some(crate::target::Before::read(outside, s.client.key).await?))
+        }
+        None => (client::flow::baseline(&service.url).await?, None),
+    };
     let stage = Stage {
         scenario: s,
         service,
         proxy,
         intents: runner::repeat(payments, "bianca", "marc", amount_minor, seed),
-        options: options(&s.client, seed),
-        baseline_id: client::flow::baseline(&service.url).await?,
+        options,
+        baseline_id,
         dir,
         history: Arc::new(history),
+        outside,
     };
     let acted = act(&stage).await?;
     judge(&stage, acted).await
@@ -193,6 +216,10 @@ async fn stage_and_play(
 async fn act(stage: &Stage<'_>) -> anyhow::Result<Acted> {
     let intents = &stage.intents;
     match &stage.scenario.act {
+        // An outside service cannot kill itself after a commit: lose the
+        // answers and kill it instead (the client sees the same).
+        Act::CrashService { .. } if stage.outside.is_some() => crate::restart::retry_after_restart(stage, false).await,
+        Act::RetryAfterRestart { late } => crate::restart::retry_after_restart(stage, *late).await,
         Act::Plain | Act::CrashService { .. } => Ok(Acted::one(stage.run(intents.clone(), stage.sinks()).await?)),
         Act::Duplicates { copies } => {
             // Copies sit next to each other, so they are in flight together.
@@ -288,6 +315,9 @@ async fn client_crash(stage: &Stage<'_>, after_percent: u32, resume: bool) -> an
 /// proxy say; a service that cannot be read makes the lesson INCONCLUSIVE.
 async fn judge(stage: &Stage<'_>, acted: Acted) -> anyhow::Result<Outcome> {
     let deadline = Duration::from_millis(JUDGE_DEADLINE_MS);
+    if let Some(before) = &stage.outside {
+        return crate::target::judge(stage, &acted, before, deadline).await;
+    }
     let mode = Mode::Fresh {
         baseline_id: stage.baseline_id,
     };
@@ -315,6 +345,19 @@ pub fn assess(
     stats: Result<ServiceStats, Inconclusive>,
     metrics: BTreeMap<String, u64>,
 ) -> Outcome {
+    let read = stats.map(|stats| (stats.total_amount_minor, stats.invariants));
+    assess_read(s, intents, judgement, read, metrics)
+}
+
+/// [`assess`] from what any service offers: the money it moved and the
+/// invariants it proves (none, for a service this project did not write).
+pub(crate) fn assess_read(
+    s: &Scenario,
+    intents: &[Intent],
+    judgement: Result<Reconciliation, Inconclusive>,
+    read: Result<(i128, BTreeMap<String, bool>), Inconclusive>,
+    metrics: BTreeMap<String, u64>,
+) -> Outcome {
     let mut outcome = Outcome {
         name: s.name.clone(),
         title: s.title.clone(),
@@ -330,13 +373,14 @@ pub fn assess(
         metrics,
         reconciliation: None,
         elapsed_ms: 0,
+        judged: None,
     };
-    match judgement.and_then(|r| stats.map(|stats| (r, stats))) {
-        Ok((r, stats)) => {
-            outcome.problems = problems(s, &r, &stats, &outcome.metrics);
+    match judgement.and_then(|r| read.map(|read| (r, read))) {
+        Ok((r, (moved_minor, invariants))) => {
+            outcome.problems = problems(s, &r, &invariants, &outcome.metrics);
             outcome.pass = outcome.problems.is_empty();
             outcome.verdict = Some(r.verdict);
-            outcome.moved = client::money::format_minor(stats.total_amount_minor);
+            outcome.moved = client::money::format_minor(moved_minor);
             outcome.reconciliation = Some(r);
         }
         Err(Inconclusive { reason }) => {
@@ -347,7 +391,7 @@ pub fn assess(
     outcome
 }
 
-fn metrics(
+pub(crate) fn metrics(
     stage: &Stage<'_>,
     acted: &Acted,
     faults: (u64, u64),
@@ -366,6 +410,17 @@ fn metrics(
     put("replays", count(&|a| a.replayed == Some(true)));
     put("conflicts_409", count(&|a| a.status == Some(409)));
     put("mismatches_422", count(&|a| a.status == Some(422)));
+    // Payments the client never got a yes for, among those judged.
+    let confirmed: std::collections::HashSet<usize> = acted
+        .judged
+        .iter()
+        .filter(|a| a.outcome == client::classify::Outcome::Ok)
+        .map(|a| a.intent)
+        .collect();
+    put(
+        "unconfirmed",
+        stage.intents.len().saturating_sub(confirmed.len()) as u64,
+    );
     put(
         "service_restarts",
         stage.service.restarts.load(std::sync::atomic::Ordering::Relaxed),
@@ -380,7 +435,12 @@ fn metrics(
 
 /// Everything that makes the lesson fail: another verdict, a check below its
 /// minimum, a Jepsen violation, a broken service invariant.
-fn problems(s: &Scenario, r: &Reconciliation, stats: &ServiceStats, metrics: &BTreeMap<String, u64>) -> Vec<String> {
+fn problems(
+    s: &Scenario,
+    r: &Reconciliation,
+    invariants: &BTreeMap<String, bool>,
+    metrics: &BTreeMap<String, u64>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     if r.verdict != s.expect {
         problems.push(format!(
@@ -417,7 +477,7 @@ fn problems(s: &Scenario, r: &Reconciliation, stats: &ServiceStats, metrics: &BT
             keys.join(", ")
         ));
     }
-    for (name, holds) in &stats.invariants {
+    for (name, holds) in invariants {
         let must_hold = name != "one_payment_per_key" || s.service.dedup == payment_service::DedupMode::Unique;
         if must_hold && !holds {
             problems.push(format!("service invariant {name} does not hold"));

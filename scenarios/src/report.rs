@@ -58,6 +58,7 @@ pub fn narrative(index: usize, o: &Outcome) -> String {
             "{} exactly once, {} lost, {} paid twice or more ({} extra payments)",
             r.exactly_once, r.lost, r.duplicated, r.extra_payments
         ),
+        Some(_) if o.judged.is_some() => "only the totals could be compared".to_owned(),
         Some(r) => format!(
             "{} payments stored for {} intended (no keys: only totals can be compared)",
             r.payments, r.intents

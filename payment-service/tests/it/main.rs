@@ -8,6 +8,7 @@ mod concurrency;
 mod contract;
 mod crash;
 mod db_file;
+mod exercise;
 mod failures;
 mod limits;
 mod lookup;

@@ -3,6 +3,8 @@
 //! catalog files get errors that name the file, the field and the fix.
 
 mod catalog_errors;
+mod exercise;
 mod judge;
 mod lessons;
 mod lost_ack;
+mod outside;
