@@ -85,6 +85,10 @@ async fn look_up_then_insert_pays_twice_for_concurrent_copies() {
     let (app, statuses) = race(1, "race-1").await;
     assert_eq!(statuses, vec![201, 201]);
     assert_eq!(payments_under(&app, "race-1").await, 2);
+    // The exercise's writes book their figures like every other write: the
+    // maintained /stats agree with a recomputation, duplicate key included.
+    assert_eq!(app.stats().await["duplicate_keys"], 1);
+    assert_eq!(app.audit().await["verdict"], "agree");
     app.stop().await;
 }
 
@@ -98,6 +102,7 @@ async fn insert_unique_lets_exactly_one_concurrent_copy_pay() {
     let (app, statuses) = race(5, "race-5").await;
     assert_eq!(statuses, vec![201, 201]);
     assert_eq!(payments_under(&app, "race-5").await, 1);
+    assert_eq!(app.audit().await["verdict"], "agree");
     app.stop().await;
 }
 
