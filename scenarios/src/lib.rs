@@ -9,9 +9,17 @@
 //! - [`play`]: one scenario: act (payments, duplicates, outages, crashes),
 //!   then judge from `/stats`, the proxy's fault counters and the client's
 //!   history and reconciliation.
-//! - [`report`]: the narrative and the final table.
+//! - [`report`]: the narrative and the final table, at most 100 columns.
+//! - [`tour`]: playing lessons for a room (narrative first, pauses, the
+//!   command that reproduces the run); [`progress`]: the "still playing"
+//!   line; [`logs`]: the parts' logs into each lesson's `parts.log`;
+//!   [`observe`]: what a lesson tells its watchers while it plays.
 
 pub mod catalog;
+pub mod logs;
+pub mod observe;
 pub mod parts;
 pub mod play;
+pub mod progress;
 pub mod report;
+pub mod tour;

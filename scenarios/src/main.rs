@@ -6,15 +6,18 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use scenarios::catalog::{self, Scenario};
-use scenarios::play::{self, Outcome, Settings};
-use scenarios::report;
+use scenarios::tour::{self, Run, Selection};
 
 /// Plays the exactly-once lessons: a payment service, a fault-injecting proxy
 /// and a retrying client, started together on free loopback ports with a
 /// temporary database. Each scenario prints what it shows and its numbers,
 /// and the run ends with a verdict table. Without a command: the guided tour.
 #[derive(Parser)]
-#[command(version, after_help = "Logs: set RUST_LOG (e.g. RUST_LOG=scenarios=debug).")]
+#[command(
+    version,
+    after_help = "Logs: the parts log into parts.log in each lesson's directory (kept with --keep DIR);\n\
+                  with RUST_LOG set (e.g. RUST_LOG=info) they go to stderr instead."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -39,6 +42,23 @@ struct PlayArgs {
     /// Also load scenario files from DIR (a file replaces the built-in of the same name)
     #[arg(long, value_name = "DIR", global = true)]
     catalog: Option<PathBuf>,
+    /// Wait for Enter after each lesson (time for the room's questions)
+    #[arg(long, global = true)]
+    pause: bool,
+}
+
+impl PlayArgs {
+    fn run(&self, selection: Selection) -> Run {
+        Run {
+            selection,
+            payments: self.payments,
+            seed: self.seed.unwrap_or_else(chaos_proxy::config::fresh_seed),
+            catalog: self.catalog.clone(),
+            keep: self.keep.clone(),
+            json: self.json,
+            pause: self.pause,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -68,12 +88,14 @@ struct ServeArgs {
     settings: payment_service::Settings,
 }
 
-/// Payments per scenario at most: enough for any lesson, bounded for a laptop.
-const PAYMENTS_MAX: usize = 100_000;
-
 fn main() -> std::process::ExitCode {
-    eo_core::logging::init("warn");
     let cli = Cli::parse();
+    if let Some(Command::ServePayment(_)) = cli.command {
+        // The service child: its stderr is the lesson's log file.
+        eo_core::logging::init("info");
+    } else {
+        scenarios::logs::init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -125,12 +147,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
                 }
                 chosen
             };
-            let replay = if all {
-                "scenarios run --all".to_owned()
-            } else {
-                format!("scenarios run {}", names.join(" "))
-            };
-            play_all(&args, chosen, &replay).await
+            let selection = if all { Selection::All } else { Selection::Names(names) };
+            tour::play_all(&args.run(selection), chosen).await
         }
         None => {
             let tour: Vec<Scenario> = catalog::load(args.catalog.as_deref())?
@@ -144,53 +162,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
                 );
                 println!("(`scenarios list` shows them; `scenarios run NAME` plays one; `--help` for options.)");
             }
-            play_all(&args, tour, "scenarios").await
+            tour::play_all(&args.run(Selection::Tour), tour).await
         }
     }
-}
-
-/// Plays the scenarios; Ctrl-C stops after tearing down what is running
-/// (children killed, temporary databases removed).
-async fn play_all(args: &PlayArgs, chosen: Vec<Scenario>, replay: &str) -> anyhow::Result<bool> {
-    tokio::select! {
-        result = play_each(args, chosen, replay) => result,
-        interrupted = tokio::signal::ctrl_c() => {
-            interrupted?;
-            eprintln!("\nscenarios: interrupted; nothing was kept (use --keep DIR to keep databases)");
-            Ok(false)
-        }
-    }
-}
-
-async fn play_each(args: &PlayArgs, chosen: Vec<Scenario>, replay: &str) -> anyhow::Result<bool> {
-    if !(1..=PAYMENTS_MAX).contains(&args.payments) {
-        bail!("--payments must be between 1 and {PAYMENTS_MAX}");
-    }
-    let seed = args.seed.unwrap_or_else(chaos_proxy::config::fresh_seed);
-    let settings = Settings {
-        payments: args.payments,
-        seed,
-        keep: args.keep.clone(),
-        exe: std::env::current_exe()?,
-    };
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(chosen.len());
-    for (i, s) in chosen.iter().enumerate() {
-        let outcome = play::play(s, &settings).await?;
-        if !args.json {
-            print!("{}", report::narrative(i + 1, &outcome));
-        }
-        outcomes.push(outcome);
-    }
-    let all_pass = outcomes.iter().all(|o| o.pass);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({ "seed": seed, "pass": all_pass, "scenarios": outcomes })
-        );
-    } else {
-        print!("{}", report::table(&outcomes, seed, replay));
-    }
-    Ok(all_pass)
 }
 
 /// The hidden child mode: the payment service with crash injection.

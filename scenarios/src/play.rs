@@ -20,6 +20,8 @@ use client::strategy::{self, Options};
 use serde::Serialize;
 
 use crate::catalog::{Act, ClientSpec, Retries, Scenario};
+use crate::logs::{LessonLog, LogSummary};
+use crate::observe::{Observer, Parts};
 use crate::parts::{self, Proxy, Service};
 
 pub struct Settings {
@@ -29,6 +31,9 @@ pub struct Settings {
     pub keep: Option<PathBuf>,
     /// This program, re-run as the service child for crash scenarios.
     pub exe: PathBuf,
+    /// Told when a lesson's parts are up and when it is judged (progress
+    /// line, `explain`, the live page).
+    pub observer: Option<Observer>,
 }
 
 /// The time the judge may spend reading the service and the proxy,
@@ -54,6 +59,8 @@ pub struct Outcome {
     pub metrics: BTreeMap<String, u64>,
     pub reconciliation: Option<Reconciliation>,
     pub elapsed_ms: u64,
+    /// What the parts logged (None when they log to stderr, `RUST_LOG`).
+    pub log: Option<LogSummary>,
 }
 
 impl Outcome {
@@ -141,6 +148,7 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
     let seed = scenario_seed(settings.seed, &s.name);
     let payments = settings.payments.min(s.payments_max.unwrap_or(usize::MAX)).max(1);
     let (_tmp, dir) = parts::scratch_dir(settings.keep.as_deref(), &s.name)?;
+    let log = LessonLog::open(&dir).await;
     let db = dir.join("payments.db");
     let service = match s.act {
         Act::CrashService { crashes } => {
@@ -153,14 +161,36 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
         _ => Service::in_process(s, &db).await?,
     };
     let proxy = Proxy::start(s, service.addr, seed).await?;
+    let watched = Parts {
+        lesson: s.name.clone(),
+        service_url: service.url.clone(),
+        proxy_api: proxy.api.clone(),
+        dir: dir.clone(),
+        payments,
+        intended_minor: intended_minor(s, payments),
+    };
+    if let Some(observer) = &settings.observer {
+        observer.started(watched.clone()).await;
+    }
     let outcome = stage_and_play(s, &service, &proxy, dir, payments, seed).await;
+    if let (Some(observer), Ok(outcome)) = (&settings.observer, &outcome) {
+        observer.judged(watched, outcome).await;
+    }
     let stopped_proxy = proxy.stop().await;
     let stopped_service = service.stop().await;
+    let log = log.close(settings.keep.is_some()).await;
     let mut outcome = outcome.with_context(|| format!("scenario {}", s.name))?;
     stopped_proxy?;
     stopped_service?;
     outcome.elapsed_ms = started.elapsed().as_millis() as u64;
+    outcome.log = log;
     Ok(outcome)
+}
+
+/// The money a lesson means to move: its payments times the client's amount.
+fn intended_minor(s: &Scenario, payments: usize) -> i128 {
+    let amount = client::money::parse_minor(&s.client.amount).unwrap_or(0);
+    i128::from(amount) * payments as i128
 }
 
 async fn stage_and_play(
@@ -329,6 +359,7 @@ pub fn assess(
         metrics,
         reconciliation: None,
         elapsed_ms: 0,
+        log: None,
     };
     match judgement.and_then(|r| stats.map(|stats| (r, stats))) {
         Ok((r, stats)) => {

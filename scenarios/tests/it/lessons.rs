@@ -11,6 +11,7 @@ fn settings() -> Settings {
         seed: SEED,
         keep: None,
         exe: env!("CARGO_BIN_EXE_scenarios").into(),
+        observer: None,
     }
 }
 

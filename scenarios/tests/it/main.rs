@@ -6,3 +6,4 @@ mod catalog_errors;
 mod judge;
 mod lessons;
 mod lost_ack;
+mod output;

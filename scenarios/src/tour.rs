@@ -1,0 +1,197 @@
+//! Playing a list of lessons for a room: each lesson's narrative before it
+//! plays, a progress line while it runs (a terminal only), its numbers
+//! after, optionally a pause for questions, then the table and the exact
+//! command that reproduces the run.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use tokio::sync::mpsc;
+
+use crate::catalog::Scenario;
+use crate::observe::{Event, Observer};
+use crate::play::{self, Outcome, Settings};
+use crate::progress::Progress;
+use crate::report;
+
+/// Payments per scenario at most: enough for any lesson, bounded for a laptop.
+pub const PAYMENTS_MAX: usize = 100_000;
+
+/// Which lessons a run plays, as the command line said it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// `scenarios` without a command: the guided tour.
+    Tour,
+    /// `scenarios run --all`.
+    All,
+    /// `scenarios run NAME...`.
+    Names(Vec<String>),
+}
+
+/// Everything on the command line that decides what a run plays and shows.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub selection: Selection,
+    pub payments: usize,
+    pub seed: u64,
+    pub catalog: Option<PathBuf>,
+    pub keep: Option<PathBuf>,
+    pub json: bool,
+    pub pause: bool,
+}
+
+/// A word as a POSIX shell reads it back: bare if it is plain, else quoted.
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./-=:,+@%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The command that plays the same lessons with the same results: every
+/// option that changes a result is repeated (how the output looks is not).
+pub fn reproduce(run: &Run) -> String {
+    let mut words: Vec<String> = vec!["scenarios".into()];
+    match &run.selection {
+        Selection::Tour => {}
+        Selection::All => words.extend(["run".into(), "--all".into()]),
+        Selection::Names(names) => {
+            words.push("run".into());
+            words.extend(names.iter().map(|n| shell_word(n)));
+        }
+    }
+    words.extend(["--payments".into(), run.payments.to_string()]);
+    words.extend(["--seed".into(), run.seed.to_string()]);
+    if let Some(dir) = &run.catalog {
+        words.extend(["--catalog".into(), shell_word(&dir.display().to_string())]);
+    }
+    words.join(" ")
+}
+
+/// Plays the scenarios; Ctrl-C stops after tearing down what is running
+/// (children killed, temporary databases removed).
+pub async fn play_all(run: &Run, chosen: Vec<Scenario>) -> anyhow::Result<bool> {
+    tokio::select! {
+        result = play_each(run, chosen) => result,
+        interrupted = tokio::signal::ctrl_c() => {
+            interrupted?;
+            eprintln!("\nscenarios: interrupted; nothing was kept (use --keep DIR to keep databases)");
+            Ok(false)
+        }
+    }
+}
+
+async fn play_each(run: &Run, chosen: Vec<Scenario>) -> anyhow::Result<bool> {
+    if !(1..=PAYMENTS_MAX).contains(&run.payments) {
+        bail!("--payments must be between 1 and {PAYMENTS_MAX}");
+    }
+    let (observer, events) = Observer::channel();
+    let watcher = tokio::spawn(show_progress(events, !run.json));
+    let settings = Settings {
+        payments: run.payments,
+        seed: run.seed,
+        keep: run.keep.clone(),
+        exe: std::env::current_exe()?,
+        observer: Some(observer),
+    };
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(chosen.len());
+    for (i, s) in chosen.iter().enumerate() {
+        if !run.json {
+            say(&report::header(i + 1, chosen.len(), s));
+        }
+        let outcome = play::play(s, &settings).await?;
+        if !run.json {
+            say(&report::results(&outcome));
+        }
+        outcomes.push(outcome);
+        if run.pause && !run.json && i + 1 < chosen.len() {
+            pause(&chosen[i + 1].name).await;
+        }
+    }
+    drop(settings);
+    let _ = watcher.await;
+    let all_pass = outcomes.iter().all(|o| o.pass);
+    if run.json {
+        println!(
+            "{}",
+            serde_json::json!({ "seed": run.seed, "payments": run.payments, "pass": all_pass, "scenarios": outcomes })
+        );
+    } else {
+        say(&report::table(&outcomes, &reproduce(run)));
+    }
+    Ok(all_pass)
+}
+
+/// Prints and flushes at once, so the narrative is on screen before the lesson plays.
+fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// The progress line of each lesson, from its start to its verdict.
+async fn show_progress(mut events: mpsc::Receiver<Event>, enabled: bool) {
+    let mut line: Option<Progress> = None;
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Started(parts) if enabled => line = Some(Progress::start(parts)),
+            Event::Started(_) => {}
+            Event::Judged { release, .. } => {
+                line = None;
+                let _ = release.send(());
+            }
+        }
+    }
+    drop(line);
+}
+
+/// Waits for Enter (the facilitator's questions); returns at once when
+/// stdin is closed.
+async fn pause(next: &str) {
+    say(&format!("\n   [Enter] next lesson: {next} "));
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(selection: Selection, catalog: Option<&str>) -> Run {
+        Run {
+            selection,
+            payments: 30,
+            seed: 7,
+            catalog: catalog.map(PathBuf::from),
+            keep: Some("runs".into()),
+            json: true,
+            pause: true,
+        }
+    }
+
+    #[test]
+    fn reproduce_repeats_every_option_that_changes_the_result() {
+        assert_eq!(
+            reproduce(&run(Selection::Tour, None)),
+            "scenarios --payments 30 --seed 7"
+        );
+        assert_eq!(
+            reproduce(&run(Selection::All, Some("my lessons/it's"))),
+            r"scenarios run --all --payments 30 --seed 7 --catalog 'my lessons/it'\''s'"
+        );
+        let names = Selection::Names(vec!["at-most-once".into(), "exactly-once".into()]);
+        assert_eq!(
+            reproduce(&run(names, Some("/tmp/cat"))),
+            "scenarios run at-most-once exactly-once --payments 30 --seed 7 --catalog /tmp/cat"
+        );
+    }
+}
