@@ -16,12 +16,13 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::config::Config;
 use crate::db_file::DbWatch;
 use crate::error::{ApiError, Problem};
+use crate::events::EventRecord;
 use crate::extract::BODY_BYTES_MAX;
 use crate::lookup::LOOKUP_BODY_BYTES_MAX;
 use crate::readers::Readers;
 use crate::stats::Counters;
 use crate::writer::Op;
-use crate::{create, reads};
+use crate::{create, events, reads};
 
 /// Requests handled at once; beyond it the service answers 503 at once rather
 /// than building an unbounded backlog of tasks.
@@ -37,6 +38,8 @@ pub(crate) struct Inner {
     pub(crate) readers: Arc<Readers>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) watch: Arc<DbWatch>,
+    /// What was done with recent requests (`GET /events`), bounded.
+    pub(crate) events: Arc<EventRecord>,
     requests: Arc<Semaphore>,
     requests_max: usize,
     /// Lease tokens: random start, so tokens of a previous process never match.
@@ -57,6 +60,7 @@ impl AppState {
             readers,
             counters,
             watch,
+            events: Arc::new(EventRecord::default()),
             requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
             requests_max: REQUESTS_IN_FLIGHT_MAX,
             next_token: AtomicI64::new(rand::random::<i64>() & 0x3fff_ffff_ffff_ffff),
@@ -73,6 +77,7 @@ impl AppState {
             readers: Arc::clone(&inner.readers),
             counters: Arc::clone(&inner.counters),
             watch: Arc::clone(&inner.watch),
+            events: Arc::clone(&inner.events),
             requests: Arc::new(Semaphore::new(max)),
             requests_max: max,
             next_token: AtomicI64::new(rand::random::<i64>() & 0x3fff_ffff_ffff_ffff),
@@ -113,6 +118,7 @@ pub fn app(state: AppState) -> Router {
             post(reads::lookup).layer(DefaultBodyLimit::max(LOOKUP_BODY_BYTES_MAX)),
         )
         .route("/payments/{id}", get(reads::get_payment))
+        .route("/events", get(events::list))
         .route("/problems/{slug}", get(problem_doc))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
@@ -165,6 +171,7 @@ async fn index(State(state): State<AppState>) -> Response {
             "GET /payments?key=K": "the payments made under key K",
             "POST /payments/lookup": "the payments of up to 1000 keys: {\"keys\": [...], \"after_id\": 0}, paged by id (reconciliation)",
             "DELETE /payments": "wipe payments, keys and balances",
+            "GET /events?key=K or ?request_id=R": "what the service did with the recent requests of a key or an X-Request-Id (received, committed, replayed, 409, 422, refused); the last 8192 events, memory only",
             "GET /stats": "money moved, invariants checked against the database, request counters",
             "GET /health": "liveness",
             "GET /problems/{type}": "what an error type means and what to do",

@@ -14,6 +14,8 @@
 //! - `payment`, `money`, `key`, `lookup`: parsing and validating what clients send.
 //! - `error`: one error type, rendered as RFC 9457 problem+json.
 //! - `stats`: request counters and the `/stats` document.
+//! - `events`: a bounded in-memory record of what was done with recent
+//!   requests, by key or `X-Request-Id` (`GET /events`).
 //! - [`bench`]: the durable-commit benchmark behind `payment-service bench`.
 //!
 //! The seam for tests and the binary is [`run`]: give it a bound listener, a
@@ -28,6 +30,7 @@ mod db_error;
 mod db_file;
 mod db_lock;
 mod error;
+mod events;
 mod extract;
 mod key;
 mod ledger_stats;
@@ -50,6 +53,7 @@ use tokio::sync::mpsc;
 
 pub use api::{AppState, REQUESTS_IN_FLIGHT_MAX, app};
 pub use config::{Config, DedupMode, Settings, Synchronous};
+pub use events::EVENTS_MAX;
 pub use lookup::{LOOKUP_KEYS_MAX, LOOKUP_ROWS_MAX};
 
 /// How long the writer gets to finish what is queued when the service stops.

@@ -14,12 +14,17 @@
 //!   command that reproduces the run); [`progress`]: the "still playing"
 //!   line; [`logs`]: the parts' logs into each lesson's `parts.log`;
 //!   [`observe`]: what a lesson tells its watchers while it plays.
+//! - [`explain`]: one payment's story from what the parts recorded
+//!   ([`story`]), drawn as a sequence diagram ([`diagram`]).
 
 pub mod catalog;
+pub mod diagram;
+pub mod explain;
 pub mod logs;
 pub mod observe;
 pub mod parts;
 pub mod play;
 pub mod progress;
 pub mod report;
+pub mod story;
 pub mod tour;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use scenarios::catalog::{self, Scenario};
+use scenarios::explain::{self, Ask, Choice};
 use scenarios::tour::{self, Run, Selection};
 
 /// Plays the exactly-once lessons: a payment service, a fault-injecting proxy
@@ -73,9 +74,31 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Play a lesson and draw one payment's story as a sequence diagram
+    /// (client, proxy, service), from what the three recorded
+    Explain(ExplainArgs),
     /// Internal: run the payment service as a child process (crash scenarios)
     #[command(name = "__serve-payment", hide = true)]
     ServePayment(ServeArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// The lesson (default: exactly-once)
+    #[arg(default_value = "exactly-once")]
+    lesson: String,
+    /// Which payment, by its number in the lesson (default: the first most telling one)
+    #[arg(long, conflicts_with = "key")]
+    payment: Option<usize>,
+    /// Which payment, by the key it sent
+    #[arg(long)]
+    key: Option<String>,
+    /// Wait for Enter between the steps of the story
+    #[arg(long)]
+    step: bool,
+    /// Print the story as Mermaid sequence-diagram text (slides, READMEs)
+    #[arg(long)]
+    mermaid: bool,
 }
 
 #[derive(Args)]
@@ -127,6 +150,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        Some(Command::Explain(e)) => explain(&args, e).await,
         Some(Command::Run { names, all }) => {
             let catalog = catalog::load(args.catalog.as_deref())?;
             let chosen: Vec<Scenario> = if all {
@@ -165,6 +189,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
             tour::play_all(&args.run(Selection::Tour), tour).await
         }
     }
+}
+
+/// `scenarios explain`: the lesson, which payment, how to show it.
+async fn explain(args: &PlayArgs, e: ExplainArgs) -> anyhow::Result<bool> {
+    let catalog = catalog::load(args.catalog.as_deref())?;
+    let Some(lesson) = catalog.into_iter().find(|s| s.name == e.lesson) else {
+        bail!("no scenario {:?}; `scenarios list` shows them", e.lesson);
+    };
+    let choice = match (e.payment, e.key) {
+        (Some(n), _) => Choice::Payment(n),
+        (None, Some(k)) => Choice::Key(k),
+        (None, None) => Choice::Telling,
+    };
+    let run = args.run(Selection::Tour);
+    let ask = Ask {
+        lesson,
+        payments: run.payments,
+        seed: run.seed,
+        choice,
+        step: e.step,
+        mermaid: e.mermaid,
+    };
+    explain::run(ask).await
 }
 
 /// The hidden child mode: the payment service with crash injection.

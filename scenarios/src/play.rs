@@ -61,6 +61,29 @@ pub struct Outcome {
     pub elapsed_ms: u64,
     /// What the parts logged (None when they log to stderr, `RUST_LOG`).
     pub log: Option<LogSummary>,
+    /// A payment whose story shows the lesson (`scenarios explain`).
+    pub example: Option<Example>,
+}
+
+/// A representative payment of a lesson.
+#[derive(Debug, Clone, Serialize)]
+pub struct Example {
+    /// 1-based position in the lesson.
+    pub payment: usize,
+    pub key: Option<String>,
+    pub why: String,
+}
+
+impl Example {
+    fn pick(acted: &Acted) -> Option<Example> {
+        let all: Vec<AttemptRecord> = acted.runs.iter().flat_map(|r| r.attempts.iter().cloned()).collect();
+        let (index, why) = crate::story::pick(&all)?;
+        Some(Example {
+            payment: index + 1,
+            key: all.iter().find(|a| a.intent == index).and_then(|a| a.key.clone()),
+            why: why.to_owned(),
+        })
+    }
 }
 
 impl Outcome {
@@ -331,7 +354,9 @@ async fn judge(stage: &Stage<'_>, acted: Acted) -> anyhow::Result<Outcome> {
     let stats = ServiceReader::new(&stage.service.url, deadline)?.stats().await;
     let faults = stage.proxy.faults().await?;
     let metrics = metrics(stage, &acted, faults, stats.as_ref().ok());
-    Ok(assess(stage.scenario, &stage.intents, judgement, stats, metrics))
+    let mut outcome = assess(stage.scenario, &stage.intents, judgement, stats, metrics);
+    outcome.example = Example::pick(&acted);
+    Ok(outcome)
 }
 
 /// The lesson's outcome from what the judge read: a verdict and what is
@@ -360,6 +385,7 @@ pub fn assess(
         reconciliation: None,
         elapsed_ms: 0,
         log: None,
+        example: None,
     };
     match judgement.and_then(|r| stats.map(|stats| (r, stats))) {
         Ok((r, stats)) => {

@@ -142,6 +142,30 @@ pub fn results(o: &Outcome) -> String {
     out
 }
 
+/// One payment worth explaining, and the command that draws a story like it
+/// (`explain` replays the lesson; with concurrent clients the faults may
+/// land on other payments, so it picks the first telling one again).
+pub fn example(o: &Outcome, command: &str) -> String {
+    let mut out = String::new();
+    let Some(e) = &o.example else { return out };
+    let key = e
+        .key
+        .as_deref()
+        .map_or(String::new(), |k| format!(" ({})", crate::story::short_key(k)));
+    detail(
+        &mut out,
+        "explain",
+        &format!("payment {}{key}: {}; draw one like it:", e.payment, e.why),
+    );
+    let indent = " ".repeat(DETAIL_INDENT);
+    let lines = wrap(&indent, &format!("{indent}    "), command, WIDTH_COLUMNS_MAX - 2);
+    for (i, line) in lines.iter().enumerate() {
+        let more = if i + 1 < lines.len() { " \\" } else { "" };
+        let _ = writeln!(out, "{line}{more}");
+    }
+    out
+}
+
 /// The parts' log, summarised: counts, the most frequent messages, where the file is.
 fn logs(out: &mut String, log: &crate::logs::LogSummary) {
     if log.warnings + log.errors == 0 && log.dropped == 0 {

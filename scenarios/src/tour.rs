@@ -74,6 +74,17 @@ pub fn reproduce(run: &Run) -> String {
     words.join(" ")
 }
 
+/// The command that replays `lesson` as this run did and draws one payment's story.
+pub fn explain_command(run: &Run, lesson: &str) -> String {
+    let mut words = vec!["scenarios".to_owned(), "explain".into(), shell_word(lesson)];
+    words.extend(["--payments".into(), run.payments.to_string()]);
+    words.extend(["--seed".into(), run.seed.to_string()]);
+    if let Some(dir) = &run.catalog {
+        words.extend(["--catalog".into(), shell_word(&dir.display().to_string())]);
+    }
+    words.join(" ")
+}
+
 /// Plays the scenarios; Ctrl-C stops after tearing down what is running
 /// (children killed, temporary databases removed).
 pub async fn play_all(run: &Run, chosen: Vec<Scenario>) -> anyhow::Result<bool> {
@@ -108,6 +119,7 @@ async fn play_each(run: &Run, chosen: Vec<Scenario>) -> anyhow::Result<bool> {
         let outcome = play::play(s, &settings).await?;
         if !run.json {
             say(&report::results(&outcome));
+            say(&report::example(&outcome, &explain_command(run, &s.name)));
         }
         outcomes.push(outcome);
         if run.pause && !run.json && i + 1 < chosen.len() {

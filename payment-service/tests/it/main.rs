@@ -7,6 +7,7 @@ mod concurrency;
 mod contract;
 mod crash;
 mod db_file;
+mod events;
 mod failures;
 mod limits;
 mod lookup;
