@@ -22,7 +22,7 @@ use crate::lookup::LOOKUP_BODY_BYTES_MAX;
 use crate::readers::Readers;
 use crate::stats::Counters;
 use crate::writer::Op;
-use crate::{create, events, reads};
+use crate::{create, events, metrics, reads};
 
 /// Requests handled at once; beyond it the service answers 503 at once rather
 /// than building an unbounded backlog of tasks.
@@ -119,6 +119,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/payments/{id}", get(reads::get_payment))
         .route("/events", get(events::list))
+        .route("/metrics", get(metrics::metrics))
         .route("/problems/{slug}", get(problem_doc))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
@@ -134,6 +135,7 @@ pub fn app(state: AppState) -> Router {
 async fn limit_in_flight(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Ok(permit) = Arc::clone(&state.0.requests).try_acquire_owned() else {
         Counters::bump(&state.0.counters.unavailable_503);
+        state.0.counters.recorded.refused(Problem::Overloaded);
         return ApiError::new(
             Problem::Overloaded,
             format!("more than {} requests are in flight", state.0.requests_max),
@@ -172,6 +174,7 @@ async fn index(State(state): State<AppState>) -> Response {
             "POST /payments/lookup": "the payments of up to 1000 keys: {\"keys\": [...], \"after_id\": 0}, paged by id (reconciliation)",
             "DELETE /payments": "wipe payments, keys and balances",
             "GET /events?key=K or ?request_id=R": "what the service did with the recent requests of a key or an X-Request-Id (received, committed, replayed, 409, 422, refused); the last 8192 events, memory only",
+            "GET /metrics": "Prometheus (OpenMetrics) text: requests, executed, replayed, 409, 422, refusals by cause, writer batch sizes and commit latency, queue depth",
             "GET /stats": "money moved, invariants checked against the database, request counters",
             "GET /health": "liveness",
             "GET /problems/{type}": "what an error type means and what to do",

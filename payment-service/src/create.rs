@@ -109,6 +109,12 @@ fn answer_or_refuse(state: &AppState, result: Result<Response, ApiError>, key_fo
             _ => &counters.rejected,
         };
         Counters::bump(counter);
+        if !matches!(
+            error.problem,
+            Problem::IdempotencyKeyInUse | Problem::IdempotencyKeyReused
+        ) {
+            counters.recorded.refused(error.problem);
+        }
         tracing::debug!(problem = error.problem.slug(), detail = %error.detail, "payment refused");
         error.with_key(key_for_errors).into_response()
     })

@@ -14,6 +14,7 @@
 //! - `payment`, `money`, `key`, `lookup`: parsing and validating what clients send.
 //! - `error`: one error type, rendered as RFC 9457 problem+json.
 //! - `stats`: request counters and the `/stats` document.
+//! - `metrics`: `GET /metrics`, Prometheus text (prometheus-client).
 //! - `events`: a bounded in-memory record of what was done with recent
 //!   requests, by key or `X-Request-Id` (`GET /events`).
 //! - [`bench`]: the durable-commit benchmark behind `payment-service bench`.
@@ -35,6 +36,7 @@ mod extract;
 mod key;
 mod ledger_stats;
 mod lookup;
+mod metrics;
 mod money;
 mod payment;
 mod readers;

@@ -34,6 +34,9 @@ pub struct Counters {
     pub lease_takeovers: AtomicU64,
     /// Stored responses deleted after the retention.
     pub keys_reaped: AtomicU64,
+    /// What `/metrics` records as it happens: batch sizes, commit latencies,
+    /// refusals by cause.
+    pub recorded: crate::metrics::Recorded,
 }
 
 impl Counters {

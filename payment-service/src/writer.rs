@@ -307,6 +307,7 @@ impl Writer {
     /// Runs a batch in one transaction and answers it, only after COMMIT and
     /// only while the database file is still the one at its path.
     fn commit_batch(&mut self, batch: &mut Vec<Op>) {
+        let (started, requests) = (std::time::Instant::now(), batch.len());
         let mut pending = Vec::with_capacity(batch.len());
         let result = self
             .watch
@@ -327,7 +328,10 @@ impl Writer {
                     .map_err(|e| annotate_replaced(e, "this request was committed to the old file and may be lost"))
             });
         match result {
-            Ok(()) => pending.into_iter().for_each(Pending::send),
+            Ok(()) => {
+                self.counters.recorded.batch(requests, started.elapsed());
+                pending.into_iter().for_each(Pending::send);
+            }
             Err(e) => {
                 tracing::error!(error = %e, requests = pending.len() + batch.len(), "batch not acknowledged");
                 pending.into_iter().for_each(|p| p.fail(&e));

@@ -11,6 +11,7 @@ mod events;
 mod failures;
 mod limits;
 mod lookup;
+mod metrics;
 
 use std::net::SocketAddr;
 use std::time::Duration;
