@@ -16,10 +16,12 @@
 //!   [`observe`]: what a lesson tells its watchers while it plays.
 //! - [`explain`]: one payment's story from what the parts recorded
 //!   ([`story`]), drawn as a sequence diagram ([`diagram`]).
+//! - [`live`]: `--live`, a page on loopback fed by server-sent events.
 
 pub mod catalog;
 pub mod diagram;
 pub mod explain;
+pub mod live;
 pub mod logs;
 pub mod observe;
 pub mod parts;

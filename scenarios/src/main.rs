@@ -46,6 +46,11 @@ struct PlayArgs {
     /// Wait for Enter after each lesson (time for the room's questions)
     #[arg(long, global = true)]
     pause: bool,
+    /// Serve a live page for a projector on this loopback address (default
+    /// 127.0.0.1:8765): money intended and moved as it happens, faults,
+    /// replays, verdicts, one payment's story. It stays up until Ctrl-C.
+    #[arg(long, value_name = "ADDR", global = true, num_args = 0..=1, default_missing_value = "127.0.0.1:8765")]
+    live: Option<SocketAddr>,
 }
 
 impl PlayArgs {
@@ -58,6 +63,7 @@ impl PlayArgs {
             keep: self.keep.clone(),
             json: self.json,
             pause: self.pause,
+            live: self.live,
         }
     }
 }

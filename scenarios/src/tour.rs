@@ -5,11 +5,13 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::bail;
 use tokio::sync::mpsc;
 
 use crate::catalog::Scenario;
+use crate::live::{FIRST_PAGE_WAIT_MS, Feed, Live};
 use crate::observe::{Event, Observer};
 use crate::play::{self, Outcome, Settings};
 use crate::progress::Progress;
@@ -39,6 +41,8 @@ pub struct Run {
     pub keep: Option<PathBuf>,
     pub json: bool,
     pub pause: bool,
+    /// Serve the live page on this loopback address.
+    pub live: Option<std::net::SocketAddr>,
 }
 
 /// A word as a POSIX shell reads it back: bare if it is plain, else quoted.
@@ -88,22 +92,47 @@ pub fn explain_command(run: &Run, lesson: &str) -> String {
 /// Plays the scenarios; Ctrl-C stops after tearing down what is running
 /// (children killed, temporary databases removed).
 pub async fn play_all(run: &Run, chosen: Vec<Scenario>) -> anyhow::Result<bool> {
-    tokio::select! {
-        result = play_each(run, chosen) => result,
-        interrupted = tokio::signal::ctrl_c() => {
-            interrupted?;
-            eprintln!("\nscenarios: interrupted; nothing was kept (use --keep DIR to keep databases)");
-            Ok(false)
-        }
-    }
-}
-
-async fn play_each(run: &Run, chosen: Vec<Scenario>) -> anyhow::Result<bool> {
     if !(1..=PAYMENTS_MAX).contains(&run.payments) {
         bail!("--payments must be between 1 and {PAYMENTS_MAX}");
     }
+    let live = match run.live {
+        Some(addr) => Some(start_live(addr).await?),
+        None => None,
+    };
+    let feed = live.as_ref().map(|l| Feed::new(Arc::clone(&l.hub), &chosen));
+    let passed = tokio::select! {
+        result = play_each(run, chosen, feed) => result?,
+        interrupted = tokio::signal::ctrl_c() => {
+            interrupted?;
+            eprintln!("\nscenarios: interrupted; nothing was kept (use --keep DIR to keep databases)");
+            false
+        }
+    };
+    if let Some(live) = live {
+        eprintln!("scenarios: the live page stays at {} until Ctrl-C", live.url);
+        let _ = tokio::signal::ctrl_c().await;
+        live.stop().await;
+    }
+    Ok(passed)
+}
+
+/// Serves the live page and waits, bounded, for a first page to open it.
+async fn start_live(addr: std::net::SocketAddr) -> anyhow::Result<Live> {
+    let live = Live::start(addr).await?;
+    eprintln!("scenarios: live page at {}", live.url);
+    let wait = std::time::Duration::from_millis(FIRST_PAGE_WAIT_MS);
+    if !live.first_page(wait).await {
+        eprintln!(
+            "scenarios: no page opened it within {} s; playing anyway",
+            wait.as_secs()
+        );
+    }
+    Ok(live)
+}
+
+async fn play_each(run: &Run, chosen: Vec<Scenario>, feed: Option<Feed>) -> anyhow::Result<bool> {
     let (observer, events) = Observer::channel();
-    let watcher = tokio::spawn(show_progress(events, !run.json));
+    let watcher = tokio::spawn(show_progress(events, !run.json, feed));
     let settings = Settings {
         payments: run.payments,
         seed: run.seed,
@@ -147,15 +176,29 @@ fn say(text: &str) {
     let _ = out.flush();
 }
 
-/// The progress line of each lesson, from its start to its verdict.
-async fn show_progress(mut events: mpsc::Receiver<Event>, enabled: bool) {
+/// The progress line of each lesson, from its start to its verdict, and
+/// the live page's feed.
+async fn show_progress(mut events: mpsc::Receiver<Event>, enabled: bool, mut feed: Option<Feed>) {
     let mut line: Option<Progress> = None;
     while let Some(event) = events.recv().await {
         match event {
-            Event::Started(parts) if enabled => line = Some(Progress::start(parts)),
-            Event::Started(_) => {}
-            Event::Judged { release, .. } => {
+            Event::Started(parts) => {
+                if let Some(feed) = feed.as_mut() {
+                    feed.started(&parts);
+                }
+                if enabled {
+                    line = Some(Progress::start(parts));
+                }
+            }
+            Event::Judged {
+                parts,
+                outcome,
+                release,
+            } => {
                 line = None;
+                if let Some(feed) = feed.as_mut() {
+                    feed.judged(&parts, &outcome).await;
+                }
                 let _ = release.send(());
             }
         }
@@ -187,6 +230,7 @@ mod tests {
             keep: Some("runs".into()),
             json: true,
             pause: true,
+            live: None,
         }
     }
 

@@ -5,5 +5,6 @@
 mod catalog_errors;
 mod judge;
 mod lessons;
+mod live_page;
 mod lost_ack;
 mod output;
