@@ -4,11 +4,13 @@
 #   chaos-proxy API  http://127.0.0.1:8474   (toxiproxy-compatible: toxi.http, curl, toxiproxy-cli)
 #   proxy "payment"  http://127.0.0.1:8888 -> 127.0.0.1:8080   (unless --bare)
 #
-# Usage: scripts/workshop.sh [--bare] [--seed N] [--fresh] [-- payment-service flags...]
+# Usage: scripts/workshop.sh [--bare] [--seed N] [--fresh] [--live] [-- payment-service flags...]
 #   --bare    start the proxy API without the "payment" proxy, as the original
 #             workshop does: send "Configure Proxy" from toxi.http first
 #   --seed N  seed of the proxy's faults (default 42), so a session can be replayed
 #   --fresh   delete ./workshop.db first
+#   --live    instead: the guided tour with its live page for a projector on
+#             http://127.0.0.1:8765/ (Enter between lessons; Ctrl-C stops)
 #   after --, flags for payment-service, e.g. -- --dedup off   or   -- --dedup check-then-insert --processing-delay-ms 200
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,18 +18,27 @@ cd "$(dirname "$0")/.."
 bare=0
 seed=42
 fresh=0
+live=0
 service_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --bare) bare=1 ;;
         --seed) seed="${2:?--seed needs a number}"; shift ;;
         --fresh) fresh=1 ;;
+        --live) live=1 ;;
         --) shift; service_args=("$@"); break ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "workshop.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
 done
+
+if [ "$live" = 1 ]; then
+    echo "building (first time: a few minutes)..."
+    cargo build --release --quiet -p scenarios
+    echo "open http://127.0.0.1:8765/ on the projector; the tour starts when the page is open"
+    exec "${CARGO_TARGET_DIR:-target}/release/scenarios" --live 127.0.0.1:8765 --pause --seed "$seed"
+fi
 
 echo "building (first time: a minute or two)..."
 cargo build --release --quiet -p payment-service -p chaos-proxy -p client

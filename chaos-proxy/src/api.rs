@@ -1,5 +1,5 @@
 //! The HTTP control API: toxiproxy v2's routes, status codes and bodies, plus
-//! a few extensions (`/proxies/{p}/stats`, `/chaos`).
+//! a few extensions (`/proxies/{p}/stats`, `/chaos`, `/metrics`).
 //!
 //! Bodies are read as raw bytes and decoded as JSON whatever the
 //! Content-Type says (the workshop's `toxi.http` sends none), with a size
@@ -51,6 +51,7 @@ pub fn app(state: AppState) -> Router {
         .route("/reset", post(reset))
         .route("/version", get(version))
         .route("/chaos", get(chaos_info))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(API_BODY_BYTES_MAX))
@@ -247,6 +248,19 @@ async fn version() -> Response {
         format!("{{\"version\": \"{TOXIPROXY_API_VERSION}\"}}\n"),
     )
         .into_response()
+}
+
+/// Extension: Prometheus text of every proxy's counters.
+async fn metrics(State(state): State<AppState>) -> Response {
+    match crate::metrics::render(&state.all_stats().await) {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 /// Extension: who we are and the seed to replay this run.

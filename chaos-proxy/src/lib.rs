@@ -25,7 +25,8 @@
 //! - `toxic`: toxic types, attributes, defaults, and their exact JSON.
 //! - `rng`: deterministic decisions from `(seed, proxy, connection,
 //!   direction, toxic, exchange)` through `Xoshiro256PlusPlus`.
-//! - `stats`: per-proxy counters and the bounded fault log.
+//! - `stats`: per-proxy counters and the bounded fault log; `metrics`: the
+//!   same counters as Prometheus text (`GET /metrics`, an extension).
 //! - `error`: `error::ApiError`, rendered as `{"error","status"}`.
 //! - [`config`]: [`Config`], every limit as a named constant, config files.
 //! - `bench`: the `chaos-proxy bench` measurement (direct vs proxied, then
@@ -51,6 +52,7 @@ pub mod config;
 pub(crate) mod error;
 pub(crate) mod link;
 mod loops;
+pub(crate) mod metrics;
 pub(crate) mod proxy;
 mod registry;
 pub(crate) mod rng;

@@ -489,6 +489,15 @@ impl AppState {
         Ok(entry.shared.stats.view(proxy, self.seed()))
     }
 
+    /// Every proxy's counters, by name (for `/metrics`).
+    pub async fn all_stats(&self) -> Vec<StatsView> {
+        let registry = self.inner.registry.lock().await;
+        registry
+            .iter()
+            .map(|(name, entry)| entry.shared.stats.view(name, self.seed()))
+            .collect()
+    }
+
     /// `DELETE /proxies/{p}/stats` (extension): zero the counters and the
     /// connection index, keep the toxics.
     pub async fn reset_stats(&self, proxy: &str) -> Result<(), ApiError> {

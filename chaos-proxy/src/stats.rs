@@ -67,6 +67,10 @@ pub struct FaultEvent {
     pub stream: &'static str,
     /// Milliseconds since the stats were last reset.
     pub at_ms: u64,
+    /// When it fired, in µs since the Unix epoch: the clock a client's
+    /// history and the payment service's event record use, so one payment's
+    /// story can be lined up across them.
+    pub at_unix_us: u64,
 }
 
 /// Fault count per toxic and direction.
@@ -134,6 +138,9 @@ impl Stats {
             ty: ty.as_str(),
             stream: direction.as_str(),
             at_ms,
+            at_unix_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
         });
     }
 

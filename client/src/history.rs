@@ -25,6 +25,15 @@ pub struct AttemptRecord {
     pub error: Option<ErrorKind>,
     /// The `Idempotent-Replayed` header, when an answer carried one.
     pub replayed: Option<bool>,
+    /// When the attempt started, in µs since the Unix epoch: the clock the
+    /// proxy's fault log and the service's event record use too, so one
+    /// payment's story can be lined up across them (`scenarios explain`).
+    #[serde(default)]
+    pub at_unix_us: u64,
+    /// The `X-Request-Id` this attempt sent (unique per run, payment and
+    /// attempt), under which the service records what it did with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Appends attempt records to a file as they happen, from a writer thread.

@@ -871,6 +871,8 @@ mod tests {
             status: None,
             error: None,
             replayed: None,
+            at_unix_us: 0,
+            request_id: None,
         }
     }
 

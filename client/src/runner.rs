@@ -319,10 +319,15 @@ struct Shared {
     counters: Counters,
     sinks: Sinks,
     started: Instant,
+    /// `started` on the wall clock, in µs since the Unix epoch.
+    started_unix_us: u64,
     deadline: Instant,
     next: AtomicUsize,
     finished: AtomicUsize,
     confirmed: AtomicUsize,
+    /// Attempts sent so far, numbering request ids (copies of one payment
+    /// sent at once share their intent and attempt numbers).
+    sent: AtomicU64,
     /// Turns true on a simulated crash, from `Sinks::crash` or the confirmed count.
     crash: tokio::sync::watch::Sender<bool>,
 }
@@ -375,10 +380,12 @@ pub async fn run(
         counters: Counters::default(),
         sinks,
         started,
+        started_unix_us: unix_us_now(),
         deadline: started + Duration::from_millis(options.deadline_ms),
         next: AtomicUsize::new(0),
         finished: AtomicUsize::new(0),
         confirmed: AtomicUsize::new(0),
+        sent: AtomicU64::new(0),
         crash: tokio::sync::watch::channel(false).0,
     });
     relay_crash(&shared);
@@ -597,6 +604,11 @@ async fn send(
     if let Some(key) = &key {
         request = request.header(shared.options.request.key_header.as_str(), key.as_str());
     }
+    // Unique per run (its start time) and attempt sent: the service
+    // records what it did under this id.
+    let sent = shared.sent.fetch_add(1, Ordering::Relaxed);
+    let request_id = format!("{:x}-{sent}-{intent}-{attempt}", shared.started_unix_us);
+    request = request.header(REQUEST_ID_HEADER, request_id.as_str());
     let (outcome, status, error, replayed, next) = match request.send().await {
         Err(e) => {
             let (outcome, kind) = classify::classify_error(&e);
@@ -615,8 +627,20 @@ async fn send(
         status,
         error,
         replayed,
+        at_unix_us: shared.started_unix_us + start_us,
+        request_id: Some(request_id),
     };
     (record, next)
+}
+
+/// The header that names an attempt to the service (a de-facto standard).
+pub const REQUEST_ID_HEADER: &str = "X-Request-Id";
+
+/// Now, in µs since the Unix epoch (0 if the clock is before it).
+pub fn unix_us_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Classifies an answer, reading its body to the end: a status whose body

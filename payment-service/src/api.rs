@@ -16,12 +16,13 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::config::Config;
 use crate::db_file::DbWatch;
 use crate::error::{ApiError, Problem};
+use crate::events::EventRecord;
 use crate::extract::BODY_BYTES_MAX;
 use crate::lookup::LOOKUP_BODY_BYTES_MAX;
 use crate::readers::Readers;
 use crate::stats::Counters;
 use crate::writer::Op;
-use crate::{audit_route, create, reads};
+use crate::{audit_route, create, events, metrics, reads};
 
 /// Requests handled at once; beyond it the service answers 503 at once rather
 /// than building an unbounded backlog of tasks.
@@ -64,6 +65,8 @@ pub(crate) struct Inner {
     pub(crate) audit_progress: Arc<std::sync::Mutex<String>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) watch: Arc<DbWatch>,
+    /// What was done with recent requests (`GET /events`), bounded.
+    pub(crate) events: Arc<EventRecord>,
     requests: Arc<Semaphore>,
     requests_max: usize,
     /// Lease tokens: random start, so tokens of a previous process never match.
@@ -87,6 +90,7 @@ impl AppState {
             audit_progress: Arc::default(),
             counters,
             watch,
+            events: Arc::new(EventRecord::default()),
             requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
             requests_max: REQUESTS_IN_FLIGHT_MAX,
             next_token: AtomicI64::new(rand::random::<i64>() & 0x3fff_ffff_ffff_ffff),
@@ -106,6 +110,7 @@ impl AppState {
             audit_progress: Arc::clone(&inner.audit_progress),
             counters: Arc::clone(&inner.counters),
             watch: Arc::clone(&inner.watch),
+            events: Arc::clone(&inner.events),
             requests: Arc::new(Semaphore::new(max)),
             requests_max: max,
             next_token: AtomicI64::new(rand::random::<i64>() & 0x3fff_ffff_ffff_ffff),
@@ -147,6 +152,8 @@ pub fn app(state: AppState) -> Router {
             post(reads::lookup).layer(DefaultBodyLimit::max(LOOKUP_BODY_BYTES_MAX)),
         )
         .route("/payments/{id}", get(reads::get_payment))
+        .route("/events", get(events::list))
+        .route("/metrics", get(metrics::metrics))
         .route("/problems/{slug}", get(problem_doc))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
@@ -162,6 +169,7 @@ pub fn app(state: AppState) -> Router {
 async fn limit_in_flight(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Ok(permit) = Arc::clone(&state.0.requests).try_acquire_owned() else {
         Counters::bump(&state.0.counters.unavailable_503);
+        state.0.counters.recorded.refused(Problem::Overloaded);
         return ApiError::new(
             Problem::Overloaded,
             format!("more than {} requests are in flight", state.0.requests_max),
@@ -201,6 +209,8 @@ async fn index(State(state): State<AppState>) -> Response {
             "DELETE /payments": "wipe payments, keys and balances",
             "GET /stats": "the ledger's figures as maintained by the database (O(1)), invariants, request counters",
             "GET /audit": "every figure recomputed from the payments (O(n), bounded memory), compared with /stats",
+            "GET /events?key=K or ?request_id=R": "what the service did with the recent requests of a key or an X-Request-Id (received, committed, replayed, 409, 422, refused); the last 8192 events, memory only",
+            "GET /metrics": "Prometheus (OpenMetrics) text: requests, executed, replayed, 409, 422, refusals by cause, writer batch sizes and commit latency, queue depth",
             "GET /health": "liveness",
             "GET /problems/{type}": "what an error type means and what to do",
         },

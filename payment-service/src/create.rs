@@ -14,6 +14,7 @@ use crate::api::{AppState, json};
 use crate::config::DedupMode;
 use crate::db_error::DbError;
 use crate::error::{ApiError, Problem};
+use crate::events::{RequestId, Trace};
 use crate::extract::{Body, IdempotencyKey};
 use crate::ops;
 use crate::payment::PaymentRequest;
@@ -78,16 +79,31 @@ fn with_detail_suffix(mut error: ApiError, suffix: &str) -> ApiError {
 
 pub(crate) async fn create_payment(
     State(state): State<AppState>,
+    RequestId(request_id): RequestId,
     key: Result<IdempotencyKey, ApiError>,
     body: Result<Body<PaymentRequest>, ApiError>,
 ) -> Response {
     let counters = &state.0.counters;
     Counters::bump(&counters.received);
     let key_for_errors = key.as_ref().ok().and_then(|k| k.0.clone());
+    let trace = Trace {
+        key: key_for_errors.clone(),
+        request_id,
+    };
+    state.0.events.received(&trace);
     let result = match (body, key) {
         (Err(e), _) | (_, Err(e)) => Err(e),
         (Ok(Body(request)), Ok(IdempotencyKey(key))) => create(&state, request, key).await,
     };
+    let problem = result.as_ref().err().map(|e| e.problem);
+    let response = answer_or_refuse(&state, result, key_for_errors.as_deref());
+    state.0.events.answered(&trace, &response, problem);
+    response
+}
+
+/// The response, counting refusals by cause.
+fn answer_or_refuse(state: &AppState, result: Result<Response, ApiError>, key_for_errors: Option<&str>) -> Response {
+    let counters = &state.0.counters;
     result.unwrap_or_else(|error| {
         let counter = match (error.problem, error.problem.status()) {
             (_, StatusCode::CONFLICT) => &counters.conflicts_409,
@@ -96,8 +112,14 @@ pub(crate) async fn create_payment(
             _ => &counters.rejected,
         };
         Counters::bump(counter);
+        if !matches!(
+            error.problem,
+            Problem::IdempotencyKeyInUse | Problem::IdempotencyKeyReused
+        ) {
+            counters.recorded.refused(error.problem);
+        }
         tracing::debug!(problem = error.problem.slug(), detail = %error.detail, "payment refused");
-        error.with_key(key_for_errors.as_deref()).into_response()
+        error.with_key(key_for_errors).into_response()
     })
 }
 

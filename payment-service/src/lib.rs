@@ -22,6 +22,9 @@
 //! - `exercise`: the workshop's exercise, the one file an attendee edits
 //!   (`--dedup exercise`); `exercise_kit`: its transaction, helpers and
 //!   answers; `solutions`: the reference solutions, one per stage.
+//! - `metrics`: `GET /metrics`, Prometheus text (prometheus-client).
+//! - `events`: a bounded in-memory record of what was done with recent
+//!   requests, by key or `X-Request-Id` (`GET /events`).
 //! - [`bench`]: the durable-commit benchmark behind `payment-service bench`.
 //!
 //! The seam for tests and the binary is [`run`]: give it a bound listener, a
@@ -40,12 +43,14 @@ mod db_file;
 mod db_lock;
 mod desk;
 mod error;
+mod events;
 mod exercise;
 mod exercise_kit;
 mod extract;
 mod generation;
 mod key;
 mod lookup;
+mod metrics;
 mod money;
 mod ops;
 mod payment;
@@ -68,6 +73,7 @@ use tokio::sync::mpsc;
 
 pub use api::{AppState, REQUESTS_IN_FLIGHT_MAX, app};
 pub use config::{Config, DedupMode, Settings, Synchronous};
+pub use events::EVENTS_MAX;
 pub use exercise_kit::EXERCISE_FILE;
 pub use lookup::{LOOKUP_KEYS_MAX, LOOKUP_ROWS_MAX};
 /// The exercise's reference solutions' source text (0: the starting state).

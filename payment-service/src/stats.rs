@@ -40,6 +40,9 @@ pub struct Counters {
     /// CPU time the writer thread spent on batches (waiting for work not
     /// included), in nanoseconds: with `executed`, the writer's cost per payment.
     pub writer_cpu_ns: AtomicU64,
+    /// What `/metrics` records as it happens: batch sizes, commit latencies,
+    /// refusals by cause.
+    pub recorded: crate::metrics::Recorded,
 }
 
 impl Counters {

@@ -275,6 +275,7 @@ impl Writer {
             lease_ms: self.lease_ms,
             retention_ms: self.retention_ms,
         };
+        let (started, requests) = (std::time::Instant::now(), batch.len());
         let result = self
             .watch
             .check()
@@ -300,6 +301,7 @@ impl Writer {
                 for (op, result) in batch.drain(..).zip(results) {
                     op.answer(result, &self.counters);
                 }
+                self.counters.recorded.batch(requests, started.elapsed());
             }
             Err(e) => {
                 tracing::error!(error = %e, requests = batch.len(), "batch not acknowledged");

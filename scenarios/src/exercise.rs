@@ -159,6 +159,7 @@ pub async fn play_ladder(settings: &Settings, solution: Option<u8>) -> anyhow::R
         seed: settings.seed,
         keep: Some(keep.clone()),
         exe: settings.exe.clone(),
+        observer: None,
         outside: settings.outside.clone(),
     };
     let mut results = Vec::new();
@@ -340,7 +341,7 @@ pub fn render(ladder: &Ladder) -> String {
 
 fn render_failure(out: &mut String, stage: &StageResult, o: &Outcome) {
     let _ = writeln!(out, "  FAIL  stage {}: {}", stage.number, stage.title);
-    out.push_str(&report::narrative(stage.number, o));
+    out.push_str(&report::results(o));
     if let Some(judged) = &o.judged {
         let _ = writeln!(out, "   judged    {judged}");
     }

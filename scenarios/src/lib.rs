@@ -9,7 +9,14 @@
 //! - [`play`]: one scenario: act (payments, duplicates, outages, crashes),
 //!   then judge from `/stats`, the proxy's fault counters and the client's
 //!   history and reconciliation.
-//! - [`report`]: the narrative and the final table.
+//! - [`report`]: the narrative and the final table, at most 100 columns.
+//! - [`tour`]: playing lessons for a room (narrative first, pauses, the
+//!   command that reproduces the run); [`progress`]: the "still playing"
+//!   line; [`logs`]: the parts' logs into each lesson's `parts.log`;
+//!   [`observe`]: what a lesson tells its watchers while it plays.
+//! - [`explain`]: one payment's story from what the parts recorded
+//!   ([`story`]), drawn as a sequence diagram ([`diagram`]).
+//! - [`live`]: `--live`, a page on loopback fed by server-sent events.
 //! - [`exercise`]: the workshop's exercise as a ladder of five stages, the
 //!   reference solutions' diffs.
 //! - [`target`]: lessons against a service this runner did not start
@@ -18,9 +25,17 @@
 
 pub mod catalog;
 mod command;
+pub mod diagram;
 pub mod exercise;
+pub mod explain;
+pub mod live;
+pub mod logs;
+pub mod observe;
 pub mod parts;
 pub mod play;
+pub mod progress;
 pub mod report;
 mod restart;
+pub mod story;
 pub mod target;
+pub mod tour;

@@ -1,4 +1,4 @@
-//! The `scenarios` binary: the guided tour, `list`, `run`, `exercise`.
+//! The `scenarios` binary: the guided tour, `list`, `run`, `explain`, `exercise`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,16 +7,20 @@ use std::sync::Arc;
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use scenarios::catalog::{self, Scenario};
-use scenarios::play::{self, Outcome, Settings};
-use scenarios::report;
+use scenarios::explain::{self, Ask, Choice};
 use scenarios::target::Outside;
+use scenarios::tour::{self, Run, Selection};
 
 /// Plays the exactly-once lessons: a payment service, a fault-injecting proxy
 /// and a retrying client, started together on free loopback ports with a
 /// temporary database. Each scenario prints what it shows and its numbers,
 /// and the run ends with a verdict table. Without a command: the guided tour.
 #[derive(Parser)]
-#[command(version, after_help = "Logs: set RUST_LOG (e.g. RUST_LOG=scenarios=debug).")]
+#[command(
+    version,
+    after_help = "Logs: the parts log into parts.log in each lesson's directory (kept with --keep DIR);\n\
+                  with RUST_LOG set (e.g. RUST_LOG=info) they go to stderr instead."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -41,6 +45,14 @@ struct PlayArgs {
     /// Also load scenario files from DIR (a file replaces the built-in of the same name)
     #[arg(long, value_name = "DIR", global = true)]
     catalog: Option<PathBuf>,
+    /// Wait for Enter after each lesson (time for the room's questions)
+    #[arg(long, global = true)]
+    pause: bool,
+    /// Serve a live page for a projector on this loopback address (default
+    /// 127.0.0.1:8765): money intended and moved as it happens, faults,
+    /// replays, verdicts, one payment's story. It stays up until Ctrl-C.
+    #[arg(long, value_name = "ADDR", global = true, num_args = 0..=1, default_missing_value = "127.0.0.1:8765")]
+    live: Option<SocketAddr>,
     /// Play against this running service (any language) instead of starting this project's
     #[arg(long, value_name = "URL", global = true)]
     service_url: Option<String>,
@@ -50,6 +62,32 @@ struct PlayArgs {
     /// With --service-url: the shell command that starts it, so lessons that kill it can run
     #[arg(long, value_name = "CMD", global = true, requires = "service_url")]
     service_cmd: Option<String>,
+}
+
+impl PlayArgs {
+    fn run(&self, selection: Selection) -> Run {
+        Run {
+            selection,
+            payments: self.payments,
+            seed: self.seed.unwrap_or_else(chaos_proxy::config::fresh_seed),
+            catalog: self.catalog.clone(),
+            keep: self.keep.clone(),
+            json: self.json,
+            pause: self.pause,
+            live: self.live,
+            outside: None,
+        }
+    }
+
+    /// The run, with the outside service of `--service-url` reached and read.
+    async fn run_outside(&self, selection: Selection) -> anyhow::Result<Run> {
+        let mut run = self.run(selection);
+        if let Some(url) = &self.service_url {
+            let outside = Outside::new(url, self.target_file.as_deref(), self.service_cmd.clone()).await?;
+            run.outside = Some(Arc::new(outside));
+        }
+        Ok(run)
+    }
 }
 
 #[derive(Subcommand)]
@@ -75,9 +113,31 @@ enum Command {
         #[arg(long, value_name = "N")]
         show_solution: Option<usize>,
     },
+    /// Play a lesson and draw one payment's story as a sequence diagram
+    /// (client, proxy, service), from what the three recorded
+    Explain(ExplainArgs),
     /// Internal: run the payment service as a child process (crash scenarios)
     #[command(name = "__serve-payment", hide = true)]
     ServePayment(ServeArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// The lesson (default: exactly-once)
+    #[arg(default_value = "exactly-once")]
+    lesson: String,
+    /// Which payment, by its number in the lesson (default: the first most telling one)
+    #[arg(long, conflicts_with = "key")]
+    payment: Option<usize>,
+    /// Which payment, by the key it sent
+    #[arg(long)]
+    key: Option<String>,
+    /// Wait for Enter between the steps of the story
+    #[arg(long)]
+    step: bool,
+    /// Print the story as Mermaid sequence-diagram text (slides, READMEs)
+    #[arg(long)]
+    mermaid: bool,
 }
 
 #[derive(Args)]
@@ -90,12 +150,14 @@ struct ServeArgs {
     settings: payment_service::Settings,
 }
 
-/// Payments per scenario at most: enough for any lesson, bounded for a laptop.
-const PAYMENTS_MAX: usize = 100_000;
-
 fn main() -> std::process::ExitCode {
-    eo_core::logging::init("warn");
     let cli = Cli::parse();
+    if let Some(Command::ServePayment(_)) = cli.command {
+        // The service child: its stderr is the lesson's log file.
+        eo_core::logging::init("info");
+    } else {
+        scenarios::logs::init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -117,16 +179,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
     let args = cli.play.clone();
     match cli.command {
         Some(Command::ServePayment(serve)) => serve_payment(serve).await.map(|()| true),
-        Some(Command::Exercise {
-            reference,
-            show_solution,
-        }) => match show_solution {
-            Some(n) => {
-                print!("{}", scenarios::exercise::show_solution(n)?);
-                Ok(true)
-            }
-            None => exercise(&args, reference).await,
-        },
         Some(Command::List) => {
             for s in catalog::load(args.catalog.as_deref())? {
                 let tour = s.tour.map_or("  ".to_owned(), |t| format!("{t:>2}"));
@@ -137,6 +189,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        Some(Command::Explain(e)) => explain(&args, e).await,
+        Some(Command::Exercise {
+            reference,
+            show_solution,
+        }) => match show_solution {
+            Some(n) => {
+                print!("{}", scenarios::exercise::show_solution(n)?);
+                Ok(true)
+            }
+            None => exercise(&args, reference).await,
+        },
         Some(Command::Run { names, all }) => {
             let catalog = catalog::load(args.catalog.as_deref())?;
             let chosen: Vec<Scenario> = if all {
@@ -157,12 +220,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
                 }
                 chosen
             };
-            let replay = if all {
-                "scenarios run --all".to_owned()
-            } else {
-                format!("scenarios run {}", names.join(" "))
-            };
-            play_all(&args, chosen, &replay).await
+            let selection = if all { Selection::All } else { Selection::Names(names) };
+            tour::play_all(&args.run_outside(selection).await?, chosen).await
         }
         None => {
             let tour: Vec<Scenario> = catalog::load(args.catalog.as_deref())?
@@ -176,47 +235,38 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
                 );
                 println!("(`scenarios list` shows them; `scenarios run NAME` plays one; `--help` for options.)");
             }
-            play_all(&args, tour, "scenarios").await
+            tour::play_all(&args.run_outside(Selection::Tour).await?, tour).await
         }
     }
 }
 
-/// Plays the scenarios; Ctrl-C stops after tearing down what is running
-/// (children killed, temporary databases removed).
-async fn play_all(args: &PlayArgs, chosen: Vec<Scenario>, replay: &str) -> anyhow::Result<bool> {
-    tokio::select! {
-        result = play_each(args, chosen, replay) => result,
-        interrupted = tokio::signal::ctrl_c() => {
-            interrupted?;
-            eprintln!("\nscenarios: interrupted; nothing was kept (use --keep DIR to keep databases)");
-            Ok(false)
-        }
-    }
-}
-
-/// The settings every lesson of a run shares, from the flags.
-async fn settings(args: &PlayArgs) -> anyhow::Result<Settings> {
-    if !(1..=PAYMENTS_MAX).contains(&args.payments) {
-        bail!("--payments must be between 1 and {PAYMENTS_MAX}");
-    }
-    let outside = match &args.service_url {
-        Some(url) => Some(Arc::new(
-            Outside::new(url, args.target_file.as_deref(), args.service_cmd.clone()).await?,
-        )),
-        None => None,
+/// `scenarios explain`: the lesson, which payment, how to show it.
+async fn explain(args: &PlayArgs, e: ExplainArgs) -> anyhow::Result<bool> {
+    let catalog = catalog::load(args.catalog.as_deref())?;
+    let Some(lesson) = catalog.into_iter().find(|s| s.name == e.lesson) else {
+        bail!("no scenario {:?}; `scenarios list` shows them", e.lesson);
     };
-    Ok(Settings {
-        payments: args.payments,
-        seed: args.seed.unwrap_or_else(chaos_proxy::config::fresh_seed),
-        keep: args.keep.clone(),
-        exe: std::env::current_exe()?,
-        outside,
-    })
+    let choice = match (e.payment, e.key) {
+        (Some(n), _) => Choice::Payment(n),
+        (None, Some(k)) => Choice::Key(k),
+        (None, None) => Choice::Telling,
+    };
+    let run = args.run(Selection::Tour);
+    let ask = Ask {
+        lesson,
+        payments: run.payments,
+        seed: run.seed,
+        choice,
+        step: e.step,
+        mermaid: e.mermaid,
+    };
+    explain::run(ask).await
 }
 
 /// `scenarios exercise`: the ladder, its report, and whether every stage passed.
 async fn exercise(args: &PlayArgs, reference: Option<u8>) -> anyhow::Result<bool> {
-    let settings = settings(args).await?;
+    let run = args.run_outside(Selection::Tour).await?;
+    let settings = tour::settings(&run, None)?;
     let ladder = tokio::select! {
         ladder = scenarios::exercise::play_ladder(&settings, reference) => ladder?,
         interrupted = tokio::signal::ctrl_c() => {
@@ -231,50 +281,6 @@ async fn exercise(args: &PlayArgs, reference: Option<u8>) -> anyhow::Result<bool
         print!("{}", scenarios::exercise::render(&ladder));
     }
     Ok(ladder.pass)
-}
-
-async fn play_each(args: &PlayArgs, chosen: Vec<Scenario>, replay: &str) -> anyhow::Result<bool> {
-    let settings = settings(args).await?;
-    let seed = settings.seed;
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(chosen.len());
-    let mut skipped: Vec<(String, String)> = Vec::new();
-    for (i, s) in chosen.iter().enumerate() {
-        let adapted = match &settings.outside {
-            Some(outside) => match outside.skip_reason(s) {
-                Some(why) => {
-                    skipped.push((s.name.clone(), why));
-                    continue;
-                }
-                None => outside.adapt(s),
-            },
-            None => s.clone(),
-        };
-        let outcome = play::play(&adapted, &settings).await?;
-        if !args.json {
-            print!("{}", report::narrative(i + 1, &outcome));
-            if let Some(judged) = &outcome.judged {
-                println!("   judged    {judged}");
-            }
-        }
-        outcomes.push(outcome);
-    }
-    let all_pass = outcomes.iter().all(|o| o.pass);
-    if args.json {
-        let skipped: Vec<_> = skipped
-            .iter()
-            .map(|(name, why)| serde_json::json!({ "name": name, "why": why }))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({ "seed": seed, "pass": all_pass, "scenarios": outcomes, "skipped": skipped })
-        );
-    } else {
-        print!("{}", report::table(&outcomes, seed, replay));
-        for (name, why) in &skipped {
-            println!("skipped {name}: {why}");
-        }
-    }
-    Ok(all_pass)
 }
 
 /// The hidden child mode: the payment service with crash injection.

@@ -164,11 +164,13 @@ impl Service {
 
 /// Starts one child and reads the bound address from its first stdout line.
 async fn start_child(exe: &Path, args: &[String]) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    // The child's logs go where the lesson's do (opening the file blocks).
+    let stderr = tokio::task::spawn_blocking(crate::logs::child_stderr).await?;
     let mut child = tokio::process::Command::new(exe)
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", exe.display()))?;

@@ -20,6 +20,8 @@ use client::strategy::{self, Options};
 use serde::Serialize;
 
 use crate::catalog::{Act, ClientSpec, Retries, Scenario};
+use crate::logs::{LessonLog, LogSummary};
+use crate::observe::{Observer, Parts};
 use crate::parts::{self, Proxy, Service};
 
 pub struct Settings {
@@ -32,6 +34,9 @@ pub struct Settings {
     /// A service this runner did not write, judged from outside
     /// (`--service-url`); none: each lesson starts this project's own.
     pub outside: Option<Arc<crate::target::Outside>>,
+    /// Told when a lesson's parts are up and when it is judged (progress
+    /// line, `explain`, the live page).
+    pub observer: Option<Observer>,
 }
 
 /// The time the judge may spend reading the service and the proxy,
@@ -60,6 +65,31 @@ pub struct Outcome {
     /// How an outside service was judged (per key, or totals only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub judged: Option<String>,
+    /// What the parts logged (None when they log to stderr, `RUST_LOG`).
+    pub log: Option<LogSummary>,
+    /// A payment whose story shows the lesson (`scenarios explain`).
+    pub example: Option<Example>,
+}
+
+/// A representative payment of a lesson.
+#[derive(Debug, Clone, Serialize)]
+pub struct Example {
+    /// 1-based position in the lesson.
+    pub payment: usize,
+    pub key: Option<String>,
+    pub why: String,
+}
+
+impl Example {
+    fn pick(acted: &Acted) -> Option<Example> {
+        let all: Vec<AttemptRecord> = acted.runs.iter().flat_map(|r| r.attempts.iter().cloned()).collect();
+        let (index, why) = crate::story::pick(&all)?;
+        Some(Example {
+            payment: index + 1,
+            key: all.iter().find(|a| a.intent == index).and_then(|a| a.key.clone()),
+            why: why.to_owned(),
+        })
+    }
 }
 
 impl Outcome {
@@ -149,6 +179,7 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
     let seed = scenario_seed(settings.seed, &s.name);
     let payments = settings.payments.min(s.payments_max.unwrap_or(usize::MAX)).max(1);
     let (_tmp, dir) = parts::scratch_dir(settings.keep.as_deref(), &s.name)?;
+    let log = LessonLog::open(&dir).await;
     let db = dir.join("payments.db");
     let service = match (&settings.outside, &s.act) {
         (Some(outside), _) => outside.start().await?,
@@ -167,15 +198,37 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
         (None, _) => Service::in_process(s, &db).await?,
     };
     let proxy = Proxy::start(s, service.addr, seed).await?;
+    let watched = Parts {
+        lesson: s.name.clone(),
+        service_url: service.url.clone(),
+        proxy_api: proxy.api.clone(),
+        dir: dir.clone(),
+        payments,
+        intended_minor: intended_minor(s, payments),
+    };
+    if let Some(observer) = &settings.observer {
+        observer.started(watched.clone()).await;
+    }
     let outside = settings.outside.clone();
     let outcome = stage_and_play(s, (&service, &proxy, outside), dir, payments, seed).await;
+    if let (Some(observer), Ok(outcome)) = (&settings.observer, &outcome) {
+        observer.judged(watched, outcome).await;
+    }
     let stopped_proxy = proxy.stop().await;
     let stopped_service = service.stop().await;
+    let log = log.close(settings.keep.is_some()).await;
     let mut outcome = outcome.with_context(|| format!("scenario {}", s.name))?;
     stopped_proxy?;
     stopped_service?;
     outcome.elapsed_ms = started.elapsed().as_millis() as u64;
+    outcome.log = log;
     Ok(outcome)
+}
+
+/// The money a lesson means to move: its payments times the client's amount.
+fn intended_minor(s: &Scenario, payments: usize) -> i128 {
+    let amount = client::money::parse_minor(&s.client.amount).unwrap_or(0);
+    i128::from(amount) * payments as i128
 }
 
 async fn stage_and_play(
@@ -332,7 +385,9 @@ async fn judge(stage: &Stage<'_>, acted: Acted) -> anyhow::Result<Outcome> {
     let stats = ServiceReader::new(&stage.service.url, deadline)?.stats().await;
     let faults = stage.proxy.faults().await?;
     let metrics = metrics(stage, &acted, faults, stats.as_ref().ok());
-    Ok(assess(stage.scenario, &stage.intents, judgement, stats, metrics))
+    let mut outcome = assess(stage.scenario, &stage.intents, judgement, stats, metrics);
+    outcome.example = Example::pick(&acted);
+    Ok(outcome)
 }
 
 /// The lesson's outcome from what the judge read: a verdict and what is
@@ -374,6 +429,8 @@ pub(crate) fn assess_read(
         reconciliation: None,
         elapsed_ms: 0,
         judged: None,
+        log: None,
+        example: None,
     };
     match judgement.and_then(|r| read.map(|read| (r, read))) {
         Ok((r, (moved_minor, invariants))) => {

@@ -116,9 +116,16 @@ pub struct Outside {
     judge: JudgeMode,
     answers_expire_after: Option<Duration>,
     service_cmd: Option<String>,
+    /// The flags this came from, for `reproduce with`.
+    flags: Vec<String>,
 }
 
 impl Outside {
+    /// The command-line flags that reach this service again.
+    pub fn flags(&self) -> &[String] {
+        &self.flags
+    }
+
     /// From `--service-url`, `--target-file` and `--service-cmd`; every
     /// error names what to fix.
     pub async fn new(url: &str, target_file: Option<&Path>, service_cmd: Option<String>) -> anyhow::Result<Outside> {
@@ -138,7 +145,16 @@ impl Outside {
             Some(path) => read_target_file(path).await?,
             None => TargetFile::default(),
         };
-        Outside::from_file(url, addr, file, service_cmd)
+        let mut flags = vec!["--service-url".to_owned(), url.clone()];
+        if let Some(path) = target_file {
+            flags.extend(["--target-file".to_owned(), path.display().to_string()]);
+        }
+        if let Some(cmd) = &service_cmd {
+            flags.extend(["--service-cmd".to_owned(), cmd.clone()]);
+        }
+        let mut outside = Outside::from_file(url, addr, file, service_cmd)?;
+        outside.flags = flags;
+        Ok(outside)
     }
 
     fn from_file(url: String, addr: SocketAddr, f: TargetFile, service_cmd: Option<String>) -> anyhow::Result<Outside> {
@@ -185,6 +201,7 @@ impl Outside {
             judge: f.judge,
             answers_expire_after,
             service_cmd,
+            flags: Vec::new(),
         })
     }
 

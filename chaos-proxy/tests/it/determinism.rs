@@ -42,6 +42,7 @@ async fn fault_log(p: &TestProxy) -> Vec<Value> {
     for e in &mut log {
         if let Some(o) = e.as_object_mut() {
             o.remove("at_ms");
+            o.remove("at_unix_us");
         }
     }
     log

@@ -10,6 +10,7 @@ mod determinism;
 mod harness;
 mod load;
 mod loops;
+mod metrics;
 mod resets;
 mod robustness;
 mod style;

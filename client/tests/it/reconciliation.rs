@@ -81,6 +81,8 @@ async fn an_acknowledged_payment_the_service_lacks_is_a_violation() {
         status: Some(201),
         error: None,
         replayed: Some(false),
+        at_unix_us: 0,
+        request_id: None,
     };
     let r = judge(
         &service.url,

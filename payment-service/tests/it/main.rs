@@ -8,10 +8,12 @@ mod concurrency;
 mod contract;
 mod crash;
 mod db_file;
+mod events;
 mod exercise;
 mod failures;
 mod limits;
 mod lookup;
+mod metrics;
 mod replays;
 mod wipe;
 

@@ -13,6 +13,7 @@ fn settings() -> Settings {
         seed: SEED,
         keep: None,
         exe: env!("CARGO_BIN_EXE_scenarios").into(),
+        observer: None,
         outside: None,
     }
 }

@@ -80,12 +80,12 @@ fn assert_inconclusive(outcome: &Outcome, because: &str) {
         "{:?}",
         outcome.problems
     );
-    let story = report::narrative(1, outcome);
+    let story = report::results(outcome);
     assert!(
         story.contains("verdict   INCONCLUSIVE (expected EXACTLY ONCE) FAIL"),
         "{story}"
     );
-    let table = report::table(std::slice::from_ref(outcome), 1, "scenarios");
+    let table = report::table(std::slice::from_ref(outcome), "scenarios --seed 1");
     assert!(table.contains("INCONCLUSIVE") && table.contains("0 of 1"), "{table}");
 }
 
@@ -167,7 +167,7 @@ async fn a_refused_payment_that_landed_is_a_problem_in_the_lesson() {
         .expect("problem");
     assert!(problem.contains(&intents[0].key), "{problem}");
     assert!(
-        report::narrative(1, &outcome).contains("problem   1 payments were refused"),
+        report::results(&outcome).contains("problem   1 payments were refused"),
         "{outcome:?}"
     );
     service.stop().await.expect("stops");

@@ -6,5 +6,7 @@ mod catalog_errors;
 mod exercise;
 mod judge;
 mod lessons;
+mod live_page;
 mod lost_ack;
+mod output;
 mod outside;

@@ -31,6 +31,7 @@ fn settings(outside: Outside) -> Settings {
         seed: SEED,
         keep: None,
         exe: EXE.into(),
+        observer: None,
         outside: Some(Arc::new(outside)),
     }
 }
