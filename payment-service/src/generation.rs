@@ -3,7 +3,7 @@
 //! ledger), the writer prepares a fresh, empty database file next to the
 //! database (`<db>.next`) and exchanges the two names in one atomic
 //! `renameat2(RENAME_EXCHANGE)`. The old ledger, now at `<db>.next`, is
-//! deleted by a background thread.
+//! deleted by a background thread, in steps.
 //!
 //! SQLite finds a database's WAL and shared-memory files by name
 //! (`<db>-wal`, `<db>-shm`), so no connection may be open on the old file
@@ -113,16 +113,46 @@ pub(crate) fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
     }
 }
 
-/// Deletes the old ledger at `path` on a thread of its own (freeing a file
-/// of gigabytes takes the file system a while).
+/// Bytes freed per step when the old ledger is removed, and the pause
+/// between steps. Unlinking gigabytes at once makes the file system free
+/// every block in one journal transaction, which the writer's next fsync
+/// then waits for; in steps, each fsync waits for at most a step's worth.
+const REMOVE_STEP_BYTES: u64 = 64 << 20;
+const REMOVE_PAUSE_MS: u64 = 5;
+
+/// Deletes the old ledger at `path`: the name at once (on the caller's
+/// thread, so a next DELETE may use it), the blocks in steps on a thread of
+/// its own through the still open file.
 pub(crate) fn remove_in_background(path: PathBuf) {
+    let opened = std::fs::OpenOptions::new().write(true).open(&path);
+    let file = match opened.and_then(|file| std::fs::remove_file(&path).map(|()| file)) {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the old ledger; it is removed at the next start");
+            return;
+        }
+    };
     let spawned = std::thread::Builder::new()
         .name("payment-wipe".into())
-        .spawn(move || match std::fs::remove_file(&path) {
-            Ok(()) => tracing::debug!(path = %path.display(), "old ledger removed"),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove the old ledger; it is removed at the next start"),
+        .spawn(move || match shrink(&file) {
+            Ok(()) => tracing::debug!("old ledger removed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot shrink the removed old ledger; it is freed when the service stops")
+            }
         });
     if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the thread that removes the old ledger; it is removed at the next start");
+        tracing::warn!(error = %e, "cannot start the thread that frees the old ledger; it is freed when the service stops");
     }
+}
+
+/// Frees the blocks of an unlinked file a step at a time.
+fn shrink(file: &std::fs::File) -> std::io::Result<()> {
+    let mut len = file.metadata()?.len();
+    // Bounded: the length shrinks by a step each time round.
+    while len > 0 {
+        len = len.saturating_sub(REMOVE_STEP_BYTES);
+        file.set_len(len)?;
+        std::thread::sleep(std::time::Duration::from_millis(REMOVE_PAUSE_MS));
+    }
+    Ok(())
 }

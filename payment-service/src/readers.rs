@@ -82,21 +82,7 @@ impl Readers {
     /// Holds the file's gate throughout, so a DELETE's swap of the file waits
     /// for it and finds the connection back in the pool.
     pub(crate) fn run<T>(&self, query: impl FnOnce(&mut Connection) -> DbResult<T>) -> DbResult<T> {
-        self.run_checked(false, query)
-    }
-
-    /// [`Readers::run`], first checking (`check`: two `stat`s) that the file
-    /// is still the one the service opened: for an answer that claims
-    /// success, such as a replay.
-    pub(crate) fn run_checked<T>(
-        &self,
-        check: bool,
-        query: impl FnOnce(&mut Connection) -> DbResult<T>,
-    ) -> DbResult<T> {
         let gate = self.watch.gate()?;
-        if check {
-            self.watch.check_under(&gate)?;
-        }
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut conn = match pooled {
             Some(conn) => conn,
@@ -112,6 +98,12 @@ impl Readers {
         }
         drop(gate);
         result
+    }
+
+    /// Whether the file at the path is still the one the service opened
+    /// (two `stat`s): before an answer that claims success, such as a replay.
+    pub(crate) fn check_file(&self) -> DbResult<()> {
+        self.watch.check()
     }
 
     /// Closes every idle connection. The writer calls it with the gate held
