@@ -138,9 +138,7 @@ impl Stats {
             ty: ty.as_str(),
             stream: direction.as_str(),
             at_ms,
-            at_unix_us: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64),
+            at_unix_us: eo_core::wire::unix_us_now(),
         });
     }
 

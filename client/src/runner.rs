@@ -633,15 +633,7 @@ async fn send(
     (record, next)
 }
 
-/// The header that names an attempt to the service (a de-facto standard).
-pub const REQUEST_ID_HEADER: &str = "X-Request-Id";
-
-/// Now, in µs since the Unix epoch (0 if the clock is before it).
-pub fn unix_us_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
+pub use eo_core::wire::{REQUEST_ID as REQUEST_ID_HEADER, unix_us_now};
 
 /// Classifies an answer, reading its body to the end: a status whose body
 /// is cut off is no answer.

@@ -13,6 +13,9 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const PAYMENT_IDEMPOTENCE_KEY: &str = "payment-idempotence-key";
 /// `true` on an answer replayed from a stored one, `false` on a first answer.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// The header that names one attempt (a de-facto standard): the client sends
+/// one per attempt, the service records what it did under it (`GET /events`).
+pub const REQUEST_ID: &str = "x-request-id";
 /// The longest key accepted, in bytes (Stripe's limit): room for a UUID plus
 /// an item id, small enough that the index of keys stays small.
 pub const KEY_BYTES_MAX: usize = 255;
@@ -151,6 +154,15 @@ pub struct Problem {
     pub field: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+}
+
+/// Now, in µs since the Unix epoch (0 if the clock is before it): the one
+/// clock the client's history, the service's events and the proxy's fault
+/// log share, so one attempt's story lines up across the three.
+pub fn unix_us_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

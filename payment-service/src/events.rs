@@ -22,6 +22,8 @@ use serde::Serialize;
 
 use crate::api::{AppState, json};
 use crate::error::{ApiError, Problem};
+use eo_core::wire::unix_us_now;
+
 use crate::key;
 
 /// Events kept at most: a few per request, so the last thousands of
@@ -29,7 +31,7 @@ use crate::key;
 pub const EVENTS_MAX: usize = 8192;
 /// The header a client may name an attempt with (any printable ASCII, 1–255
 /// characters; anything else is ignored, never refused).
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub use eo_core::wire::REQUEST_ID as REQUEST_ID_HEADER;
 
 /// One thing the service did with one request.
 #[derive(Debug, Clone, Serialize)]
@@ -164,12 +166,6 @@ impl EventRecord {
             .collect();
         (found, ring.dropped)
     }
-}
-
-fn unix_us_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The `X-Request-Id` of a request, if it is one we can record.
