@@ -19,7 +19,7 @@
 
 use axum::http::StatusCode;
 use axum::response::Response;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
 use tokio::runtime::Handle;
 
 use crate::api::{AppState, json};
@@ -98,13 +98,13 @@ impl Tx {
     /// `None`, as if the key had never been seen.
     pub(crate) fn stored_answer(&mut self, key: &str) -> Result<Option<StoredAnswer>, Failed> {
         let retention_ms = duration_ms(self.state.0.config.key_retention);
-        let fresh_after_ms = clock::now_ms().saturating_sub(retention_ms);
+        let now_ms = clock::now_ms();
         let key = key.to_owned();
         let read = self
             .state
             .0
             .readers
-            .read(move |c| stored_answer(c, &key, fresh_after_ms));
+            .read(move |c| store::fresh_answer(c, &key, now_ms, retention_ms));
         Ok(self.runtime.block_on(read)?)
     }
 
@@ -171,33 +171,8 @@ fn paid_under(conn: &Connection, key: &str) -> DbResult<Option<i64>> {
         .optional()?)
 }
 
-/// The stored answer under `key` completed after `fresh_after_ms`.
-fn stored_answer(conn: &mut Connection, key: &str, fresh_after_ms: i64) -> DbResult<Option<StoredAnswer>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT fingerprint, response_status, response_body, payment_id FROM idempotency_keys
-             WHERE idem_key = ?1 AND state = 'completed' AND completed_at_ms > ?2
-               AND response_status IS NOT NULL AND response_body IS NOT NULL",
-        )?
-        .query_row(params![key, fresh_after_ms], |r| {
-            Ok(StoredAnswer {
-                fingerprint: r.get(0)?,
-                status: r.get(1)?,
-                body: r.get(2)?,
-                payment_id: r.get(3)?,
-            })
-        })
-        .optional()?)
-}
-
 /// The first answer given under a key, and which request it answered.
-#[derive(Debug, Clone)]
-pub(crate) struct StoredAnswer {
-    fingerprint: String,
-    status: u16,
-    body: String,
-    payment_id: Option<i64>,
-}
+pub(crate) use crate::store::FreshAnswer as StoredAnswer;
 
 impl StoredAnswer {
     /// Is `request` the one this answer was given to (same src, dest, amount)?

@@ -148,18 +148,56 @@ fn read_row(row: KeyRow, request: &PaymentRequest, now_ms: i64, retention_ms: i6
             RowSays::Expired
         };
     }
-    let fresh = row
-        .completed_at_ms
-        .is_some_and(|at| at.saturating_add(retention_ms) > now_ms);
-    match (fresh, row.response_status, row.response_body) {
-        (true, Some(status), Some(body)) => RowSays::Replay(Outcome::Replayed {
-            status,
-            body,
-            payment_id: row.payment_id,
+    match row.fresh_answer(now_ms, retention_ms) {
+        Some(answer) => RowSays::Replay(Outcome::Replayed {
+            status: answer.status,
+            body: answer.body,
+            payment_id: answer.payment_id,
             from_ledger: false,
         }),
-        _ => RowSays::Stale,
+        None => RowSays::Stale,
     }
+}
+
+/// A key's completed answer, still within the retention, and the request it
+/// answered (its fingerprint).
+#[derive(Debug, Clone)]
+pub(crate) struct FreshAnswer {
+    pub(crate) fingerprint: String,
+    pub(crate) status: u16,
+    pub(crate) body: String,
+    pub(crate) payment_id: Option<i64>,
+}
+
+impl KeyRow {
+    /// The stored answer, if the key completed and the answer is not past
+    /// the retention (the reaper deletes it soon after).
+    fn fresh_answer(self, now_ms: i64, retention_ms: i64) -> Option<FreshAnswer> {
+        let fresh = !self.in_progress
+            && self
+                .completed_at_ms
+                .is_some_and(|at| at.saturating_add(retention_ms) > now_ms);
+        match (fresh, self.response_status, self.response_body) {
+            (true, Some(status), Some(body)) => Some(FreshAnswer {
+                fingerprint: self.fingerprint,
+                status,
+                body,
+                payment_id: self.payment_id,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The answer stored under `key`, whatever request it answered, while it is
+/// within the retention: what the workshop's exercise may read.
+pub(crate) fn fresh_answer(
+    conn: &Connection,
+    key: &str,
+    now_ms: i64,
+    retention_ms: i64,
+) -> DbResult<Option<FreshAnswer>> {
+    Ok(key_row(conn, key)?.and_then(|row| row.fresh_answer(now_ms, retention_ms)))
 }
 
 /// The stored answer to a retry, if its key's row holds one that is certain
