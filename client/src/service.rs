@@ -251,6 +251,31 @@ impl ServiceReader {
         self.with_retries(&what, || self.http.get(&url), accept).await
     }
 
+    /// One page of the payments made under `key` (`GET /payments?key=`) with
+    /// ids above `after`, each handed to `each`; returns where the next page
+    /// starts, if more may follow. For a service without the batch lookup.
+    pub async fn key_page(
+        &self,
+        key: &str,
+        after: i64,
+        mut each: impl FnMut(&ServicePayment<'_>) + Send,
+    ) -> Result<Option<i64>, Inconclusive> {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/payments", self.base),
+            [("key", key), ("after_id", &after.to_string())],
+        )
+        .map_err(|e| inconclusive(format!("cannot build the URL for key {key:?}: {e}")))?;
+        let asked = HashSet::from([key]);
+        let what = format!("GET /payments?key={key}&after_id={after}");
+        let accept = |bytes: &[u8]| {
+            let page: Page = parse_json(bytes)?;
+            check_page(&page, after, PAGE_ROWS_MAX, Some(&asked)).map_err(Failure::Definitive)?;
+            page.payments.iter().for_each(&mut each);
+            Ok(page.next_after_id)
+        };
+        self.with_retries(&what, || self.http.get(url.clone()), accept).await
+    }
+
     /// One page of the payments made under one of `keys` (at most
     /// [`LOOKUP_KEYS_MAX`]) with ids above `after`, each handed to `each`;
     /// returns where the next page starts, if more may follow.

@@ -505,83 +505,66 @@ pub(crate) async fn judge(
     Ok(outcome)
 }
 
-/// Every payment under `keys`, read by key.
+/// Every payment under `keys`, read by key: in batches where the service
+/// has `POST /payments/lookup`, else one `GET /payments?key=` per key.
 async fn read_by_keys(
     outside: &Outside,
     judging: Judging,
     keys: &[String],
     deadline: Duration,
 ) -> Result<Vec<ServicePayment<'static>>, Inconclusive> {
+    let reader = ServiceReader::new(&outside.url, deadline).map_err(|e| inconclusive(format!("{e:#}")))?;
     let mut found = Vec::new();
     if judging == Judging::Lookup {
-        let reader = ServiceReader::new(&outside.url, deadline).map_err(|e| inconclusive(format!("{e:#}")))?;
         for chunk in keys.chunks(LOOKUP_KEYS_MAX - 1) {
-            let mut after = 0;
-            for _ in 0..KEY_PAGES_MAX {
-                let next = reader
-                    .lookup_page(chunk, after, |p| found.push(p.to_owned_payment()))
-                    .await?;
-                match next {
-                    Some(next) if next > after => after = next,
-                    Some(_) => return Err(inconclusive("a lookup's next_after_id does not move forward".into())),
-                    None => break,
-                }
-            }
+            read_pages(&reader, ByKey::Lookup(chunk), &mut found).await?;
         }
-        return Ok(found);
-    }
-    let http = parts::http().map_err(|e| inconclusive(format!("{e:#}")))?;
-    for key in keys {
-        found.extend(payments_of_key(&http, &outside.url, key).await?);
+    } else {
+        for key in keys {
+            read_pages(&reader, ByKey::One(key), &mut found).await?;
+        }
     }
     Ok(found)
 }
 
-#[derive(Deserialize)]
-struct Page<'a> {
-    #[serde(borrow)]
-    payments: Vec<ServicePayment<'a>>,
-    #[serde(default)]
-    next_after_id: Option<i64>,
+/// How one read by key asks the service.
+#[derive(Clone, Copy)]
+enum ByKey<'k> {
+    /// `POST /payments/lookup` with these keys.
+    Lookup(&'k [String]),
+    /// `GET /payments?key=`.
+    One(&'k str),
 }
 
-/// `GET /payments?key=K`, page by page.
-async fn payments_of_key(
-    http: &reqwest::Client,
-    url: &str,
-    key: &str,
-) -> Result<Vec<ServicePayment<'static>>, Inconclusive> {
-    let mut found: Vec<ServicePayment<'static>> = Vec::new();
+/// Reads the pages of one read by key until one says no more follow, at
+/// most [`KEY_PAGES_MAX`] of them, adding every payment to `found`.
+async fn read_pages(
+    reader: &ServiceReader,
+    by: ByKey<'_>,
+    found: &mut Vec<ServicePayment<'static>>,
+) -> Result<(), Inconclusive> {
     let mut after = 0;
     for _ in 0..KEY_PAGES_MAX {
-        let what = format!("GET /payments?key={key}&after_id={after}");
-        let (payments, next_after_id) = with_tries(&what, || async {
-            let page_url = reqwest::Url::parse_with_params(
-                &format!("{url}/payments"),
-                [("key", key), ("after_id", &after.to_string())],
-            )
-            .map_err(|e| e.to_string())?;
-            let r = http.get(page_url).send().await.map_err(|e| e.to_string())?;
-            if !r.status().is_success() {
-                return Err(format!("answered {}", r.status()));
-            }
-            let bytes = r.bytes().await.map_err(|e| e.to_string())?;
-            let page: Page<'_> = serde_json::from_slice(&bytes).map_err(|e| format!("not a page of payments ({e})"))?;
-            let owned: Vec<ServicePayment<'static>> = page.payments.iter().map(|p| p.to_owned_payment()).collect();
-            Ok((owned, page.next_after_id))
-        })
-        .await?;
-        if payments.iter().any(|p| p.idempotency_key.as_deref() != Some(key)) {
-            return Err(inconclusive(format!("{what}: a payment under another key came back")));
-        }
-        found.extend(payments);
-        match next_after_id {
+        let keep = |p: &ServicePayment<'_>| found.push(p.to_owned_payment());
+        let next = match by {
+            ByKey::Lookup(keys) => reader.lookup_page(keys, after, keep).await?,
+            ByKey::One(key) => reader.key_page(key, after, keep).await?,
+        };
+        match next {
             Some(next) if next > after => after = next,
-            Some(_) => return Err(inconclusive(format!("{what}: next_after_id does not move forward"))),
-            None => return Ok(found),
+            Some(_) => {
+                return Err(inconclusive(
+                    "a read by key: next_after_id does not move forward".into(),
+                ));
+            }
+            None => return Ok(()),
         }
     }
-    Err(inconclusive(format!("more than {KEY_PAGES_MAX} pages under key {key}")))
+    let what = match by {
+        ByKey::Lookup(keys) => format!("a lookup of {} keys", keys.len()),
+        ByKey::One(key) => format!("key {key}"),
+    };
+    Err(inconclusive(format!("more than {KEY_PAGES_MAX} pages for {what}")))
 }
 
 #[cfg(test)]

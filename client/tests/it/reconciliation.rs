@@ -207,3 +207,37 @@ async fn ids_with_gaps_are_each_read_once() {
         "{r:?}"
     );
 }
+
+/// `GET /payments?key=` read page by page, for services without the batch
+/// lookup: every payment under the key and only those, in id order.
+#[tokio::test]
+async fn a_key_is_read_page_by_page_with_get() {
+    let service = spawn_service(|c| c.dedup = DedupMode::Off).await;
+    let http = reqwest::Client::new();
+    for (key, amount) in [("k 1/x", "1"), ("other", "2"), ("k 1/x", "3")] {
+        let status = http
+            .post(format!("{}/payments", service.url))
+            .header("Idempotency-Key", key)
+            .header("Content-Type", "application/json")
+            .body(format!(r#"{{"src": "bianca", "dest": "marc", "amount": "{amount}"}}"#))
+            .send()
+            .await
+            .expect("pay")
+            .status();
+        assert_eq!(status, 201);
+    }
+    let reader = client::service::ServiceReader::new(&service.url, std::time::Duration::from_secs(10)).expect("reader");
+    let mut found = Vec::new();
+    let next = reader
+        .key_page("k 1/x", 0, |p| found.push((p.id, p.amount_minor)))
+        .await
+        .expect("read");
+    assert_eq!(next, None);
+    assert_eq!(found, vec![(1, 100), (3, 300)]);
+    let mut after_first = Vec::new();
+    reader
+        .key_page("k 1/x", 1, |p| after_first.push(p.id))
+        .await
+        .expect("read");
+    assert_eq!(after_first, vec![3]);
+}
