@@ -1,7 +1,7 @@
-//! The payment service's HTTP documents, typed once for the service that
-//! renders them and the client and judge that read them. A reader that meets a
-//! document without a field it needs gets an error, never a default: a judge
-//! must not turn a missing number into 0.
+//! The parts of the payment service's HTTP contract that more than one crate
+//! needs: header names, bounds, the `/stats` fields a judge reads and the
+//! audit report. A reader that meets a document without a field it needs gets
+//! an error, never a default: a judge must not turn a missing number into 0.
 
 use std::collections::BTreeMap;
 
@@ -25,39 +25,6 @@ pub const LOOKUP_KEYS_MAX: usize = 1000;
 /// Rows in one page of `GET /payments` or `POST /payments/lookup`: bounds the
 /// answer (about 200 KB) and the time a reader connection is held.
 pub const PAGE_ROWS_MAX: usize = 1000;
-
-/// One payment, as `GET /payments/{id}` and the first answer render it. Field
-/// order is fixed: the same row always renders to the same bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payment {
-    pub id: i64,
-    pub src: String,
-    pub dest: String,
-    /// Two decimals, e.g. `"12.50"`.
-    pub amount: String,
-    pub amount_minor: i64,
-    pub idempotency_key: Option<String>,
-    /// RFC 3339 with milliseconds, UTC.
-    pub created_at: String,
-}
-
-/// A page of payments: `GET /payments?after_id=N&limit=M`, `GET /payments?key=K`
-/// and `POST /payments/lookup`. `next_after_id` is set when the page is full
-/// and more rows may follow: pass it back as `after_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PaymentPage {
-    pub payments: Vec<Payment>,
-    pub next_after_id: Option<i64>,
-}
-
-/// `POST /payments/lookup`: the payments made under any of `keys` (at most
-/// [`LOOKUP_KEYS_MAX`]), with id above `after_id`, by id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LookupRequest {
-    pub keys: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after_id: Option<i64>,
-}
 
 /// The fields of `GET /stats` a judge reads, each required. The service sends
 /// more (key counts, request counters); a judge needs only these, so a
@@ -142,20 +109,6 @@ pub struct AuditReport {
     pub elapsed_ms: u64,
 }
 
-/// An RFC 9457 problem document (`application/problem+json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
-    /// `/problems/<slug>`; `GET` it for what it means and what to do.
-    pub r#type: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
-}
-
 /// Now, in µs since the Unix epoch (0 if the clock is before it): the one
 /// clock the client's history, the service's events and the proxy's fault
 /// log share, so one attempt's story lines up across the three.
@@ -213,23 +166,5 @@ mod tests {
         let text = serde_json::to_string(&report).expect("serialises");
         assert!(text.contains(r#""verdict":"disagree""#), "{text}");
         assert_eq!(serde_json::from_str::<AuditReport>(&text).expect("parses"), report);
-    }
-
-    #[test]
-    fn payment_field_order_is_stable() {
-        let p = Payment {
-            id: 1,
-            src: "a".into(),
-            dest: "b".into(),
-            amount: "1.00".into(),
-            amount_minor: 100,
-            idempotency_key: None,
-            created_at: "2026-01-01T00:00:00.000Z".into(),
-        };
-        let text = serde_json::to_string(&p).expect("serialises");
-        assert_eq!(
-            text,
-            r#"{"id":1,"src":"a","dest":"b","amount":"1.00","amount_minor":100,"idempotency_key":null,"created_at":"2026-01-01T00:00:00.000Z"}"#
-        );
     }
 }
