@@ -214,12 +214,14 @@ async fn play_stage(
     let mut result = not_played(spec);
     let mut scenario = spec.scenario.clone();
     if let Some(outside) = &settings.outside {
-        if let Some(why) = outside.skip_reason(&scenario) {
-            result.status = Status::Skipped;
-            result.skipped = Some(why);
-            return Ok(result);
+        match outside.playable(&scenario) {
+            Ok(adapted) => scenario = adapted,
+            Err(why) => {
+                result.status = Status::Skipped;
+                result.skipped = Some(why);
+                return Ok(result);
+            }
         }
-        scenario = outside.adapt(&scenario);
     } else {
         scenario.service.exercise_solution = solution;
     }

@@ -210,6 +210,15 @@ impl Outside {
         self.answers_expire_after
     }
 
+    /// The lesson as this service plays it ([`Outside::adapt`]), or why it
+    /// cannot be played against it ([`Outside::skip_reason`]).
+    pub fn playable(&self, s: &Scenario) -> Result<Scenario, String> {
+        match self.skip_reason(s) {
+            Some(why) => Err(why),
+            None => Ok(self.adapt(s)),
+        }
+    }
+
     /// Why this lesson cannot be played against this service, if it cannot.
     pub fn skip_reason(&self, s: &Scenario) -> Option<String> {
         if s.act.kills_the_service() && self.service_cmd.is_none() {

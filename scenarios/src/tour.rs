@@ -206,13 +206,10 @@ fn adapt(run: &Run, s: &Scenario, skipped: &mut Vec<(String, String)>) -> Option
     let Some(outside) = &run.outside else {
         return Some(s.clone());
     };
-    match outside.skip_reason(s) {
-        Some(why) => {
-            skipped.push((s.name.clone(), why));
-            None
-        }
-        None => Some(outside.adapt(s)),
-    }
+    outside
+        .playable(s)
+        .map_err(|why| skipped.push((s.name.clone(), why)))
+        .ok()
 }
 
 /// Prints and flushes at once, so the narrative is on screen before the lesson plays.
