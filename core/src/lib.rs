@@ -2,7 +2,8 @@
 //!
 //! - [`money`]: amounts as integer minor units; the one decimal parser and its limits.
 //! - [`wire`]: the HTTP contract's shared parts: header names, key, lookup and page
-//!   bounds, the `/stats` fields a judge reads, the audit report, the wall clock.
+//!   bounds, the `/stats` fields a judge reads, the audit report, the payment event the
+//!   second hop delivers, the wall clock.
 //! - [`seed`]: SplitMix64 and FNV-1a, to derive independent seeds from one.
 //! - [`serve`]: a bounded HTTP/1.1 server for an axum router (connection cap, header-read,
 //!   body-read and idle deadlines, graceful drain).

@@ -109,6 +109,36 @@ pub struct AuditReport {
     pub elapsed_ms: u64,
 }
 
+/// The second hop: where the payment service delivers its events.
+pub const RECEIPTS_PATH: &str = "/receipts";
+
+/// The longest event id accepted, in bytes: a ledger id and a payment id
+/// (`<ledger>:<payment id>`) with room to spare; bounds the inbox's index.
+pub const EVENT_ID_BYTES_MAX: usize = 128;
+
+/// One executed payment, as the payment service's outbox delivers it (at
+/// least once) to the receipts service, which must issue exactly one receipt
+/// per `event_id`. An event exists if and only if its payment does: both
+/// commit in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentEvent {
+    /// Unique across ledgers, `<ledger id>:<payment id>`: payment ids start
+    /// again at 1 in a fresh ledger (`DELETE /payments`), event ids do not.
+    /// The receipts inbox's unique key.
+    pub event_id: String,
+    pub payment_id: i64,
+    /// The idempotency key the payment was made under, propagated (for a
+    /// batch item, `KEY:ITEM_ID`); `None` for a payment sent without one.
+    pub key: Option<String>,
+    pub src: String,
+    pub dest: String,
+    /// Integer minor units, at most `money::AMOUNT_MINOR_MAX`.
+    pub amount_minor: i64,
+    /// When the payment committed, in ms since the Unix epoch.
+    pub paid_at_ms: i64,
+}
+
 /// Now, in µs since the Unix epoch (0 if the clock is before it): the one
 /// clock the client's history, the service's events and the proxy's fault
 /// log share, so one attempt's story lines up across the three.
@@ -126,6 +156,23 @@ mod tests {
     fn a_missing_field_is_an_error_not_zero() {
         let partial = r#"{"payments": 3, "last_payment_id": 3}"#;
         assert!(serde_json::from_str::<LedgerStats>(partial).is_err());
+    }
+
+    #[test]
+    fn a_payment_event_round_trips_and_refuses_unknown_fields() {
+        let event = PaymentEvent {
+            event_id: "9f2c:7".into(),
+            payment_id: 7,
+            key: Some("order-1:item-2".into()),
+            src: "alice".into(),
+            dest: "bob".into(),
+            amount_minor: 1250,
+            paid_at_ms: 1_700_000_000_000,
+        };
+        let text = serde_json::to_string(&event).expect("serialises");
+        assert_eq!(serde_json::from_str::<PaymentEvent>(&text).expect("parses"), event);
+        let extra = text.replacen('{', r#"{"surprise":1,"#, 1);
+        assert!(serde_json::from_str::<PaymentEvent>(&extra).is_err());
     }
 
     #[test]
