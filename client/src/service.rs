@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::time::Instant;
 
+use eo_core::wire::{AuditReport, AuditVerdict};
 pub use eo_core::wire::{LOOKUP_KEYS_MAX, PAGE_ROWS_MAX};
 /// One request may take this long before it counts as failed (and is retried).
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
@@ -103,6 +104,37 @@ fn inconclusive(reason: String) -> Inconclusive {
     Inconclusive { reason }
 }
 
+/// An audit report as the judge reads it: the recomputed figures, every
+/// invariant by name, and whether the maintained figures agree.
+fn proof_from_audit(report: AuditReport) -> Result<ServiceStats, Inconclusive> {
+    if report.verdict == AuditVerdict::Inconclusive {
+        return Err(inconclusive(format!(
+            "the audit could not see the whole ledger: {}",
+            report.findings.join("; ")
+        )));
+    }
+    let figures = report.recomputed;
+    let count =
+        |n: i64, what: &str| u64::try_from(n).map_err(|_| inconclusive(format!("the audit reports {n} {what}")));
+    let recomputed = report.invariants;
+    let invariants = [
+        ("one_payment_per_key", recomputed.one_payment_per_key),
+        ("balances_conserved", recomputed.balances_conserved),
+        ("balances_match_ledger", recomputed.balances_match_ledger),
+        ("maintained_figures_match_ledger", report.verdict == AuditVerdict::Agree),
+    ];
+    Ok(ServiceStats {
+        payments: count(figures.payments, "payments")?,
+        last_payment_id: figures.last_payment_id,
+        total_amount_minor: figures.total_amount_minor,
+        duplicate_keys: count(figures.duplicate_keys, "duplicate keys")?,
+        invariants: invariants
+            .into_iter()
+            .map(|(name, holds)| (name.to_owned(), holds))
+            .collect(),
+    })
+}
+
 /// Why one try of a request failed.
 enum Failure {
     /// Worth another try: no connection, a timeout, a 5xx, a cut-off body.
@@ -145,6 +177,21 @@ impl ServiceReader {
         let url = format!("{}/stats", self.base);
         self.with_retries("GET /stats", || self.http.get(&url), |body| parse_json(body))
             .await
+    }
+
+    /// The full proof: `GET /audit` recomputes the ledger's figures and
+    /// invariants from every payment (O(n), unlike `/stats`, which shows the
+    /// figures maintained at each write) and compares the two. Returned in
+    /// the shape of `/stats`, recomputed: the invariants the audit checked,
+    /// plus `maintained_figures_match_ledger` (what `/stats` shows equals the
+    /// recomputation). An audit that could not see everything is
+    /// [`Inconclusive`].
+    pub async fn audit(&self) -> Result<ServiceStats, Inconclusive> {
+        let url = format!("{}/audit", self.base);
+        let report: AuditReport = self
+            .with_retries("GET /audit", || self.http.get(&url), |body| parse_json(body))
+            .await?;
+        proof_from_audit(report)
     }
 
     /// The newest payment id (0 if there is none), without `/stats`: each
@@ -349,7 +396,8 @@ impl ServiceReader {
             .await
             .map_err(|e| Failure::Transient(format!("no answer from {} ({e})", self.base)))?;
         let status = response.status();
-        if status.is_client_error() && status != 408 && status != 429 {
+        // 408, 429 and 409 (another audit runs) are worth another try.
+        if status.is_client_error() && status != 408 && status != 429 && status != 409 {
             return Err(Failure::Definitive(format!("the service answered {status}")));
         }
         if !status.is_success() {

@@ -382,7 +382,10 @@ async fn judge(stage: &Stage<'_>, acted: Acted) -> anyhow::Result<Outcome> {
         mode: &mode,
     };
     let (judgement, _) = client::flow::judge(&stage.service.url, deadline, &evidence).await;
-    let stats = ServiceReader::new(&stage.service.url, deadline)?.stats().await;
+    // The full proof, recomputed from every payment: the lessons' ledgers are
+    // small, and a lesson must not pass on figures the service maintained
+    // wrongly.
+    let stats = ServiceReader::new(&stage.service.url, deadline)?.audit().await;
     let faults = stage.proxy.faults().await?;
     let metrics = metrics(stage, &acted, faults, stats.as_ref().ok());
     let mut outcome = assess(stage.scenario, &stage.intents, judgement, stats, metrics);

@@ -172,3 +172,92 @@ async fn a_refused_payment_that_landed_is_a_problem_in_the_lesson() {
     );
     service.stop().await.expect("stops");
 }
+
+/// `/stats` shows figures the service maintains at each write; the lesson is
+/// judged on the audit's recomputation. A ledger whose maintained total was
+/// changed behind the service's back (here: by hand, in the file) still
+/// reads EXACTLY ONCE from the payments, and the lesson fails on the audit's
+/// disagreement instead of trusting the maintained row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintained_figures_that_disagree_with_the_audit_fail_the_lesson() {
+    let s = scenario("exactly-once");
+    let dir = tempfile::tempdir().expect("dir");
+    let db = dir.path().join("p.db");
+    let service = Service::in_process(&s, &db).await.expect("service");
+    let intents = runner::repeat(3, "bianca", "marc", 100, 8);
+    let report = runner::run(&service.url, intents.clone(), &Options::new(8), Sinks::default())
+        .await
+        .expect("run");
+    assert_eq!(report.summary.confirmed, 3);
+    let tamper = rusqlite::Connection::open(&db).expect("open");
+    tamper.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    let changed = tamper
+        .execute("UPDATE ledger_totals SET amount_lo = amount_lo + 1", [])
+        .expect("update");
+    assert_eq!(changed, 1);
+    drop(tamper);
+    let mode = Mode::Fresh { baseline_id: 0 };
+    let table = client::runner::Intents::from(&intents);
+    let evidence = Evidence {
+        intents: &table,
+        attempts: (&report.attempts).into(),
+        strategy: client::strategy::KeyStrategy::PerPayment,
+        mode: &mode,
+    };
+    let deadline = Duration::from_secs(10);
+    let (judgement, _) = client::flow::judge(&service.url, deadline, &evidence).await;
+    let reader = ServiceReader::new(&service.url, deadline).expect("reader");
+    let shown = reader.stats().await.expect("stats");
+    assert_eq!(shown.total_amount_minor, 301, "/stats shows the maintained row");
+    let proof = reader.audit().await.expect("audit");
+    assert_eq!(proof.total_amount_minor, 300, "the audit recomputes from the payments");
+    let outcome = play::assess(&s, &intents, judgement, Ok(proof), BTreeMap::new());
+    assert!(!outcome.pass);
+    assert_eq!(outcome.headline(), "EXACTLY ONCE");
+    assert_eq!(
+        outcome.problems,
+        vec!["service invariant maintained_figures_match_ledger does not hold".to_owned()]
+    );
+    assert_eq!(outcome.moved, "3.00");
+    service.stop().await.expect("stops");
+}
+
+/// An audit that could not read the whole ledger gives no verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inconclusive_audit_makes_the_lesson_inconclusive() {
+    let s = scenario("exactly-once");
+    let dir = tempfile::tempdir().expect("dir");
+    let service = Service::in_process(&s, &dir.path().join("p.db"))
+        .await
+        .expect("service");
+    let figures = serde_json::json!({
+        "payments": 0, "last_payment_id": 0, "total_amount_minor": 0, "keyed_payments": 0,
+        "distinct_keys": 0, "duplicate_keys": 0, "accounts": 0, "balance_sum_minor": 0,
+        "stored_responses": 0, "keys_in_flight": 0
+    });
+    let report = serde_json::json!({
+        "verdict": "inconclusive", "findings": ["the ledger was deleted while the audit ran"],
+        "recomputed": figures, "maintained": figures, "accounts_off_ledger": null,
+        "invariants": {"one_payment_per_key": true, "balances_conserved": true, "balances_match_ledger": true},
+        "payments_read": 0, "last_id_at_start": 0, "rows_after_start": 0, "elapsed_ms": 1
+    });
+    let audit = stub(200, report.to_string()).await;
+    let intents = runner::repeat(3, "bianca", "marc", 100, 8);
+    let run = runner::run(&service.url, intents.clone(), &Options::new(8), Sinks::default())
+        .await
+        .expect("run");
+    let mode = Mode::Fresh { baseline_id: 0 };
+    let table = client::runner::Intents::from(&intents);
+    let evidence = Evidence {
+        intents: &table,
+        attempts: (&run.attempts).into(),
+        strategy: client::strategy::KeyStrategy::PerPayment,
+        mode: &mode,
+    };
+    let deadline = Duration::from_millis(400);
+    let (judgement, _) = client::flow::judge(&service.url, deadline, &evidence).await;
+    let proof = ServiceReader::new(&audit, deadline).expect("reader").audit().await;
+    let outcome = play::assess(&s, &intents, judgement, proof, BTreeMap::new());
+    assert_inconclusive(&outcome, "deleted while the audit ran");
+    service.stop().await.expect("stops");
+}
