@@ -111,6 +111,11 @@ pub async fn intents(
 /// to `ledger` (if given) before the first attempt, send, judge.
 pub async fn pay(settings: &Settings, intents: Intents, ledger: Option<&Path>) -> anyhow::Result<Ending> {
     settings.options.validate().map_err(anyhow::Error::msg)?;
+    // Batched: each intent's key is what the service stores it under.
+    let intents = match settings.options.batch {
+        Some(batch) => crate::batch::rekey(&intents, batch),
+        None => intents,
+    };
     let baseline_id = baseline(&settings.service).await?;
     let (ledger, intents) = match ledger {
         Some(path) => {

@@ -271,6 +271,27 @@ impl Intents {
         (end > 0 && custom(t.by_custom_key[end - 1]) == key).then(|| t.by_custom_key[end - 1] as usize)
     }
 
+    /// The position whose key is `key` and whose payment is (src, dest,
+    /// amount), if any, else [`Intents::position_of_key`]: several intents may
+    /// carry one key (a batch's items sent under the batch's key), and a
+    /// payment under it belongs to the one it pays.
+    pub fn position_of_key_for(&self, key: &str, src: &str, dest: &str, amount_minor: i64) -> Option<usize> {
+        let last = self.position_of_key(key)?;
+        let t = &self.0;
+        if t.rows[last].key == KEY_GENERATED || self.is_payment(last, src, dest, amount_minor) {
+            return Some(last);
+        }
+        let custom = |at: u32| &*t.custom[t.rows[at as usize].key as usize];
+        let end = t.by_custom_key.partition_point(|&at| custom(at) <= key);
+        let start = t.by_custom_key[..end].partition_point(|&at| custom(at) < key);
+        t.by_custom_key[start..end]
+            .iter()
+            .rev()
+            .map(|&at| at as usize)
+            .find(|&at| self.is_payment(at, src, dest, amount_minor))
+            .or(Some(last))
+    }
+
     /// `pay-<seed>-` of the first intent's key: a key with it that no intent
     /// owns was made by this run's generator but for no intent (an orphan).
     pub fn key_prefix(&self) -> String {

@@ -6,6 +6,8 @@
 //!   how their end is printed; the binary only parses flags.
 //! - [`strategy`]: the knobs: key per payment / per attempt / none, retries,
 //!   backoff, timeouts, connection reuse.
+//! - [`batch`]: several payments per request under one key (`KEY:ITEM_ID` per
+//!   item), or the mistake of one key for every item.
 //! - [`intents`]: the payments of a run, compactly (32 bytes each; generated
 //!   keys derived, not stored).
 //! - [`runner`]: the retry loop per payment, `concurrency` at once, every
@@ -20,6 +22,7 @@
 //! - [`reconcile`]: the per-key check against the service's ledger and the verdict.
 
 mod backoff;
+pub mod batch;
 pub mod classify;
 pub mod flow;
 pub mod history;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use client::batch::{Batch, BatchKeys};
 use client::flow::{self, EXIT_CODES_HELP, EXIT_ERROR, Settings};
 use client::reconcile::Verdict;
 use client::service::{RECONCILE_DEADLINE_MS_DEFAULT, parse_http_url};
@@ -54,6 +55,14 @@ struct PayArgs {
     /// so `client resume` can finish it
     #[arg(long, value_name = "FILE")]
     ledger: Option<PathBuf>,
+    /// Send payments N at a time as one batch under one key (POST /payments/batch; each item's
+    /// key is KEY:ITEM_ID); 2 to 100
+    #[arg(long, value_name = "N")]
+    batch: Option<usize>,
+    /// derived: one batch request, a key per item (KEY:ITEM_ID); shared: the mistake, every item
+    /// sent on its own under the batch's one key (the first is paid, the others refused with 422)
+    #[arg(long, value_enum, default_value_t = BatchKeys::Derived, requires = "batch")]
+    batch_keys: BatchKeys,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -161,7 +170,11 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> u8 {
     let (common, ended) = match &cli.command {
         Command::Pay(args) => {
-            let settings = args.common.settings();
+            let mut settings = args.common.settings();
+            settings.options.batch = args.batch.map(|size| Batch {
+                size,
+                keys: args.batch_keys,
+            });
             let o = &settings.options;
             let paid = match flow::intents(
                 args.csv.as_deref(),

@@ -495,7 +495,7 @@ impl Context {
                     continue;
                 };
                 // The last record of a key decides, as with the intents' own keys.
-                if ctx.own_key(key) == Some(at) {
+                if ctx.strategy == KeyStrategy::PerPayment && ctx.intents.key(at) == key.as_str() {
                     ctx.sent_keys.remove(key);
                 } else {
                     ctx.sent_keys.insert(key.clone(), at);
@@ -513,12 +513,19 @@ impl Context {
         }
     }
 
-    /// The intent that sent (or would send) this key, if any.
-    fn owner(&self, key: &str) -> Option<usize> {
+    /// The intent that sent (or would send) this key, if any; among intents
+    /// sharing one key, the one whose payment `paid` is.
+    fn owner(&self, key: &str, paid: Option<&ServicePayment<'_>>) -> Option<usize> {
         if let Some(&at) = self.sent_keys.get(key) {
             return Some(at);
         }
-        if let Some(at) = self.own_key(key) {
+        let own = match (self.strategy, paid) {
+            (KeyStrategy::PerPayment, Some(p)) => {
+                self.intents.position_of_key_for(key, &p.src, &p.dest, p.amount_minor)
+            }
+            _ => self.own_key(key),
+        };
+        if let Some(at) = own {
             return Some(at);
         }
         if !self.attempt_suffixes {
@@ -540,7 +547,10 @@ impl Context {
             }
             _ => Vec::new(),
         };
-        candidates.into_iter().filter(|k| self.owner(k) == Some(at)).collect()
+        candidates
+            .into_iter()
+            .filter(|k| self.owner(k, None) == Some(at))
+            .collect()
     }
 
     fn sort(&self, p: &ServicePayment<'_>, source: Source) -> Option<Sighting> {
@@ -562,7 +572,7 @@ impl Context {
                 problem,
             })
         };
-        match self.owner(key) {
+        match self.owner(key, Some(p)) {
             Some(_) if source == Source::Window => Some(Sighting::Owned { id: p.id }),
             Some(at) if self.intents.is_payment(at, &p.src, &p.dest, p.amount_minor) => {
                 Some(Sighting::Intent { at, id: p.id })
@@ -1013,9 +1023,9 @@ mod tests {
         let ctx = Context::new(&evidence, 0);
         let k0 = key_for(3, 0);
         assert_eq!(ctx.keys_of(0), vec![format!("{k0}-a1"), format!("{k0}-a2")]);
-        assert_eq!(ctx.owner(&format!("{k0}-a2")), Some(0));
+        assert_eq!(ctx.owner(&format!("{k0}-a2"), None), Some(0));
         for never_sent in [format!("{k0}-a3"), format!("{k0}-a0"), format!("{k0}-a01"), k0] {
-            assert_eq!(ctx.owner(&never_sent), None, "{never_sent}");
+            assert_eq!(ctx.owner(&never_sent, None), None, "{never_sent}");
         }
         // A key of this run's generator that no attempt sent is an orphan.
         let orphan = ctx.sort(&payment(1, &format!("{}-a3", key_for(3, 0)), 100), Source::Tail);

@@ -458,51 +458,111 @@ fn stopping(shared: &Shared) -> bool {
 
 async fn worker(shared: Arc<Shared>) -> (Vec<IntentResult>, Vec<AttemptRecord>) {
     let (mut results, mut records) = (Vec::new(), Vec::new());
+    let group = shared.options.batch.map_or(1, |b| b.size);
     loop {
-        let at = shared.next.fetch_add(1, Ordering::Relaxed);
-        let Some(intent) = shared.intents.get(at) else { break };
-        let mut crash = shared.crash.subscribe();
-        if *crash.borrow() || stopping(&shared) {
+        let first = shared.next.fetch_add(group, Ordering::Relaxed);
+        let end = first.saturating_add(group).min(shared.intents.len());
+        if first >= end {
             break;
         }
-        let result = tokio::select! {
-            result = pay(&shared, at, &intent, &mut records) => result,
-            _ = crash.wait_for(|crashed| *crashed) => break,
-        };
-        if result.confirmed {
-            let confirmed = shared.confirmed.fetch_add(1, Ordering::Relaxed) + 1;
-            if shared.sinks.crash_after_confirmed == Some(confirmed) {
-                // The crash hits before this payment is recorded as done.
-                shared.crash.send_replace(true);
-                break;
+        for unit in units(&shared, first..end) {
+            let mut crash = shared.crash.subscribe();
+            if *crash.borrow() || stopping(&shared) {
+                return (results, records);
             }
-        }
-        if let Some(ledger) = &shared.sinks.ledger {
-            let finish = if result.confirmed {
-                Finish::Confirmed
-            } else {
-                Finish::GivenUp
+            let result = tokio::select! {
+                result = pay(&shared, &unit, &mut records) => result,
+                _ = crash.wait_for(|crashed| *crashed) => return (results, records),
             };
-            if let Err(e) = ledger.finish(&intent.key, finish).await {
-                tracing::warn!(error = %e, "cannot record a finished payment in the ledger");
+            for (&at, intent) in unit.positions.iter().zip(&unit.intents) {
+                if !finish(&shared, at, intent, &result).await {
+                    return (results, records);
+                }
+                if !shared.sinks.summary_only {
+                    results.push(IntentResult {
+                        index: intent.index,
+                        ..result.clone()
+                    });
+                }
             }
-        }
-        shared.set_outcome(at, shared.outcome(at).finish(result.confirmed));
-        shared.finished.fetch_add(1, Ordering::Relaxed);
-        if !shared.sinks.summary_only {
-            results.push(result);
         }
     }
     (results, records)
 }
 
-/// The retry loop of the payment at position `at`.
-async fn pay(shared: &Shared, at: usize, intent: &Intent, records: &mut Vec<AttemptRecord>) -> IntentResult {
+/// Records a finished payment (confirmed count, ledger, outcome); false when
+/// the run's crash point was reached, before it was recorded as done.
+async fn finish(shared: &Shared, at: usize, intent: &Intent, result: &IntentResult) -> bool {
+    if result.confirmed {
+        let confirmed = shared.confirmed.fetch_add(1, Ordering::Relaxed) + 1;
+        if shared.sinks.crash_after_confirmed == Some(confirmed) {
+            shared.crash.send_replace(true);
+            return false;
+        }
+    }
+    if let Some(ledger) = &shared.sinks.ledger {
+        let finish = if result.confirmed {
+            Finish::Confirmed
+        } else {
+            Finish::GivenUp
+        };
+        if let Err(e) = ledger.finish(&intent.key, finish).await {
+            tracing::warn!(error = %e, "cannot record a finished payment in the ledger");
+        }
+    }
+    shared.set_outcome(at, shared.outcome(at).finish(result.confirmed));
+    shared.finished.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// What one retry loop sends: one payment, or a batch under one key.
+struct Unit {
+    positions: Vec<usize>,
+    intents: Vec<Intent>,
+    /// `Some((url, key, body))` for a `POST /payments/batch`.
+    batch: Option<(String, String, String)>,
+}
+
+/// The retry loops for the positions `range`: one per payment, or one for
+/// the whole range when it is a batch with derived keys. A shared-key batch
+/// is sent item after item, in order, by this one worker, so which item gets
+/// the key does not depend on timing.
+fn units(shared: &Shared, range: std::ops::Range<usize>) -> Vec<Unit> {
+    let intents: Vec<Intent> = range.clone().filter_map(|at| shared.intents.get(at)).collect();
+    let derived = shared
+        .options
+        .batch
+        .is_some_and(|b| b.keys == crate::batch::BatchKeys::Derived);
+    if derived && let Some((key, body)) = crate::batch::request(&intents, shared.options.request.amount) {
+        let url = format!("{}/batch", shared.url.trim_end_matches('/'));
+        return vec![Unit {
+            positions: range.collect(),
+            intents,
+            batch: Some((url, key, body)),
+        }];
+    }
+    range
+        .zip(intents)
+        .map(|(at, intent)| Unit {
+            positions: vec![at],
+            intents: vec![intent],
+            batch: None,
+        })
+        .collect()
+}
+
+/// The retry loop of one unit (a payment or a batch).
+async fn pay(shared: &Shared, unit: &Unit, records: &mut Vec<AttemptRecord>) -> IntentResult {
     let options = &shared.options;
-    let mut rng = backoff::stream(options.seed, intent.index as u64);
-    let body = request_body(intent, options.request.amount);
+    let lead = &unit.intents[0];
+    let mut rng = backoff::stream(options.seed, lead.index as u64);
+    let single = request_body(lead, options.request.amount);
+    let (url, body) = match &unit.batch {
+        Some((url, _, body)) => (url.as_str(), body.as_str()),
+        None => (shared.url.as_str(), single.as_str()),
+    };
     let ended = |confirmed, attempts| IntentResult {
-        index: intent.index,
+        index: lead.index,
         confirmed,
         attempts,
     };
@@ -513,14 +573,15 @@ async fn pay(shared: &Shared, at: usize, intent: &Intent, records: &mut Vec<Atte
             return ended(false, attempt);
         }
         attempt += 1;
-        let key = match options.key {
-            KeyStrategy::PerPayment => Some(intent.key.clone()),
-            KeyStrategy::PerAttempt => Some(format!("{}-a{attempt}", intent.key)),
-            KeyStrategy::None => None,
+        let key = match (&unit.batch, options.key) {
+            (Some((_, key, _)), _) => Some(key.clone()),
+            (None, KeyStrategy::PerPayment) => Some(lead.key.clone()),
+            (None, KeyStrategy::PerAttempt) => Some(format!("{}-a{attempt}", lead.key)),
+            (None, KeyStrategy::None) => None,
         };
         let timeout = Duration::from_millis(options.attempt_timeout_ms).min(shared.deadline - now);
-        let (record, next) = send(shared, intent.index, attempt, key, &body, timeout).await;
-        record_attempt(shared, at, record, records).await;
+        let (record, next) = send(shared, url, lead.index, attempt, key, body, timeout).await;
+        record_unit(shared, unit, record, records).await;
         let retry_after = match next {
             Next::Done => return ended(true, attempt),
             Next::Stop => return ended(false, attempt),
@@ -546,9 +607,25 @@ async fn pay(shared: &Shared, at: usize, intent: &Intent, records: &mut Vec<Atte
     }
 }
 
+/// Records an attempt for every payment of the unit: a batch's attempt is
+/// each item's attempt, under the item's own key (what the service stores).
+async fn record_unit(shared: &Shared, unit: &Unit, record: AttemptRecord, records: &mut Vec<AttemptRecord>) {
+    if unit.batch.is_none() {
+        return record_attempt(shared, unit.positions[0], record, records).await;
+    }
+    for (&at, intent) in unit.positions.iter().zip(&unit.intents) {
+        let item = AttemptRecord {
+            intent: intent.index,
+            key: Some(intent.key.clone()),
+            ..record.clone()
+        };
+        record_attempt(shared, at, item, records).await;
+    }
+}
+
 /// The JSON body of an intent, with the amount as a string (`"1.00"`) or a
 /// number written with two decimals (`1.00`): digits, never a float.
-fn request_body(intent: &Intent, style: AmountStyle) -> String {
+pub(crate) fn request_body(intent: &Intent, style: AmountStyle) -> String {
     let amount = crate::money::format_minor(intent.amount_minor);
     let amount = match style {
         AmountStyle::String => format!("\"{amount}\""),
@@ -585,6 +662,7 @@ type Answer = (Outcome, Option<u16>, Option<ErrorKind>, Option<bool>, Next);
 /// One attempt, with its result classified.
 async fn send(
     shared: &Shared,
+    url: &str,
     intent: usize,
     attempt: u32,
     key: Option<String>,
@@ -594,7 +672,7 @@ async fn send(
     let start_us = shared.started.elapsed().as_micros() as u64;
     let mut request = shared
         .client
-        .post(&shared.url)
+        .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.to_owned())
         .timeout(timeout);

@@ -141,6 +141,8 @@ pub struct Options {
     pub seed: u64,
     /// Path, key header and amount style of each request.
     pub request: RequestShape,
+    /// Payments sent several at a time (intents keyed by [`crate::batch::rekey`]).
+    pub batch: Option<crate::batch::Batch>,
 }
 
 /// The most concurrent payments: beyond this a laptop runs out of sockets
@@ -165,6 +167,7 @@ impl Options {
             connection: ConnectionMode::Fresh,
             seed,
             request: RequestShape::default(),
+            batch: None,
         }
     }
 
@@ -182,6 +185,12 @@ impl Options {
         }
         if !(1..=DEADLINE_MS_MAX).contains(&self.deadline_ms) {
             return Err(format!("--deadline-ms must be between 1 and {DEADLINE_MS_MAX}"));
+        }
+        if let Some(batch) = self.batch {
+            batch.validate()?;
+            if self.key != KeyStrategy::PerPayment {
+                return Err("--batch needs --key per-payment: a batch is keyed by its first payment's key".into());
+            }
         }
         self.request.validate()
     }

@@ -109,6 +109,16 @@ pub struct AuditReport {
     pub elapsed_ms: u64,
 }
 
+/// Items in one `POST /payments/batch`: one transaction holds them all, so
+/// a batch stays a request, not a bulk import.
+pub const BATCH_ITEMS_MAX: usize = 100;
+
+/// A batch item's effective key: the request's key, `:`, the item's id
+/// (the way the documents this project started from derive per-item keys).
+pub fn item_key(batch_key: &str, item_id: &str) -> String {
+    format!("{batch_key}:{item_id}")
+}
+
 /// The second hop: where the payment service delivers its events.
 pub const RECEIPTS_PATH: &str = "/receipts";
 

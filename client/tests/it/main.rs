@@ -4,6 +4,7 @@
 //! rules. One test binary with modules.
 
 mod at_scale;
+mod batches;
 mod faults;
 mod inconclusive;
 mod ledger_crash;
