@@ -47,7 +47,7 @@ pub(crate) async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let invalid = |detail: String| ApiError::new(Problem::InvalidQuery, detail);
-    let Query(query) = query.map_err(|e| invalid(format!("{}", e.body_text())))?;
+    let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
     let after = query.after.unwrap_or(0);
     let limit = query.limit.unwrap_or(PAGE_ROWS_MAX);
     if after < 0 {
