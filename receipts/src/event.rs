@@ -176,108 +176,49 @@ mod tests {
         }
     }
 
+    /// The event with one change.
+    fn with(change: impl FnOnce(&mut PaymentEvent)) -> PaymentEvent {
+        let mut e = event();
+        change(&mut e);
+        e
+    }
+
     #[test]
     fn each_rule_names_its_field_and_problem() {
         assert!(check_event(&event()).is_ok());
         let cases: Vec<(PaymentEvent, Problem, &str)> = vec![
+            (with(|e| e.event_id.clear()), Problem::InvalidEventId, "event_id"),
             (
-                PaymentEvent {
-                    event_id: String::new(),
-                    ..event()
-                },
+                with(|e| e.event_id = "x".repeat(129)),
                 Problem::InvalidEventId,
                 "event_id",
             ),
             (
-                PaymentEvent {
-                    event_id: "x".repeat(129),
-                    ..event()
-                },
+                with(|e| e.event_id = "a\nb".into()),
                 Problem::InvalidEventId,
                 "event_id",
             ),
+            (with(|e| e.amount_minor = 0), Problem::InvalidAmount, "amount_minor"),
             (
-                PaymentEvent {
-                    event_id: "a\nb".into(),
-                    ..event()
-                },
-                Problem::InvalidEventId,
-                "event_id",
-            ),
-            (
-                PaymentEvent {
-                    amount_minor: 0,
-                    ..event()
-                },
+                with(|e| e.amount_minor = AMOUNT_MINOR_MAX + 1),
                 Problem::InvalidAmount,
                 "amount_minor",
             ),
-            (
-                PaymentEvent {
-                    amount_minor: AMOUNT_MINOR_MAX + 1,
-                    ..event()
-                },
-                Problem::InvalidAmount,
-                "amount_minor",
-            ),
-            (
-                PaymentEvent {
-                    src: "a".repeat(65),
-                    ..event()
-                },
-                Problem::InvalidAccount,
-                "src",
-            ),
-            (
-                PaymentEvent {
-                    dest: String::new(),
-                    ..event()
-                },
-                Problem::InvalidAccount,
-                "dest",
-            ),
-            (
-                PaymentEvent {
-                    dest: "alice".into(),
-                    ..event()
-                },
-                Problem::SameAccount,
-                "dest",
-            ),
-            (
-                PaymentEvent {
-                    key: Some(String::new()),
-                    ..event()
-                },
-                Problem::InvalidKey,
-                "key",
-            ),
-            (
-                PaymentEvent {
-                    payment_id: 0,
-                    ..event()
-                },
-                Problem::InvalidPayment,
-                "payment_id",
-            ),
-            (
-                PaymentEvent {
-                    paid_at_ms: -1,
-                    ..event()
-                },
-                Problem::InvalidPayment,
-                "paid_at_ms",
-            ),
+            (with(|e| e.src = "a".repeat(65)), Problem::InvalidAccount, "src"),
+            (with(|e| e.dest.clear()), Problem::InvalidAccount, "dest"),
+            (with(|e| e.dest = "alice".into()), Problem::SameAccount, "dest"),
+            (with(|e| e.key = Some(String::new())), Problem::InvalidKey, "key"),
+            (with(|e| e.payment_id = 0), Problem::InvalidPayment, "payment_id"),
+            (with(|e| e.paid_at_ms = -1), Problem::InvalidPayment, "paid_at_ms"),
         ];
         for (bad, problem, field) in cases {
             let e = check_event(&bad).expect_err(field);
             assert_eq!((e.problem, e.field), (problem, Some(field)), "{}", e.detail);
         }
-        let longest = PaymentEvent {
-            event_id: "x".repeat(128),
-            amount_minor: AMOUNT_MINOR_MAX,
-            ..event()
-        };
+        let longest = with(|e| {
+            e.event_id = "x".repeat(128);
+            e.amount_minor = AMOUNT_MINOR_MAX;
+        });
         assert!(check_event(&longest).is_ok());
     }
 
