@@ -77,3 +77,35 @@ async fn many_events_each_delivered_four_times_at_once_are_receipted_once_each()
     assert_eq!(stats["total_amount_minor"], expected);
     app.stop_keeping_dir().await;
 }
+
+#[tokio::test]
+async fn a_slow_consumer_outlives_the_senders_deadline_and_absorbs_the_redelivery() {
+    let app = spawn_app(|c| c.processing_delay = std::time::Duration::from_millis(300)).await;
+    let e = event("slow", 1);
+    // The relay's attempt deadline expires before the consumer answers ...
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let timed_out = impatient.post(app.url("/receipts")).json(&e).send().await;
+    assert!(timed_out.is_err_and(|err| err.is_timeout()));
+    // ... yet the delivery goes on to its commit (polled, bounded).
+    let deadline = tokio::time::Instant::now() + crate::WAIT;
+    while app.lookup(&["slow:1".into()]).await[0]["receipts"] == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first delivery never committed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The redelivery the timeout provokes is absorbed.
+    let again = app.deliver(&e).await;
+    assert_eq!(again.status(), 200);
+    let stats = app.stats().await;
+    assert_eq!(
+        (stats["receipts"].as_i64(), stats["duplicates_absorbed"].as_i64()),
+        (Some(1), Some(1))
+    );
+    app.stop_keeping_dir().await;
+}
