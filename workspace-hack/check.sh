@@ -15,7 +15,7 @@ all=$(mktemp)
 trap 'rm -f "$all"' EXIT
 resolved --workspace -e normal,build,dev > "$all"
 status=0
-for package in scenarios payment-service chaos-proxy client eo-core; do
+for package in scenarios payment-service chaos-proxy client receipts eo-core; do
     different=$(resolved -p "$package" -e normal,build | comm -23 - "$all")
     if [ -n "$different" ]; then
         echo "-p $package resolves other features than the workspace for:"

@@ -20,6 +20,8 @@
 //! - [`service`]: reading the service for the judge, with retries within a
 //!   deadline; what cannot be read is inconclusive.
 //! - [`reconcile`]: the per-key check against the service's ledger and the verdict.
+//! - [`receipts`]: the second hop's judge: every executed payment has exactly one
+//!   receipt at the receipts service (read by lookup; inconclusive when unreadable).
 
 mod backoff;
 pub mod batch;
@@ -30,6 +32,7 @@ pub mod intents;
 pub mod ledger;
 mod lines;
 pub mod money;
+pub mod receipts;
 pub mod reconcile;
 mod report;
 pub mod runner;

@@ -1,0 +1,553 @@
+//! The second hop's judge: did every executed payment get exactly one
+//! receipt from the receipts service?
+//!
+//! [`ReceiptsReader`] reads the receipts service (`receipts` crate) by
+//! lookup: `POST /receipts/lookup` with up to [`LOOKUP_KEYS_MAX`] event ids
+//! a request, each answered with its number of receipts. Every request is
+//! retried with bounded backoff until the reader's deadline, and every
+//! answer is checked against the contract (one answer per id asked, in the
+//! order asked); what cannot be read completely and correctly is
+//! [`Inconclusive`], never a guess.
+//!
+//! [`judge`] is pure: the executed payments of a run (event id and the
+//! propagated key) and the receipt counts read for them give a
+//! [`ReceiptVerdict`]: exact (one receipt each), missing (an executed
+//! payment without a receipt: too little), duplicated (more than one: too
+//! much), both, or inconclusive (a payment whose count was not read).
+//! [`check`] reads and judges in one go, chunk by chunk.
+//!
+//! Receipts for events the run did not execute cannot be seen by a lookup
+//! of the run's event ids; the receipts service's `/stats`
+//! ([`ReceiptsReader::stats`]) has the totals.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+pub use crate::service::Inconclusive;
+pub use eo_core::wire::LOOKUP_KEYS_MAX;
+
+/// One request may take this long before it counts as failed (and is retried).
+const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// The first wait before retrying a failed read; doubled each time up to the max.
+const RETRY_DELAY_MS_MIN: u64 = 50;
+/// The longest wait between two tries: the service's restart time scale.
+const RETRY_DELAY_MS_MAX: u64 = 2_000;
+/// The largest answer read: 1000 events with 16 receipt ids and a 128-byte
+/// event id each are under 400 KB.
+const ANSWER_BYTES_MAX: usize = 4 << 20;
+/// Payments named in a verdict per finding (lost, duplicated); the counts
+/// are always complete.
+pub const FINDINGS_LISTED_MAX: usize = 20;
+
+/// One event id's receipts, as `POST /receipts/lookup` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EventReceipts {
+    pub event_id: String,
+    /// How many receipts the event has (exact).
+    pub receipts: u64,
+    /// The first of their ids, ascending (at most 16).
+    pub receipt_ids: Vec<i64>,
+}
+
+#[derive(Deserialize)]
+struct LookupAnswer {
+    events: Vec<EventReceipts>,
+}
+
+/// The part of the receipts service's `/stats` a judge or a report reads;
+/// every field required (missing is an unreadable answer, not a zero).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ReceiptsStats {
+    pub receipts: u64,
+    /// Distinct event ids receipted.
+    pub events: u64,
+    /// Receipts beyond the first of their event.
+    pub duplicate_receipts: u64,
+    /// Redeliveries answered from the inbox without a receipt.
+    pub duplicates_absorbed: u64,
+    pub total_amount_minor: i128,
+    /// `inbox` or `off`.
+    pub dedup: String,
+    /// `one_receipt_per_event`, ...: a judge checks every one it is given.
+    pub invariants: BTreeMap<String, bool>,
+}
+
+/// Why one try failed.
+enum Failure {
+    /// Worth another try: no connection, a timeout, a 5xx, a cut-off body.
+    Transient(String),
+    /// Another try would get the same: a 4xx, an answer that breaks the contract.
+    Definitive(String),
+}
+
+/// Reads the receipts service until a deadline, counting requests.
+pub struct ReceiptsReader {
+    http: reqwest::Client,
+    base: String,
+    deadline: Instant,
+    requests: AtomicU64,
+}
+
+impl ReceiptsReader {
+    /// A reader for `receipts` (`http://host:port`) that gives up `budget` from now.
+    pub fn new(receipts: &str, budget: Duration) -> anyhow::Result<ReceiptsReader> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .retry(reqwest::retry::never())
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
+        Ok(ReceiptsReader {
+            http,
+            base: receipts.trim_end_matches('/').to_owned(),
+            deadline: Instant::now() + budget,
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// HTTP requests sent so far, retries included.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// `GET /stats` of the receipts service.
+    pub async fn stats(&self) -> Result<ReceiptsStats, Inconclusive> {
+        let url = format!("{}/stats", self.base);
+        self.with_retries("GET /stats", || self.http.get(&url), |body| parse_json(body))
+            .await
+    }
+
+    /// The receipts of 1 to [`LOOKUP_KEYS_MAX`] event ids, one answer per id
+    /// in the order asked.
+    pub async fn lookup(&self, event_ids: &[String]) -> Result<Vec<EventReceipts>, Inconclusive> {
+        if event_ids.is_empty() || event_ids.len() > LOOKUP_KEYS_MAX {
+            return Err(inconclusive(format!(
+                "a lookup holds 1 to {LOOKUP_KEYS_MAX} event ids, not {}",
+                event_ids.len()
+            )));
+        }
+        let url = format!("{}/receipts/lookup", self.base);
+        let body = serde_json::to_vec(&serde_json::json!({ "event_ids": event_ids }))
+            .map_err(|e| inconclusive(format!("cannot write a lookup: {e}")))?;
+        let what = format!("POST /receipts/lookup ({} event ids)", event_ids.len());
+        let request = || {
+            let post = self
+                .http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json");
+            post.body(body.clone())
+        };
+        let accept = |bytes: &[u8]| {
+            let answer: LookupAnswer = parse_json(bytes)?;
+            check_lookup(&answer.events, event_ids).map_err(Failure::Definitive)?;
+            Ok(answer.events)
+        };
+        self.with_retries(&what, request, accept).await
+    }
+
+    /// Sends the request built by `request` until it answers a 2xx whose
+    /// body `accept` takes, waiting between tries, within the deadline.
+    async fn with_retries<T>(
+        &self,
+        what: &str,
+        request: impl Fn() -> reqwest::RequestBuilder,
+        mut accept: impl FnMut(&[u8]) -> Result<T, Failure>,
+    ) -> Result<T, Inconclusive> {
+        let mut delay = Duration::from_millis(RETRY_DELAY_MS_MIN);
+        let mut tries = 0u32;
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            let timeout = left.min(Duration::from_millis(REQUEST_TIMEOUT_MS));
+            tries += 1;
+            let why = match self
+                .once(request().timeout(timeout))
+                .await
+                .and_then(|body| accept(&body))
+            {
+                Ok(value) => return Ok(value),
+                Err(Failure::Definitive(why)) => return Err(inconclusive(format!("{what}: {why}"))),
+                Err(Failure::Transient(why)) => why,
+            };
+            if Instant::now() + delay >= self.deadline {
+                return Err(inconclusive(format!(
+                    "{what}: {why} (tried {tries} times until the reading deadline)"
+                )));
+            }
+            tracing::debug!(what, why, "retrying a read of the receipts service");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(RETRY_DELAY_MS_MAX));
+        }
+    }
+
+    /// One try: the body of a 2xx answer, read to its end (bounded).
+    async fn once(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, Failure> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| Failure::Transient(format!("no answer from {} ({e})", self.base)))?;
+        let status = response.status();
+        if status.is_client_error() && status != 408 && status != 429 {
+            return Err(Failure::Definitive(format!("the receipts service answered {status}")));
+        }
+        if !status.is_success() {
+            return Err(Failure::Transient(format!("the receipts service answered {status}")));
+        }
+        let mut body = Vec::new();
+        let cut = |e: reqwest::Error| Failure::Transient(format!("the answer was cut off ({e})"));
+        while let Some(chunk) = response.chunk().await.map_err(cut)? {
+            if body.len() + chunk.len() > ANSWER_BYTES_MAX {
+                return Err(Failure::Definitive(format!("an answer over {ANSWER_BYTES_MAX} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+fn inconclusive(reason: String) -> Inconclusive {
+    Inconclusive { reason }
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Failure> {
+    serde_json::from_slice(body).map_err(|e| Failure::Transient(format!("a malformed answer ({e})")))
+}
+
+/// A lookup answer must answer every id asked, in the order asked, with
+/// receipt ids that agree with the count. Anything else could make the
+/// judge count a receipt for the wrong payment.
+fn check_lookup(events: &[EventReceipts], asked: &[String]) -> Result<(), String> {
+    let broken = |why: String| Err(format!("the answer breaks the receipts service's contract: {why}"));
+    if events.len() != asked.len() {
+        return broken(format!("{} answers for {} event ids", events.len(), asked.len()));
+    }
+    for (answer, id) in events.iter().zip(asked) {
+        if answer.event_id != *id {
+            return broken(format!("{:?} answered where {id:?} was asked", answer.event_id));
+        }
+        let listed = answer.receipt_ids.len() as u64;
+        if listed > answer.receipts || (answer.receipts > 0 && listed == 0) {
+            return broken(format!("{id:?}: {} receipts but {listed} ids", answer.receipts));
+        }
+        if answer.receipt_ids.windows(2).any(|w| w[0] >= w[1]) {
+            return broken(format!("{id:?}: receipt ids out of order"));
+        }
+    }
+    Ok(())
+}
+
+/// What the judge concluded about the second hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReceiptOutcome {
+    /// Every executed payment has exactly one receipt.
+    Exact,
+    /// Some executed payment has none (too little).
+    Missing,
+    /// Some executed payment has more than one (too much).
+    Duplicated,
+    /// Both at once.
+    Both,
+    /// The receipts could not be read completely: no verdict.
+    Inconclusive,
+}
+
+/// Payments at fault: the first [`FINDINGS_LISTED_MAX`] by name (the
+/// propagated key, or the event id for a payment without a key) with their
+/// receipt counts, and how many there are in all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Findings {
+    pub first: Vec<(String, u64)>,
+    pub count: u64,
+}
+
+impl Findings {
+    fn add(&mut self, label: &str, receipts: u64) {
+        self.count += 1;
+        if self.first.len() < FINDINGS_LISTED_MAX {
+            self.first.push((label.to_owned(), receipts));
+        }
+    }
+}
+
+/// The second hop's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReceiptVerdict {
+    pub outcome: ReceiptOutcome,
+    /// Executed payments judged.
+    pub checked: u64,
+    /// Of them, with exactly one receipt.
+    pub exact: u64,
+    /// With no receipt.
+    pub lost: Findings,
+    /// With more than one.
+    pub duplicated: Findings,
+    /// Receipts beyond the first, over every duplicated payment.
+    pub extra_receipts: u64,
+    /// Why there is no verdict, when there is none.
+    pub inconclusive: Option<String>,
+}
+
+impl ReceiptVerdict {
+    fn inconclusive(why: impl Into<String>, tally: Tally) -> ReceiptVerdict {
+        ReceiptVerdict {
+            outcome: ReceiptOutcome::Inconclusive,
+            inconclusive: Some(why.into()),
+            ..tally.verdict()
+        }
+    }
+
+    /// True for `Exact` only.
+    pub fn is_exact(&self) -> bool {
+        self.outcome == ReceiptOutcome::Exact
+    }
+}
+
+/// Counts payments into a verdict, one at a time (nothing kept per payment
+/// but the first findings).
+#[derive(Debug, Default)]
+struct Tally {
+    checked: u64,
+    exact: u64,
+    lost: Findings,
+    duplicated: Findings,
+    extra_receipts: u64,
+}
+
+impl Tally {
+    fn add(&mut self, label: &str, receipts: u64) {
+        self.checked += 1;
+        match receipts {
+            0 => self.lost.add(label, 0),
+            1 => self.exact += 1,
+            n => {
+                self.duplicated.add(label, n);
+                self.extra_receipts += n - 1;
+            }
+        }
+    }
+
+    fn verdict(self) -> ReceiptVerdict {
+        let outcome = match (self.lost.count > 0, self.duplicated.count > 0) {
+            (false, false) => ReceiptOutcome::Exact,
+            (true, false) => ReceiptOutcome::Missing,
+            (false, true) => ReceiptOutcome::Duplicated,
+            (true, true) => ReceiptOutcome::Both,
+        };
+        ReceiptVerdict {
+            outcome,
+            checked: self.checked,
+            exact: self.exact,
+            lost: self.lost,
+            duplicated: self.duplicated,
+            extra_receipts: self.extra_receipts,
+            inconclusive: None,
+        }
+    }
+}
+
+/// The name a payment goes by in a verdict: its propagated key, else its event id.
+fn label<'a>(event_id: &'a str, key: Option<&'a str>) -> &'a str {
+    key.unwrap_or(event_id)
+}
+
+/// Judges the executed payments `(event id, propagated key)` against the
+/// receipt counts read for them (by event id). A payment whose count is
+/// missing, or an event id given twice, makes the verdict inconclusive.
+pub fn judge<I, E, K>(payments: I, counts: &HashMap<String, u64>) -> ReceiptVerdict
+where
+    I: IntoIterator<Item = (E, Option<K>)>,
+    E: AsRef<str>,
+    K: AsRef<str>,
+{
+    let mut tally = Tally::default();
+    let mut seen = HashSet::new();
+    for (event_id, key) in payments {
+        let event_id = event_id.as_ref();
+        if !seen.insert(event_id.to_owned()) {
+            return ReceiptVerdict::inconclusive(format!("event id {event_id:?} was given twice"), tally);
+        }
+        let Some(&receipts) = counts.get(event_id) else {
+            return ReceiptVerdict::inconclusive(format!("no receipt count was read for event {event_id:?}"), tally);
+        };
+        tally.add(label(event_id, key.as_ref().map(AsRef::as_ref)), receipts);
+    }
+    tally.verdict()
+}
+
+/// Reads the receipt counts of `payments` `(event id, propagated key)` from
+/// the receipts service in lookups of [`LOOKUP_KEYS_MAX`] and judges them.
+/// A read that fails within the reader's deadline makes it inconclusive.
+pub async fn check(reader: &ReceiptsReader, payments: &[(String, Option<String>)]) -> ReceiptVerdict {
+    let mut tally = Tally::default();
+    let mut seen = HashSet::with_capacity(payments.len());
+    if let Some((id, _)) = payments.iter().find(|(id, _)| !seen.insert(id.as_str())) {
+        return ReceiptVerdict::inconclusive(format!("event id {id:?} was given twice"), tally);
+    }
+    for chunk in payments.chunks(LOOKUP_KEYS_MAX) {
+        let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+        match reader.lookup(&ids).await {
+            Ok(answers) => {
+                for ((event_id, key), answer) in chunk.iter().zip(answers) {
+                    tally.add(label(event_id, key.as_deref()), answer.receipts);
+                }
+            }
+            Err(e) => return ReceiptVerdict::inconclusive(e.reason, tally),
+        }
+    }
+    tally.verdict()
+}
+
+impl std::fmt::Display for ReceiptVerdict {
+    /// One line: `RECEIPTS EXACT 120/120`, `RECEIPTS MISSING 3 of 120: k-1,
+    /// k-2, k-3`, `RECEIPTS DUPLICATED 1 of 120 (2 extra): k-4 ×3`, ...
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let listed = |findings: &Findings, counts: bool| {
+            let mut names: Vec<String> = findings
+                .first
+                .iter()
+                .map(|(name, n)| if counts { format!("{name} ×{n}") } else { name.clone() })
+                .collect();
+            let more = findings.count - findings.first.len() as u64;
+            if more > 0 {
+                names.push(format!("… and {more} more"));
+            }
+            names.join(", ")
+        };
+        let (lost, dup, n) = (self.lost.count, self.duplicated.count, self.checked);
+        let extra = self.extra_receipts;
+        match self.outcome {
+            ReceiptOutcome::Exact => write!(f, "RECEIPTS EXACT {}/{n}", self.exact),
+            ReceiptOutcome::Missing => write!(f, "RECEIPTS MISSING {lost} of {n}: {}", listed(&self.lost, false)),
+            ReceiptOutcome::Duplicated => write!(
+                f,
+                "RECEIPTS DUPLICATED {dup} of {n} ({extra} extra): {}",
+                listed(&self.duplicated, true)
+            ),
+            ReceiptOutcome::Both => write!(
+                f,
+                "RECEIPTS MISSING {lost} AND DUPLICATED {dup} of {n} ({extra} extra): missing {}; duplicated {}",
+                listed(&self.lost, false),
+                listed(&self.duplicated, true)
+            ),
+            ReceiptOutcome::Inconclusive => write!(
+                f,
+                "RECEIPTS INCONCLUSIVE: {}",
+                self.inconclusive.as_deref().unwrap_or("no reason given")
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payments(n: u64) -> Vec<(String, Option<String>)> {
+        (1..=n).map(|i| (format!("L:{i}"), Some(format!("k-{i}")))).collect()
+    }
+
+    fn counts(pairs: &[(u64, u64)], n: u64) -> HashMap<String, u64> {
+        let mut counts: HashMap<String, u64> = (1..=n).map(|i| (format!("L:{i}"), 1)).collect();
+        for (i, c) in pairs {
+            counts.insert(format!("L:{i}"), *c);
+        }
+        counts
+    }
+
+    #[test]
+    fn one_receipt_each_is_exact() {
+        let verdict = judge(payments(120), &counts(&[], 120));
+        assert_eq!(
+            (verdict.outcome, verdict.checked, verdict.exact),
+            (ReceiptOutcome::Exact, 120, 120)
+        );
+        assert_eq!(verdict.to_string(), "RECEIPTS EXACT 120/120");
+        assert!(verdict.is_exact());
+        let none: Vec<(String, Option<String>)> = Vec::new();
+        assert_eq!(judge(none, &HashMap::new()).to_string(), "RECEIPTS EXACT 0/0");
+    }
+
+    #[test]
+    fn missing_receipts_are_too_little_and_named_by_key_or_event_id() {
+        let mut run = payments(120);
+        run[2].1 = None;
+        let verdict = judge(run, &counts(&[(1, 0), (2, 0), (3, 0)], 120));
+        assert_eq!(verdict.outcome, ReceiptOutcome::Missing);
+        assert_eq!((verdict.lost.count, verdict.exact), (3, 117));
+        assert_eq!(verdict.to_string(), "RECEIPTS MISSING 3 of 120: k-1, k-2, L:3");
+    }
+
+    #[test]
+    fn duplicates_are_too_much_with_the_extra_receipts() {
+        let verdict = judge(payments(120), &counts(&[(4, 3), (9, 2)], 120));
+        assert_eq!(verdict.outcome, ReceiptOutcome::Duplicated);
+        assert_eq!((verdict.duplicated.count, verdict.extra_receipts), (2, 3));
+        assert_eq!(
+            verdict.to_string(),
+            "RECEIPTS DUPLICATED 2 of 120 (3 extra): k-4 ×3, k-9 ×2"
+        );
+    }
+
+    #[test]
+    fn both_at_once_and_long_lists_are_cut_with_a_count() {
+        let lost: Vec<(u64, u64)> = (1..=25).map(|i| (i, 0)).collect();
+        let mut pairs = lost.clone();
+        pairs.push((100, 2));
+        let verdict = judge(payments(120), &counts(&pairs, 120));
+        assert_eq!(verdict.outcome, ReceiptOutcome::Both);
+        assert_eq!(
+            (verdict.lost.count, verdict.lost.first.len()),
+            (25, FINDINGS_LISTED_MAX)
+        );
+        let text = verdict.to_string();
+        assert!(
+            text.starts_with("RECEIPTS MISSING 25 AND DUPLICATED 1 of 120 (1 extra): missing k-1, "),
+            "{text}"
+        );
+        assert!(text.contains("k-20, … and 5 more; duplicated k-100 ×2"), "{text}");
+    }
+
+    #[test]
+    fn a_count_not_read_or_an_event_given_twice_is_inconclusive() {
+        let mut partial = counts(&[], 10);
+        partial.remove("L:7");
+        let verdict = judge(payments(10), &partial);
+        assert_eq!(verdict.outcome, ReceiptOutcome::Inconclusive);
+        assert_eq!(
+            verdict.to_string(),
+            "RECEIPTS INCONCLUSIVE: no receipt count was read for event \"L:7\""
+        );
+        let mut twice = payments(3);
+        twice.push(twice[0].clone());
+        assert_eq!(judge(twice, &counts(&[], 3)).outcome, ReceiptOutcome::Inconclusive);
+    }
+
+    fn answer(id: &str, receipts: u64, ids: &[i64]) -> EventReceipts {
+        EventReceipts {
+            event_id: id.into(),
+            receipts,
+            receipt_ids: ids.to_vec(),
+        }
+    }
+
+    #[test]
+    fn lookup_answers_that_break_the_contract_are_refused() {
+        let asked = vec!["a".to_owned(), "b".to_owned()];
+        assert!(check_lookup(&[answer("a", 1, &[1]), answer("b", 0, &[])], &asked).is_ok());
+        assert!(check_lookup(&[answer("a", 40, &[1, 2]), answer("b", 0, &[])], &asked).is_ok());
+        for bad in [
+            vec![answer("a", 1, &[1])],
+            vec![answer("b", 0, &[]), answer("a", 1, &[1])],
+            vec![answer("a", 1, &[]), answer("b", 0, &[])],
+            vec![answer("a", 1, &[1, 2]), answer("b", 0, &[])],
+            vec![answer("a", 2, &[2, 1]), answer("b", 0, &[])],
+        ] {
+            assert!(check_lookup(&bad, &asked).is_err(), "{bad:?}");
+        }
+    }
+}
