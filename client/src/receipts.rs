@@ -21,24 +21,14 @@
 //! ([`ReceiptsReader::stats`]) has the totals.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 pub use crate::service::Inconclusive;
+use crate::service::{Failure, ServiceReader, inconclusive, parse_json};
 pub use eo_core::wire::LOOKUP_KEYS_MAX;
 
-/// One request may take this long before it counts as failed (and is retried).
-const REQUEST_TIMEOUT_MS: u64 = 10_000;
-/// The first wait before retrying a failed read; doubled each time up to the max.
-const RETRY_DELAY_MS_MIN: u64 = 50;
-/// The longest wait between two tries: the service's restart time scale.
-const RETRY_DELAY_MS_MAX: u64 = 2_000;
-/// The largest answer read: 1000 events with 16 receipt ids and a 128-byte
-/// event id each are under 400 KB.
-const ANSWER_BYTES_MAX: usize = 4 << 20;
 /// Payments named in a verdict per finding (lost, duplicated); the counts
 /// are always complete.
 pub const FINDINGS_LISTED_MAX: usize = 20;
@@ -76,49 +66,29 @@ pub struct ReceiptsStats {
     pub invariants: BTreeMap<String, bool>,
 }
 
-/// Why one try failed.
-enum Failure {
-    /// Worth another try: no connection, a timeout, a 5xx, a cut-off body.
-    Transient(String),
-    /// Another try would get the same: a 4xx, an answer that breaks the contract.
-    Definitive(String),
-}
-
-/// Reads the receipts service until a deadline, counting requests.
+/// Reads the receipts service until a deadline, counting requests: the
+/// payment service's reader (its retries, bounds and checks), pointed at
+/// the receipts service.
 pub struct ReceiptsReader {
-    http: reqwest::Client,
-    base: String,
-    deadline: Instant,
-    requests: AtomicU64,
+    reads: ServiceReader,
 }
 
 impl ReceiptsReader {
     /// A reader for `receipts` (`http://host:port`) that gives up `budget` from now.
     pub fn new(receipts: &str, budget: Duration) -> anyhow::Result<ReceiptsReader> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .retry(reqwest::retry::never())
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
         Ok(ReceiptsReader {
-            http,
-            base: receipts.trim_end_matches('/').to_owned(),
-            deadline: Instant::now() + budget,
-            requests: AtomicU64::new(0),
+            reads: ServiceReader::new(receipts, budget)?,
         })
     }
 
     /// HTTP requests sent so far, retries included.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.reads.requests()
     }
 
     /// `GET /stats` of the receipts service.
     pub async fn stats(&self) -> Result<ReceiptsStats, Inconclusive> {
-        let url = format!("{}/stats", self.base);
-        self.with_retries("GET /stats", || self.http.get(&url), |body| parse_json(body))
-            .await
+        self.reads.get_json("/stats").await
     }
 
     /// The receipts of 1 to [`LOOKUP_KEYS_MAX`] event ids, one answer per id
@@ -130,91 +100,16 @@ impl ReceiptsReader {
                 event_ids.len()
             )));
         }
-        let url = format!("{}/receipts/lookup", self.base);
         let body = serde_json::to_vec(&serde_json::json!({ "event_ids": event_ids }))
             .map_err(|e| inconclusive(format!("cannot write a lookup: {e}")))?;
         let what = format!("POST /receipts/lookup ({} event ids)", event_ids.len());
-        let request = || {
-            let post = self
-                .http
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json");
-            post.body(body.clone())
-        };
         let accept = |bytes: &[u8]| {
             let answer: LookupAnswer = parse_json(bytes)?;
             check_lookup(&answer.events, event_ids).map_err(Failure::Definitive)?;
             Ok(answer.events)
         };
-        self.with_retries(&what, request, accept).await
+        self.reads.post_json("/receipts/lookup", body, &what, accept).await
     }
-
-    /// Sends the request built by `request` until it answers a 2xx whose
-    /// body `accept` takes, waiting between tries, within the deadline.
-    async fn with_retries<T>(
-        &self,
-        what: &str,
-        request: impl Fn() -> reqwest::RequestBuilder,
-        mut accept: impl FnMut(&[u8]) -> Result<T, Failure>,
-    ) -> Result<T, Inconclusive> {
-        let mut delay = Duration::from_millis(RETRY_DELAY_MS_MIN);
-        let mut tries = 0u32;
-        loop {
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            let timeout = left.min(Duration::from_millis(REQUEST_TIMEOUT_MS));
-            tries += 1;
-            let why = match self
-                .once(request().timeout(timeout))
-                .await
-                .and_then(|body| accept(&body))
-            {
-                Ok(value) => return Ok(value),
-                Err(Failure::Definitive(why)) => return Err(inconclusive(format!("{what}: {why}"))),
-                Err(Failure::Transient(why)) => why,
-            };
-            if Instant::now() + delay >= self.deadline {
-                return Err(inconclusive(format!(
-                    "{what}: {why} (tried {tries} times until the reading deadline)"
-                )));
-            }
-            tracing::debug!(what, why, "retrying a read of the receipts service");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(RETRY_DELAY_MS_MAX));
-        }
-    }
-
-    /// One try: the body of a 2xx answer, read to its end (bounded).
-    async fn once(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, Failure> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| Failure::Transient(format!("no answer from {} ({e})", self.base)))?;
-        let status = response.status();
-        if status.is_client_error() && status != 408 && status != 429 {
-            return Err(Failure::Definitive(format!("the receipts service answered {status}")));
-        }
-        if !status.is_success() {
-            return Err(Failure::Transient(format!("the receipts service answered {status}")));
-        }
-        let mut body = Vec::new();
-        let cut = |e: reqwest::Error| Failure::Transient(format!("the answer was cut off ({e})"));
-        while let Some(chunk) = response.chunk().await.map_err(cut)? {
-            if body.len() + chunk.len() > ANSWER_BYTES_MAX {
-                return Err(Failure::Definitive(format!("an answer over {ANSWER_BYTES_MAX} bytes")));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
-    }
-}
-
-fn inconclusive(reason: String) -> Inconclusive {
-    Inconclusive { reason }
-}
-
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|e| Failure::Transient(format!("a malformed answer ({e})")))
 }
 
 /// A lookup answer must answer every id asked, in the order asked, with

@@ -100,7 +100,7 @@ impl std::fmt::Display for Inconclusive {
 
 impl std::error::Error for Inconclusive {}
 
-fn inconclusive(reason: String) -> Inconclusive {
+pub(crate) fn inconclusive(reason: String) -> Inconclusive {
     Inconclusive { reason }
 }
 
@@ -136,7 +136,7 @@ fn proof_from_audit(report: AuditReport) -> Result<ServiceStats, Inconclusive> {
 }
 
 /// Why one try of a request failed.
-enum Failure {
+pub(crate) enum Failure {
     /// Worth another try: no connection, a timeout, a 5xx, a cut-off body.
     Transient(String),
     /// Another try would get the same: a 4xx, an answer that breaks the contract.
@@ -177,6 +177,31 @@ impl ServiceReader {
         let url = format!("{}/stats", self.base);
         self.with_retries("GET /stats", || self.http.get(&url), |body| parse_json(body))
             .await
+    }
+
+    /// `GET path` until a 2xx whose body parses as `T`: other services this
+    /// project reads (the receipts service) are read the same way.
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Inconclusive> {
+        let url = format!("{}{path}", self.base);
+        self.with_retries(&format!("GET {path}"), || self.http.get(&url), |body| parse_json(body))
+            .await
+    }
+
+    /// `POST path` with a JSON `body` until a 2xx answer that `accept` takes.
+    pub(crate) async fn post_json<T>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        what: &str,
+        accept: impl FnMut(&[u8]) -> Result<T, Failure>,
+    ) -> Result<T, Inconclusive> {
+        let url = format!("{}{path}", self.base);
+        let request = || {
+            let post = self.http.post(&url);
+            post.header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        };
+        self.with_retries(what, request, accept).await
     }
 
     /// The full proof: `GET /audit` recomputes the ledger's figures and
@@ -416,7 +441,7 @@ impl ServiceReader {
     }
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Failure> {
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Failure> {
     serde_json::from_slice(body).map_err(|e| Failure::Transient(format!("a malformed answer ({e})")))
 }
 
