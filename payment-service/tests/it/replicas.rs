@@ -3,7 +3,7 @@
 //! liveness files, as two processes would be; a replica that must die for
 //! real is the binary, killed with SIGKILL.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use payment_service::{Config, Service};
@@ -14,8 +14,8 @@ use crate::crash::{ServiceProcess, start};
 use crate::{BODY, TestApp, WAIT, db_path, header, spawn_app};
 
 /// A replica on the database file `db` (its own temporary directory unused).
-async fn replica(db: &PathBuf, configure: impl FnOnce(&mut Config)) -> TestApp {
-    let db = db.clone();
+async fn replica(db: &Path, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let db = db.to_owned();
     spawn_app(move |c| {
         c.db = db;
         c.replica = true;
@@ -165,7 +165,7 @@ async fn a_live_replicas_lease_survives_another_replicas_start() {
 /// holding `key` in flight (claimed and committed), and the request waiting
 /// for its answer.
 async fn replica_holding(
-    db: &PathBuf,
+    db: &Path,
     key: &str,
 ) -> (
     ServiceProcess,
