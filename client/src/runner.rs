@@ -311,7 +311,8 @@ impl Counters {
 
 struct Shared {
     client: reqwest::Client,
-    url: String,
+    /// Where payments are posted: one URL per target, attempts spread over them.
+    urls: Vec<String>,
     options: Options,
     intents: Intents,
     /// A [`PaymentOutcome`] per position, written only by the worker that took it.
@@ -365,15 +366,33 @@ pub async fn run(
     options: &Options,
     sinks: Sinks,
 ) -> anyhow::Result<RunReport> {
+    run_spread(&[target.to_owned()], intents, options, sinks).await
+}
+
+/// [`run`] over several targets (replicas of one service), as a load balancer
+/// without affinity spreads requests: payment `i`'s first attempt goes to
+/// target `i mod n`, and each retry to the next target ([`target_of`]).
+pub async fn run_spread(
+    targets: &[String],
+    intents: impl Into<Intents>,
+    options: &Options,
+    sinks: Sinks,
+) -> anyhow::Result<RunReport> {
     let intents = intents.into();
     options.validate().map_err(anyhow::Error::msg)?;
+    if targets.is_empty() {
+        bail!("no target to send payments to");
+    }
     if intents.len() > INTENTS_MAX || intents.refused() > 0 {
         bail!("at most {INTENTS_MAX} payments per run");
     }
     let started = Instant::now();
     let shared = Arc::new(Shared {
         client: http_client(options)?,
-        url: format!("{}{}", target.trim_end_matches('/'), options.request.path),
+        urls: targets
+            .iter()
+            .map(|target| format!("{}{}", target.trim_end_matches('/'), options.request.path))
+            .collect(),
         options: options.clone(),
         outcomes: (0..intents.len()).map(|_| AtomicU64::new(0)).collect(),
         intents,
@@ -594,7 +613,7 @@ async fn send(
     let start_us = shared.started.elapsed().as_micros() as u64;
     let mut request = shared
         .client
-        .post(&shared.url)
+        .post(&shared.urls[target_of(intent, attempt, shared.urls.len())])
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.to_owned())
         .timeout(timeout);
@@ -631,6 +650,15 @@ async fn send(
         request_id: Some(request_id),
     };
     (record, next)
+}
+
+/// Which of `targets` attempt `attempt` (from 1) of payment `intent` goes to:
+/// the payments' first attempts round-robin, and a retry moves on to the next
+/// target, so with two or more targets a retry never reaches the replica
+/// that lost the previous attempt's answer.
+pub fn target_of(intent: usize, attempt: u32, targets: usize) -> usize {
+    let step = attempt.saturating_sub(1) as usize;
+    intent.wrapping_add(step) % targets.max(1)
 }
 
 pub use eo_core::wire::{REQUEST_ID as REQUEST_ID_HEADER, unix_us_now};
@@ -710,6 +738,15 @@ fn summarize(c: &Counters, outcomes: &[PaymentOutcome], elapsed: Duration) -> Su
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_attempts_round_robin_and_each_retry_moves_to_the_next_target() {
+        let firsts: Vec<usize> = (0..5).map(|i| target_of(i, 1, 3)).collect();
+        assert_eq!(firsts, vec![0, 1, 2, 0, 1]);
+        let retries: Vec<usize> = (1..=4).map(|a| target_of(1, a, 3)).collect();
+        assert_eq!(retries, vec![1, 2, 0, 1]);
+        assert!((1..10).all(|a| target_of(7, a, 1) == 0), "one target: always it");
+    }
 
     #[test]
     fn bodies_carry_the_amount_as_a_string_or_as_a_number() {
