@@ -389,10 +389,7 @@ pub async fn run_spread(
     let started = Instant::now();
     let shared = Arc::new(Shared {
         client: http_client(options)?,
-        urls: targets
-            .iter()
-            .map(|target| format!("{}{}", target.trim_end_matches('/'), options.request.path))
-            .collect(),
+        urls: post_urls(targets, &options.request.path),
         options: options.clone(),
         outcomes: (0..intents.len()).map(|_| AtomicU64::new(0)).collect(),
         intents,
@@ -441,6 +438,12 @@ pub async fn run_spread(
         outcomes,
         summary,
     })
+}
+
+/// Where payments are posted on each target.
+fn post_urls(targets: &[String], path: &str) -> Vec<String> {
+    let url = |target: &String| format!("{}{path}", target.trim_end_matches('/'));
+    targets.iter().map(url).collect()
 }
 
 /// Turns an external crash signal ([`Sinks::crash`]) into the run's own.

@@ -14,8 +14,10 @@
 //!   (one for requests, one for the audit, one for the replay desk);
 //!   `desk`: the thread in front of the writer that answers certain replays.
 //! - `db_error`: database failures, typed (transient → 503, permanent → 4xx).
-//! - `db_lock`: one service per database file; `db_file`: is the file at the
-//!   path still the one the service opened?
+//! - `db_lock`: one service per database file, or several `--replica`s, and
+//!   which replica is alive; `db_file`: is the file at the path still the one
+//!   the service opened?
+//! - `memory_dedup`: `--dedup memory`, a map of seen keys in this process.
 //! - `payment`, `money`, `key`, `lookup`: parsing and validating what clients send.
 //! - `error`: one error type, rendered as RFC 9457 problem+json.
 //! - `stats`: request counters and the `/stats` document.
@@ -109,7 +111,7 @@ impl Drop for AbortOnDrop {
 
 impl Service {
     /// Takes the database lock, opens the database (creating the schema),
-    /// expires leases left by a dead process and starts the writer thread and
+    /// expires the leases of dead replicas and starts the writer thread and
     /// the reaper. Blocks while the database opens: from async code, use
     /// [`Service::open`]. Needs a Tokio runtime (for the reaper).
     pub fn start(config: Config) -> anyhow::Result<Service> {

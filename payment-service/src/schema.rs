@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 -- rowid table; the statements are the same for both.)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_completion ON idempotency_keys(completed_at_ms) WHERE state = 'completed';
--- Start-up expires the leases of a dead process: with this it visits only
+-- Leases of dead replicas are expired through this: it visits only
 -- keys in flight, not every stored response.
 CREATE INDEX IF NOT EXISTS idempotency_keys_in_flight ON idempotency_keys(idem_key) WHERE state = 'in_progress';
 ";
