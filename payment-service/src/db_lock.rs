@@ -175,11 +175,13 @@ fn liveness_path(db: &Path, id: ReplicaId) -> PathBuf {
 const REPLICA_ID_ATTEMPTS_MAX: usize = 16;
 
 /// This replica's id and the lock that says it is alive, held until drop.
-/// The file stays behind when the replica stops or dies: the next replica
-/// (or restart) that finds it unlocked expires its leases and removes it.
+/// A replica that dies leaves the file behind: the next replica (or restart)
+/// that finds it unlocked expires its leases and removes it. A clean stop
+/// removes it itself ([`Liveness::remove`]).
 #[derive(Debug)]
 pub(crate) struct Liveness {
     pub(crate) id: ReplicaId,
+    path: PathBuf,
     _file: File,
 }
 
@@ -203,13 +205,23 @@ impl Liveness {
             // the path is no longer ours, and nobody could see us alive.
             if locked && same_file(&file, &path) {
                 writeln!(file, "pid {}", std::process::id())?;
-                return Ok(Liveness { id, _file: file });
+                return Ok(Liveness { id, path, _file: file });
             }
         }
         bail!(
             "cannot create a liveness file {}XXXXXXXX.lock in {REPLICA_ID_ATTEMPTS_MAX} attempts",
             liveness_prefix(db).display()
         )
+    }
+}
+
+impl Liveness {
+    /// Removes the liveness file at a clean stop, once this replica's leases
+    /// are expired; the lock goes with the descriptor at drop.
+    pub(crate) fn remove(&self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove this replica's liveness file");
+        }
     }
 }
 

@@ -276,7 +276,26 @@ impl Writer {
                 self.commit_batch(&mut batch);
             }
         }
+        self.release_own_leases();
         tracing::debug!("writer stopped");
+    }
+
+    /// A clean stop: this replica's leases are expired (their requests will
+    /// not complete) and its liveness file removed, so nobody has to find it
+    /// dead later. If the leases cannot be expired, the file stays: the next
+    /// replica to start (or a running one) finds it unlocked and does it.
+    fn release_own_leases(&mut self) {
+        let me = self.liveness.id;
+        let expired = connection(&mut self.conn).and_then(|conn| store::expire_leases_of(conn, &[me.as_i64()]));
+        match expired {
+            Ok(keys) => {
+                if keys > 0 {
+                    tracing::info!(keys, "keys this replica left in flight are free for their retries");
+                }
+                self.liveness.remove();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot expire this replica's leases; the next start will"),
+        }
     }
 
     /// Runs a batch in one transaction and answers it, only after COMMIT and

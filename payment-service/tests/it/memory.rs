@@ -65,7 +65,8 @@ async fn a_key_seen_by_this_process_replays_its_answer_and_a_mismatch_is_422() {
 async fn a_key_in_flight_in_this_process_is_409() {
     let app = spawn_app(|c| {
         memory(c);
-        c.processing_delay = Duration::from_millis(300);
+        // Far longer than sending two requests takes.
+        c.processing_delay = Duration::from_millis(1000);
     })
     .await;
     // Whichever arrives first pays; the other finds it in flight.

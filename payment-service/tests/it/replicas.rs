@@ -59,8 +59,23 @@ async fn replicas_share_a_file_each_with_its_id_and_an_exclusive_service_is_refu
         message.contains("shared by payment-service replicas") && message.contains("--replica"),
         "{message}"
     );
+    assert_eq!(liveness_files(&db).len(), 2, "one per live replica");
     a.stop().await;
     b.stop().await;
+    assert_eq!(
+        liveness_files(&db),
+        Vec::<String>::new(),
+        "a clean stop removes its own"
+    );
+}
+
+/// The liveness files next to `db`.
+fn liveness_files(db: &Path) -> Vec<String> {
+    std::fs::read_dir(db.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.contains(".replica-"))
+        .collect()
 }
 
 /// Pays `key` through `app` until a 2xx (409 means the other replica holds it).
@@ -126,7 +141,8 @@ async fn claim_then_complete_across_replicas_pays_once_and_stats_equal_the_audit
 async fn a_live_replicas_lease_survives_another_replicas_start() {
     let (_dir, db) = shared_db();
     let slow = |c: &mut Config| {
-        c.processing_delay = Duration::from_millis(1500);
+        // Far longer than B's start, so A is surely still working when B asks.
+        c.processing_delay = Duration::from_millis(4000);
         c.key_lease = Duration::from_secs(60);
     };
     let a = replica(&db, slow).await;
@@ -226,11 +242,7 @@ async fn a_dead_replicas_lease_is_taken_over_at_the_next_start() {
         (201, Some("false"))
     );
     assert_eq!(c.stats().await["lease_takeovers"], 1);
-    let leftovers: Vec<_> = std::fs::read_dir(db.parent().unwrap())
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|name| name.contains(".replica-"))
-        .collect();
+    let leftovers = liveness_files(&db);
     assert_eq!(
         leftovers.len(),
         1,
