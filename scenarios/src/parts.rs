@@ -247,6 +247,11 @@ impl Proxy {
         })
     }
 
+    /// The routes' proxy names, in replica order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// Adds a toxic (toxiproxy's JSON) to every route while it runs.
     pub async fn add_toxic(&self, toxic: Value) -> anyhow::Result<()> {
         for name in &self.names {

@@ -206,7 +206,9 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
     let watched = Parts {
         lesson: s.name.clone(),
         service_url: service.url.clone(),
+        replica_urls: replicas.iter().map(|r| r.url.clone()).collect(),
         proxy_api: proxy.api.clone(),
+        routes: proxy.names().to_vec(),
         dir: dir.clone(),
         payments,
         intended_minor: intended_minor(s, payments),
