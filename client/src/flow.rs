@@ -42,8 +42,9 @@ const BASELINE_DEADLINE_MS: u64 = 10_000;
 
 /// Everything a run needs besides its payments.
 pub struct Settings {
-    /// Where payments are sent (`http://host:port`).
-    pub target: String,
+    /// Where payments are sent (`http://host:port`): one, or several replicas
+    /// that attempts are spread over (a retry goes to the next).
+    pub targets: Vec<String>,
     /// The service itself, read for the baseline and the reconciliation.
     pub service: String,
     pub options: Options,
@@ -213,7 +214,7 @@ async fn execute(
         eprintln!(
             "client: {} payments to {} (seed {}; reproduce with --seed {})",
             to_send.len(),
-            settings.target,
+            settings.targets.join(","),
             options.seed,
             options.seed
         );
@@ -227,7 +228,7 @@ async fn execute(
         ..runner::Sinks::default()
     };
     let sent = to_send.len() as u64;
-    let report = runner::run(&settings.target, to_send, options, sinks).await?;
+    let report = runner::run_spread(&settings.targets, to_send, options, sinks).await?;
     if report.stopped {
         return Ok(Ending::Interrupted {
             confirmed: report.summary.confirmed,

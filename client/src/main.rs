@@ -8,6 +8,14 @@ use client::batch::{Batch, BatchKeys};
 use client::flow::{self, EXIT_CODES_HELP, EXIT_ERROR, Settings};
 use client::reconcile::Verdict;
 use client::service::{RECONCILE_DEADLINE_MS_DEFAULT, parse_http_url};
+
+/// The `--target` list, checked at start.
+#[derive(Clone)]
+struct Targets(Vec<String>);
+
+fn parse_http_urls(text: &str) -> Result<Targets, String> {
+    client::service::parse_http_urls(text).map(Targets)
+}
 use client::strategy::{Backoff, ConnectionMode, DEADLINE_MS_MAX, KeyStrategy, Options, Retries};
 
 /// A retrying payment client: one idempotency key per payment, reused on every
@@ -78,9 +86,10 @@ struct ResumeArgs {
 
 #[derive(Args)]
 struct CommonArgs {
-    /// Where payments are sent (by default through the chaos proxy)
-    #[arg(long, default_value = "http://127.0.0.1:8888", value_parser = parse_http_url)]
-    target: String,
+    /// Where payments are sent (by default through the chaos proxy); several URLs separated by
+    /// commas spread the attempts over replicas, a retry going to the next one
+    #[arg(long, default_value = "http://127.0.0.1:8888", value_parser = parse_http_urls, value_name = "URL[,URL...]")]
+    target: Targets,
     /// The service itself, read directly for reconciliation
     #[arg(long, default_value = "http://127.0.0.1:8080", value_parser = parse_http_url)]
     service: String,
@@ -143,7 +152,7 @@ impl CommonArgs {
         o.concurrency = self.concurrency;
         o.connection = self.connection;
         Settings {
-            target: self.target.clone(),
+            targets: self.target.0.clone(),
             service: self.service.clone(),
             options: o,
             history: self.history.clone(),

@@ -311,7 +311,8 @@ impl Counters {
 
 struct Shared {
     client: reqwest::Client,
-    url: String,
+    /// Where payments are posted: one URL per target, attempts spread over them.
+    urls: Vec<String>,
     options: Options,
     intents: Intents,
     /// A [`PaymentOutcome`] per position, written only by the worker that took it.
@@ -365,15 +366,30 @@ pub async fn run(
     options: &Options,
     sinks: Sinks,
 ) -> anyhow::Result<RunReport> {
+    run_spread(&[target.to_owned()], intents, options, sinks).await
+}
+
+/// [`run`] over several targets (replicas of one service), as a load balancer
+/// without affinity spreads requests: payment `i`'s first attempt goes to
+/// target `i mod n`, and each retry to the next target ([`target_of`]).
+pub async fn run_spread(
+    targets: &[String],
+    intents: impl Into<Intents>,
+    options: &Options,
+    sinks: Sinks,
+) -> anyhow::Result<RunReport> {
     let intents = intents.into();
     options.validate().map_err(anyhow::Error::msg)?;
+    if targets.is_empty() {
+        bail!("no target to send payments to");
+    }
     if intents.len() > INTENTS_MAX || intents.refused() > 0 {
         bail!("at most {INTENTS_MAX} payments per run");
     }
     let started = Instant::now();
     let shared = Arc::new(Shared {
         client: http_client(options)?,
-        url: format!("{}{}", target.trim_end_matches('/'), options.request.path),
+        urls: post_urls(targets, &options.request.path),
         options: options.clone(),
         outcomes: (0..intents.len()).map(|_| AtomicU64::new(0)).collect(),
         intents,
@@ -422,6 +438,20 @@ pub async fn run(
         outcomes,
         summary,
     })
+}
+
+/// `url` (the payment path, as configured) with `suffix` (`/batch`) after it.
+fn with_suffix(url: &str, suffix: &str) -> String {
+    if suffix.is_empty() {
+        return url.to_owned();
+    }
+    format!("{}{suffix}", url.trim_end_matches('/'))
+}
+
+/// Where payments are posted on each target.
+fn post_urls(targets: &[String], path: &str) -> Vec<String> {
+    let url = |target: &String| format!("{}{path}", target.trim_end_matches('/'));
+    targets.iter().map(url).collect()
 }
 
 /// Turns an external crash signal ([`Sinks::crash`]) into the run's own.
@@ -519,8 +549,8 @@ async fn finish(shared: &Shared, at: usize, intent: &Intent, result: &IntentResu
 struct Unit {
     positions: Vec<usize>,
     intents: Vec<Intent>,
-    /// `Some((url, key, body))` for a `POST /payments/batch`.
-    batch: Option<(String, String, String)>,
+    /// `Some((key, body))` for a `POST /payments/batch`.
+    batch: Option<(String, String)>,
 }
 
 /// The retry loops for the positions `range`: one per payment, or one for
@@ -534,11 +564,10 @@ fn units(shared: &Shared, range: std::ops::Range<usize>) -> Vec<Unit> {
         .batch
         .is_some_and(|b| b.keys == crate::batch::BatchKeys::Derived);
     if derived && let Some((key, body)) = crate::batch::request(&intents, shared.options.request.amount) {
-        let url = format!("{}/batch", shared.url.trim_end_matches('/'));
         return vec![Unit {
             positions: range.collect(),
             intents,
-            batch: Some((url, key, body)),
+            batch: Some((key, body)),
         }];
     }
     range
@@ -557,9 +586,10 @@ async fn pay(shared: &Shared, unit: &Unit, records: &mut Vec<AttemptRecord>) -> 
     let lead = &unit.intents[0];
     let mut rng = backoff::stream(options.seed, lead.index as u64);
     let single = request_body(lead, options.request.amount);
-    let (url, body) = match &unit.batch {
-        Some((url, _, body)) => (url.as_str(), body.as_str()),
-        None => (shared.url.as_str(), single.as_str()),
+    // A batch goes to the payment path's `/batch` on whichever target.
+    let (suffix, body) = match &unit.batch {
+        Some((_, body)) => ("/batch", body.as_str()),
+        None => ("", single.as_str()),
     };
     let ended = |confirmed, attempts| IntentResult {
         index: lead.index,
@@ -574,13 +604,13 @@ async fn pay(shared: &Shared, unit: &Unit, records: &mut Vec<AttemptRecord>) -> 
         }
         attempt += 1;
         let key = match (&unit.batch, options.key) {
-            (Some((_, key, _)), _) => Some(key.clone()),
+            (Some((key, _)), _) => Some(key.clone()),
             (None, KeyStrategy::PerPayment) => Some(lead.key.clone()),
             (None, KeyStrategy::PerAttempt) => Some(format!("{}-a{attempt}", lead.key)),
             (None, KeyStrategy::None) => None,
         };
         let timeout = Duration::from_millis(options.attempt_timeout_ms).min(shared.deadline - now);
-        let (record, next) = send(shared, url, lead.index, attempt, key, body, timeout).await;
+        let (record, next) = send(shared, suffix, lead.index, attempt, key, body, timeout).await;
         record_unit(shared, unit, record, records).await;
         let retry_after = match next {
             Next::Done => return ended(true, attempt),
@@ -662,7 +692,7 @@ type Answer = (Outcome, Option<u16>, Option<ErrorKind>, Option<bool>, Next);
 /// One attempt, with its result classified.
 async fn send(
     shared: &Shared,
-    url: &str,
+    suffix: &str,
     intent: usize,
     attempt: u32,
     key: Option<String>,
@@ -672,7 +702,10 @@ async fn send(
     let start_us = shared.started.elapsed().as_micros() as u64;
     let mut request = shared
         .client
-        .post(url)
+        .post(with_suffix(
+            &shared.urls[target_of(intent, attempt, shared.urls.len())],
+            suffix,
+        ))
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.to_owned())
         .timeout(timeout);
@@ -709,6 +742,15 @@ async fn send(
         request_id: Some(request_id),
     };
     (record, next)
+}
+
+/// Which of `targets` attempt `attempt` (from 1) of payment `intent` goes to:
+/// the payments' first attempts round-robin, and a retry moves on to the next
+/// target, so with two or more targets a retry never reaches the replica
+/// that lost the previous attempt's answer.
+pub fn target_of(intent: usize, attempt: u32, targets: usize) -> usize {
+    let step = attempt.saturating_sub(1) as usize;
+    intent.wrapping_add(step) % targets.max(1)
 }
 
 pub use eo_core::wire::{REQUEST_ID as REQUEST_ID_HEADER, unix_us_now};
@@ -788,6 +830,15 @@ fn summarize(c: &Counters, outcomes: &[PaymentOutcome], elapsed: Duration) -> Su
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_attempts_round_robin_and_each_retry_moves_to_the_next_target() {
+        let firsts: Vec<usize> = (0..5).map(|i| target_of(i, 1, 3)).collect();
+        assert_eq!(firsts, vec![0, 1, 2, 0, 1]);
+        let retries: Vec<usize> = (1..=4).map(|a| target_of(1, a, 3)).collect();
+        assert_eq!(retries, vec![1, 2, 0, 1]);
+        assert!((1..10).all(|a| target_of(7, a, 1) == 0), "one target: always it");
+    }
 
     #[test]
     fn bodies_carry_the_amount_as_a_string_or_as_a_number() {

@@ -498,9 +498,57 @@ pub fn parse_http_url(text: &str) -> Result<String, String> {
     Ok(text.trim_end_matches('/').to_owned())
 }
 
+/// URLs in one `--target` list at most: more replicas than one load balancer
+/// in front of a workshop's laptop would ever have; a longer list is a mistake.
+pub const TARGETS_MAX: usize = 64;
+
+/// Checks a `--target` list: one URL, or several separated by commas (the
+/// replicas a load balancer would spread attempts over), each as
+/// [`parse_http_url`] wants it, none empty and none twice.
+pub fn parse_http_urls(text: &str) -> Result<Vec<String>, String> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    if parts.len() > TARGETS_MAX {
+        return Err(format!("{} URLs given; at most {TARGETS_MAX}", parts.len()));
+    }
+    let mut urls: Vec<String> = Vec::with_capacity(parts.len());
+    for (n, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            return Err(format!(
+                "{text:?}: URL {} of the list is empty; separate URLs with one comma, like \
+                 http://127.0.0.1:8081,http://127.0.0.1:8082",
+                n + 1
+            ));
+        }
+        let url = parse_http_url(part)?;
+        if urls.contains(&url) {
+            return Err(format!("{text:?}: {url} is listed twice"));
+        }
+        urls.push(url);
+    }
+    Ok(urls)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_lists_are_checked_url_by_url() {
+        let two = parse_http_urls("http://127.0.0.1:1, http://127.0.0.1:2/").unwrap();
+        assert_eq!(two, vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        assert_eq!(parse_http_urls("http://a:1").unwrap(), vec!["http://a:1"]);
+        for (bad, why) in [
+            ("http://a:1,,http://a:2", "URL 2 of the list is empty"),
+            ("http://a:1,", "URL 2 of the list is empty"),
+            ("http://a:1,a:2", "did you mean http://a:2?"),
+            ("http://a:1,http://a:1/", "listed twice"),
+        ] {
+            let error = parse_http_urls(bad).expect_err(bad);
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        let many = vec!["http://a:1"; TARGETS_MAX + 1].join(",");
+        assert!(parse_http_urls(&many).unwrap_err().contains("at most"));
+    }
 
     #[test]
     fn urls_without_a_scheme_are_refused_with_the_fix() {

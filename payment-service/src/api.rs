@@ -15,10 +15,12 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::Config;
 use crate::db_file::DbWatch;
+use crate::db_lock::ReplicaId;
 use crate::error::{ApiError, Problem};
 use crate::events::EventRecord;
 use crate::extract::BODY_BYTES_MAX;
 use crate::lookup::LOOKUP_BODY_BYTES_MAX;
+use crate::memory_dedup::SeenKeys;
 use crate::readers::Readers;
 use crate::stats::Counters;
 use crate::writer::Op;
@@ -71,6 +73,10 @@ pub(crate) struct Inner {
     requests_max: usize,
     /// Lease tokens: random start, so tokens of a previous process never match.
     pub(crate) next_token: AtomicI64,
+    /// This service's replica id: its leases carry it (`/health`, `/stats`).
+    pub(crate) replica: ReplicaId,
+    /// `--dedup memory`: the keys this process has seen.
+    pub(crate) seen_keys: Arc<SeenKeys>,
 }
 
 impl AppState {
@@ -79,7 +85,7 @@ impl AppState {
         (writer, desk): (mpsc::Sender<Op>, mpsc::Sender<Op>),
         pools: Pools,
         counters: Arc<Counters>,
-        watch: Arc<DbWatch>,
+        (watch, replica): (Arc<DbWatch>, ReplicaId),
     ) -> AppState {
         AppState(Arc::new(Inner {
             config,
@@ -94,6 +100,8 @@ impl AppState {
             requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
             requests_max: REQUESTS_IN_FLIGHT_MAX,
             next_token: AtomicI64::new(rand::random::<i64>() & 0x3fff_ffff_ffff_ffff),
+            replica,
+            seen_keys: Arc::default(),
         }))
     }
 
@@ -114,7 +122,14 @@ impl AppState {
             requests: Arc::new(Semaphore::new(max)),
             requests_max: max,
             next_token: AtomicI64::new(rand::random::<i64>() & 0x3fff_ffff_ffff_ffff),
+            replica: inner.replica,
+            seen_keys: Arc::clone(&inner.seen_keys),
         }))
+    }
+
+    /// This service's replica id (8 hex digits), as `/health` shows it.
+    pub fn replica(&self) -> String {
+        self.0.replica.to_string()
     }
 
     /// Requests admitted and not yet finished (their work included).
@@ -211,7 +226,7 @@ async fn index(State(state): State<AppState>) -> Response {
             "GET /audit": "every figure recomputed from the payments (O(n), bounded memory), compared with /stats",
             "GET /events?key=K or ?request_id=R": "what the service did with the recent requests of a key or an X-Request-Id (received, committed, replayed, 409, 422, refused); the last 8192 events, memory only",
             "GET /metrics": "Prometheus (OpenMetrics) text: requests, executed, replayed, 409, 422, refusals by cause, writer batch sizes and commit latency, queue depth",
-            "GET /health": "liveness",
+            "GET /health": "liveness, and this process's replica id",
             "GET /problems/{type}": "what an error type means and what to do",
         },
         "settings": {
@@ -221,7 +236,9 @@ async fn index(State(state): State<AppState>) -> Response {
             "synchronous": c.synchronous.pragma(),
             "key_retention_s": c.key_retention.as_secs(),
             "key_lease_ms": c.key_lease.as_millis() as u64,
+            "replica": c.replica,
         },
+        "replica": state.0.replica.to_string(),
     });
     json(StatusCode::OK, body.to_string())
 }
@@ -234,7 +251,8 @@ async fn health(State(state): State<AppState>) -> Result<Response, ApiError> {
         .await
         .map_err(|e| ApiError::new(Problem::TemporarilyUnavailable, format!("the health check failed: {e}")))?
         .map_err(|e| e.to_api())?;
-    Ok(json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()))
+    let body = serde_json::json!({ "status": "ok", "replica": state.0.replica.to_string() });
+    Ok(json(StatusCode::OK, body.to_string()))
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -24,6 +24,9 @@ pub enum DedupMode {
     /// The workshop's exercise: the attendee's code in `src/exercise.rs`
     /// decides what a keyed request does (`scenarios exercise` checks it).
     Exercise,
+    /// Keys remembered in a map of this process only (the lesson: a retry
+    /// that reaches another replica, or this one after a restart, pays again).
+    Memory,
 }
 
 impl DedupMode {
@@ -33,6 +36,7 @@ impl DedupMode {
             DedupMode::CheckThenInsert => "check-then-insert",
             DedupMode::Off => "off",
             DedupMode::Exercise => "exercise",
+            DedupMode::Memory => "memory",
         }
     }
 }
@@ -69,7 +73,7 @@ impl Synchronous {
 #[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// How keys deduplicate: unique (correct), check-then-insert (racy), off (keys ignored), exercise (src/exercise.rs decides)
+    /// How keys deduplicate: unique (correct), check-then-insert (racy), off (keys ignored), exercise (src/exercise.rs decides), memory (a map in this process only)
     #[arg(long, value_enum, default_value_t = DedupMode::Unique)]
     pub dedup: DedupMode,
     /// Refuse payments without an idempotency key (400) instead of executing them undeduplicated
@@ -101,6 +105,9 @@ pub struct Settings {
     /// With --dedup exercise: run reference solution N instead of src/exercise.rs (0 is the starting state)
     #[arg(long, hide = true, value_name = "N")]
     pub exercise_solution: Option<u8>,
+    /// Share the database file with other services started with --replica (one machine; default: this service alone)
+    #[arg(long)]
+    pub replica: bool,
 }
 
 /// The defaults are clap's: one source for the flags' defaults and this.
@@ -130,6 +137,7 @@ impl Settings {
             crash_before_commit: self.crash_before_commit,
             seed: self.seed,
             exercise_solution: self.exercise_solution,
+            replica: self.replica,
             queue_depth_max: QUEUE_DEPTH_MAX_DEFAULT,
             write_wait: Duration::from_millis(WRITE_WAIT_MS_MAX_DEFAULT),
             server_limits: SERVER_LIMITS,
@@ -153,6 +161,9 @@ impl Settings {
         }
         if let Some(n) = self.exercise_solution {
             args.push(format!("--exercise-solution={n}"));
+        }
+        if self.replica {
+            args.push("--replica".to_owned());
         }
         args
     }
@@ -183,6 +194,8 @@ pub struct Config {
     pub seed: u64,
     /// `--dedup exercise` runs this reference solution instead of the attendee's file.
     pub exercise_solution: Option<u8>,
+    /// Several services share the database file (`--replica`); else this one owns it.
+    pub replica: bool,
     /// Writes waiting for the writer thread; beyond it requests get 503.
     pub queue_depth_max: usize,
     /// How long a request waits for the writer's answer before answering 503
@@ -298,6 +311,7 @@ mod tests {
             crash_before_commit: 0.125,
             seed: 99,
             exercise_solution: Some(3),
+            replica: true,
         };
         let args = std::iter::once("x".to_owned()).chain(odd.to_args());
         assert_eq!(Flags::parse_from(args).settings, odd);

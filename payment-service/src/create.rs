@@ -141,6 +141,13 @@ async fn create(state: &AppState, request: PaymentRequest, key: Option<String>) 
         // The workshop's exercise decides what a keyed request does.
         return crate::exercise_kit::answer(state, request, key).await;
     }
+    if state.0.config.dedup == DedupMode::Memory
+        && let Some(key) = key
+    {
+        // The lesson's map of seen keys, in this process only.
+        let outcome = crate::memory_dedup::process(state, request, key.clone()).await?;
+        return respond(outcome, Some(&key));
+    }
     let outcome = process(state, request, key.clone()).await?;
     respond(outcome, key.as_deref())
 }
@@ -158,7 +165,7 @@ async fn process(state: &AppState, request: PaymentRequest, key: Option<String>)
         (Some(key), DedupMode::Unique) => claim_then_complete(state, request, key).await,
         (key, dedup) => {
             // Keyless requests, `off` and `check-then-insert` all end in a
-            // plain insert. The check is deliberately racy: nothing stops a
+            // plain insert (`memory` too, after its own check, above). The check is deliberately racy: nothing stops a
             // concurrent duplicate between it and the insert.
             if dedup == DedupMode::CheckThenInsert
                 && let Some(lookup_key) = key.clone()
@@ -180,11 +187,14 @@ async fn process(state: &AppState, request: PaymentRequest, key: Option<String>)
 
 /// `unique` with a processing delay: claim the key, work, then complete.
 async fn claim_then_complete(state: &AppState, request: PaymentRequest, key: String) -> Result<Outcome, ApiError> {
-    let token = state.0.next_token.fetch_add(1, Ordering::Relaxed);
+    let lease = store::Lease {
+        replica: state.0.replica.as_i64(),
+        token: state.0.next_token.fetch_add(1, Ordering::Relaxed),
+    };
     let claimed = submit(state, &state.0.desk, |reply| Op::Claim {
         request: request.clone(),
         key: key.clone(),
-        token,
+        lease,
         reply,
     })
     .await?;
@@ -201,7 +211,7 @@ async fn claim_then_complete(state: &AppState, request: PaymentRequest, key: Str
     let op = Op::Complete {
         request,
         key,
-        token,
+        lease,
         reply: tx,
     };
     state

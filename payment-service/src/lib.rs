@@ -14,8 +14,10 @@
 //!   (one for requests, one for the audit, one for the replay desk);
 //!   `desk`: the thread in front of the writer that answers certain replays.
 //! - `db_error`: database failures, typed (transient → 503, permanent → 4xx).
-//! - `db_lock`: one service per database file; `db_file`: is the file at the
-//!   path still the one the service opened?
+//! - `db_lock`: one service per database file, or several `--replica`s, and
+//!   which replica is alive; `db_file`: is the file at the path still the one
+//!   the service opened?
+//! - `memory_dedup`: `--dedup memory`, a map of seen keys in this process.
 //! - `payment`, `money`, `key`, `lookup`: parsing and validating what clients send.
 //! - `error`: one error type, rendered as RFC 9457 problem+json.
 //! - `stats`: request counters and the `/stats` document.
@@ -50,6 +52,7 @@ mod extract;
 mod generation;
 mod key;
 mod lookup;
+mod memory_dedup;
 mod metrics;
 mod money;
 mod ops;
@@ -93,6 +96,8 @@ pub struct Service {
     desk: desk::DeskHandle,
     writer: writer::WriterHandle,
     reaper: AbortOnDrop,
+    /// With `--replica`: looks for replicas that died, to expire their leases.
+    watcher: Option<AbortOnDrop>,
 }
 
 /// Aborts a task when dropped.
@@ -106,7 +111,7 @@ impl Drop for AbortOnDrop {
 
 impl Service {
     /// Takes the database lock, opens the database (creating the schema),
-    /// expires leases left by a dead process and starts the writer thread and
+    /// expires the leases of dead replicas and starts the writer thread and
     /// the reaper. Blocks while the database opens: from async code, use
     /// [`Service::open`]. Needs a Tokio runtime (for the reaper).
     pub fn start(config: Config) -> anyhow::Result<Service> {
@@ -131,13 +136,25 @@ impl Service {
         }
         .spawn(config.queue_depth_max)?;
         let reaper = AbortOnDrop(runtime.spawn(reap_periodically(writer.queue.clone(), config.key_retention)));
+        // An exclusive service has no live peers to lose: its start-up did it.
+        let watcher = config.replica.then(|| {
+            let watch = watch_replicas(writer.queue.clone(), config.db.clone(), writer.replica);
+            AbortOnDrop(runtime.spawn(watch))
+        });
         let queues = (writer.queue.clone(), desk.queue.clone());
-        let state = api::AppState::new(config, queues, pools, counters, Arc::clone(&writer.watch));
+        let state = api::AppState::new(
+            config,
+            queues,
+            pools,
+            counters,
+            (Arc::clone(&writer.watch), writer.replica),
+        );
         Ok(Service {
             state,
             desk,
             writer,
             reaper,
+            watcher,
         })
     }
 
@@ -152,6 +169,9 @@ impl Service {
     /// Lets the writer finish what is queued, then stops it.
     pub async fn stop(mut self) {
         self.reaper.0.abort();
+        if let Some(watcher) = &self.watcher {
+            watcher.0.abort();
+        }
         // The desk first: what it holds goes on to the writer, which then
         // finishes its queue.
         self.desk.stop(Duration::from_millis(WRITER_STOP_MS_MAX)).await;
@@ -205,6 +225,56 @@ async fn reap_while_full(writer: &mpsc::Sender<writer::Op>, steps_max: usize) ->
         }
     }
     Ok(reaped)
+}
+
+/// How often a replica looks for replicas that died: a retry of a key that a
+/// dead replica held in flight waits at most this long (instead of the
+/// lease) before it takes the key over. A scan is a directory listing and a
+/// lock attempt per replica: cheap.
+const DEAD_REPLICA_SCAN_MS: u64 = 1_000;
+
+/// Every [`DEAD_REPLICA_SCAN_MS`], finds the replicas of `db` that died (their
+/// liveness lock is free) and has the writer expire their leases; then
+/// forgets them. The scan's file I/O runs on the blocking pool.
+async fn watch_replicas(writer: mpsc::Sender<writer::Op>, db: std::path::PathBuf, me: db_lock::ReplicaId) {
+    let every = Duration::from_millis(DEAD_REPLICA_SCAN_MS);
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let db = db.clone();
+        let dead = match tokio::task::spawn_blocking(move || db_lock::dead_replicas(&db, me)).await {
+            Ok(Ok(dead)) if !dead.is_empty() => dead,
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot look for dead replicas; will try again");
+                continue;
+            }
+            Err(_) => return,
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let ids = dead.iter().map(|d| d.id.as_i64()).collect();
+        if writer
+            .send(writer::Op::ExpireLeases { dead: ids, reply })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        match answer.await {
+            Ok(Ok(keys)) => {
+                let names: Vec<String> = dead.iter().map(|d| d.id.to_string()).collect();
+                tracing::warn!(replicas = ?names, keys, "replicas died: the keys they held in flight are free for their retries");
+                // Unlinking is file I/O: off the async worker.
+                drop(tokio::task::spawn_blocking(move || {
+                    dead.into_iter().for_each(db_lock::DeadReplica::forget)
+                }));
+            }
+            // Not expired: the locks are released when `dead` drops, and the
+            // next scan finds them again.
+            _ => tracing::warn!("the leases of dead replicas were not expired; will try again"),
+        }
+    }
 }
 
 /// Opens the service for `config`, then [`serve`]s it on `listener`.

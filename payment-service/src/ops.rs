@@ -26,14 +26,14 @@ pub enum Op {
     Claim {
         request: PaymentRequest,
         key: String,
-        token: i64,
+        lease: store::Lease,
         reply: Reply<Outcome>,
     },
     /// Two-phase path, phase two: execute if the lease is still ours.
     Complete {
         request: PaymentRequest,
         key: String,
-        token: i64,
+        lease: store::Lease,
         reply: Reply<Outcome>,
     },
     /// No key check at all (keyless, `--dedup off`, `check-then-insert`).
@@ -58,6 +58,9 @@ pub enum Op {
     /// Delete one step of stored responses older than the retention; the
     /// answer is how many, so the reaper knows whether to go on.
     Reap { reply: Reply<usize> },
+    /// Expire the leases of replicas found dead (their liveness lock was
+    /// free); the answer is how many.
+    ExpireLeases { dead: Vec<i64>, reply: Reply<usize> },
     /// Remember an audit's result on the ledger it audited.
     RecordAudit { ledger_uid: i64, audit: LastAudit },
     /// Finish what is queued before this, then stop.
@@ -69,7 +72,7 @@ pub type Reply<T> = oneshot::Sender<Result<T, DbError>>;
 /// What an op produced inside the transaction, waiting for the COMMIT.
 pub(crate) enum Done {
     Outcome(Outcome),
-    Reaped(usize),
+    Rows(usize),
     Nothing,
 }
 
@@ -91,17 +94,17 @@ impl Op {
                 store::pay_keyed(conn, request, key, (t.now_ms, t.retention_ms), totals)?
             }
             Op::Claim {
-                request, key, token, ..
+                request, key, lease, ..
             } => store::claim(
                 conn,
                 request,
-                (key, *token),
+                (key, *lease),
                 (t.now_ms, t.lease_ms, t.retention_ms),
                 totals,
             )?,
             Op::Complete {
-                request, key, token, ..
-            } => store::complete(conn, request, (key, *token), t.now_ms, totals)?,
+                request, key, lease, ..
+            } => store::complete(conn, request, (key, *lease), t.now_ms, totals)?,
             Op::Insert { request, key, .. } => {
                 let payment = store::insert_unchecked(conn, request, key.as_deref(), t.now_ms, totals)?;
                 let body = payment.to_json();
@@ -112,7 +115,8 @@ impl Op {
                 }
             }
             Op::Exercise { work, .. } => work(conn, t.now_ms, totals)?,
-            Op::Reap { .. } => return Ok(Done::Reaped(store::reap(conn, t.now_ms, t.retention_ms, totals)?)),
+            Op::Reap { .. } => return Ok(Done::Rows(store::reap(conn, t.now_ms, t.retention_ms, totals)?)),
+            Op::ExpireLeases { dead, .. } => return Ok(Done::Rows(store::expire_leases_of(conn, dead)?)),
             Op::RecordAudit { ledger_uid, audit } => {
                 totals::record_audit(conn, *ledger_uid, audit)?;
                 return Ok(Done::Nothing);
@@ -151,7 +155,7 @@ impl Op {
             }
             (Op::Reap { reply }, result) => {
                 let reaped = result.map(|done| match done {
-                    Done::Reaped(n) => n,
+                    Done::Rows(n) => n,
                     _ => 0,
                 });
                 match &reaped {
@@ -159,6 +163,12 @@ impl Op {
                     Err(e) => tracing::warn!(error = %e, "reaping stored responses failed; will try again"),
                 }
                 drop(reply.send(reaped));
+            }
+            (Op::ExpireLeases { reply, .. }, result) => {
+                drop(reply.send(result.map(|done| match done {
+                    Done::Rows(n) => n,
+                    _ => 0,
+                })));
             }
             (Op::RecordAudit { .. }, Err(e)) => tracing::warn!(error = %e, "the audit's result was not recorded"),
             (Op::Wipe { reply, .. }, Err(e)) => drop(reply.send(Err(e))),

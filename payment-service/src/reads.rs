@@ -22,7 +22,8 @@ const PAGE_LIMIT_MAX: usize = 1000;
 
 pub(crate) async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> {
     let db = state.0.readers.read(|c| totals::read(c)).await?;
-    let stats = StatsJson::new(&db, &state.0.counters, state.0.config.dedup);
+    let who = (state.0.config.dedup, state.0.replica.to_string());
+    let stats = StatsJson::new(&db, &state.0.counters, who);
     Ok(json(StatusCode::OK, serde_json::to_string(&stats).unwrap_or_default()))
 }
 

@@ -10,6 +10,8 @@
 //! - `accounts`: balances, created on first use at 0, may go negative.
 //! - `idempotency_keys`: one row per key under `--dedup unique`: in-flight
 //!   lease or stored response. Completed rows are reaped after the retention.
+//!   A lease belongs to a replica (`lease_replica`, see `db_lock.rs`) and a
+//!   request of it (`lock_owner`, a token).
 //! - `ledger_totals`: the figures `/stats` shows, maintained by every write
 //!   (see `totals.rs`).
 //!
@@ -27,12 +29,13 @@ use crate::db_error::{DbError, DbResult};
 use crate::totals;
 
 /// How long a connection waits for a lock before giving up with SQLITE_BUSY.
-/// Only readers and the single writer share the file, so waits are short.
+/// Readers never wait for writers (WAL); a writer waits for the one writer
+/// of another replica's batch (milliseconds), so 5 s only trips on a stall.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
 
 /// The schema this version writes; 0 is a file of a version without
-/// `ledger_totals` (or a new, empty file).
-const SCHEMA_VERSION: i64 = 1;
+/// `ledger_totals` (or a new, empty file), 1 one without `lease_replica`.
+const SCHEMA_VERSION: i64 = 2;
 
 /// The writer's page cache, in KiB: keeps the upper levels of the key indexes
 /// of a ledger of millions of payments in memory.
@@ -59,6 +62,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     fingerprint     TEXT    NOT NULL,
     state           TEXT    NOT NULL CHECK (state IN ('in_progress', 'completed')),
     lock_owner      INTEGER,
+    lease_replica   INTEGER,
     locked_until_ms INTEGER,
     payment_id      INTEGER REFERENCES payments(id),
     response_status INTEGER,
@@ -70,7 +74,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 -- rowid table; the statements are the same for both.)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_by_completion ON idempotency_keys(completed_at_ms) WHERE state = 'completed';
--- Start-up expires the leases of a dead process: with this it visits only
+-- Leases of dead replicas are expired through this: it visits only
 -- keys in flight, not every stored response.
 CREATE INDEX IF NOT EXISTS idempotency_keys_in_flight ON idempotency_keys(idem_key) WHERE state = 'in_progress';
 ";
@@ -110,29 +114,35 @@ pub fn open_reader(path: &Path) -> DbResult<Connection> {
 }
 
 /// A current file: nothing to do (one header read). A new file: the schema
-/// and a zero totals row. A file of an older version: the missing tables and
+/// and a zero totals row. A file of version 0: the missing tables and
 /// indexes, and the totals computed once from its payments (O(n), once; the
 /// same pass as the audit, in the same transaction, so nothing slips between).
+/// A file of version 1: the lease's replica column (O(1)). The version is read
+/// again inside the write transaction: replicas may start together.
 fn bring_up_to_date(conn: &mut Connection) -> DbResult<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version == SCHEMA_VERSION {
+    if schema_version(conn)? == SCHEMA_VERSION {
         return Ok(());
-    }
-    if version > SCHEMA_VERSION {
-        return Err(DbError::Other(format!(
-            "the database has schema version {version}, written by a newer payment-service (this one knows {SCHEMA_VERSION})"
-        )));
     }
     let started = Instant::now();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(SCHEMA)?;
-    tx.execute_batch(totals::TOTALS_SCHEMA)?;
-    let audited = audit::run(&mut audit::Within(&tx), audit::Balances::Skip, &mut |_| {})?;
-    let figures = audited.report.recomputed;
-    totals::reset(&tx, &figures)?;
+    let version = schema_version(&tx)?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let mut figures = None;
+    if version < 1 {
+        tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(totals::TOTALS_SCHEMA)?;
+        let audited = audit::run(&mut audit::Within(&tx), audit::Balances::Skip, &mut |_| {})?;
+        totals::reset(&tx, &audited.report.recomputed)?;
+        figures = Some(audited.report.recomputed);
+    }
+    if !has_column(&tx, "idempotency_keys", "lease_replica")? {
+        tx.execute_batch("ALTER TABLE idempotency_keys ADD COLUMN lease_replica INTEGER")?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
-    if figures.payments > 0 || figures.accounts > 0 {
+    if let Some(figures) = figures.filter(|f| f.payments > 0 || f.accounts > 0) {
         tracing::info!(
             payments = figures.payments,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -140,4 +150,24 @@ fn bring_up_to_date(conn: &mut Connection) -> DbResult<()> {
         );
     }
     Ok(())
+}
+
+/// The file's schema version; an error for one written by a newer version.
+fn schema_version(conn: &Connection) -> DbResult<i64> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(DbError::Other(format!(
+            "the database has schema version {version}, written by a newer payment-service (this one knows {SCHEMA_VERSION})"
+        )));
+    }
+    Ok(version)
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> DbResult<bool> {
+    let found: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )?;
+    Ok(found > 0)
 }

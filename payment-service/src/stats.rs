@@ -87,6 +87,9 @@ pub struct StatsJson {
     pub stored_responses: i64,
     pub keys_in_flight: i64,
     pub dedup: &'static str,
+    /// The replica that answered (counters below are its own; the figures
+    /// above are the shared file's).
+    pub replica: String,
     pub received: u64,
     pub executed: u64,
     pub replayed: u64,
@@ -105,7 +108,7 @@ pub struct StatsJson {
 }
 
 impl StatsJson {
-    pub fn new(maintained: &Maintained, counters: &Counters, dedup: DedupMode) -> StatsJson {
+    pub fn new(maintained: &Maintained, counters: &Counters, (dedup, replica): (DedupMode, String)) -> StatsJson {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let db = &maintained.figures;
         let audit = maintained.last_audit.as_ref();
@@ -122,6 +125,7 @@ impl StatsJson {
             stored_responses: db.stored_responses,
             keys_in_flight: db.keys_in_flight,
             dedup: dedup.as_str(),
+            replica,
             received: load(&counters.received),
             executed: load(&counters.executed),
             replayed: load(&counters.replayed),
@@ -162,7 +166,12 @@ mod tests {
             },
             last_audit: None,
         };
-        let json = serde_json::to_string(&StatsJson::new(&db, &Counters::default(), DedupMode::Unique)).unwrap();
+        let json = serde_json::to_string(&StatsJson::new(
+            &db,
+            &Counters::default(),
+            (DedupMode::Unique, "00000001".into()),
+        ))
+        .unwrap();
         assert!(json.contains(r#""total_amount":"100000000000000000.00""#), "{json}");
         assert!(json.contains(r#""total_amount_minor":10000000000000000000,"#), "{json}");
     }

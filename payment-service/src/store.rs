@@ -23,16 +23,29 @@ pub use crate::schema::{open_reader, open_writer};
 /// while they come back full.
 pub const REAP_ROWS_MAX: usize = 2_000;
 
-/// Expires every lease held at startup. One service owns a database file, so
-/// a key still in flight when the service starts belongs to a process that
-/// died: its retry should take over at once, not wait out the lease. Visits
-/// only the keys in flight (their own index), never the stored responses.
-pub fn expire_leases(conn: &Connection) -> DbResult<usize> {
-    Ok(conn.execute(
-        "UPDATE idempotency_keys INDEXED BY idempotency_keys_in_flight SET locked_until_ms = 0
-         WHERE state = 'in_progress' AND locked_until_ms <> 0",
-        [],
-    )?)
+/// Who holds a lease on a key in flight: a replica (see `db_lock.rs`) and,
+/// within it, one request (a token). Only that request may complete the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub replica: i64,
+    pub token: i64,
+}
+
+/// Expires the leases of replicas known to be dead (their liveness lock was
+/// free), and leases without a replica (written by a version before replicas,
+/// whose process is gone: a current file is opened by current versions only),
+/// so their retries take over at once instead of waiting out the lease.
+/// Never every lease: another replica on the file may be alive and working.
+/// Visits only the keys in flight (their own index).
+pub fn expire_leases_of(conn: &Connection, dead_replicas: &[i64]) -> DbResult<usize> {
+    let dead = serde_json::to_string(dead_replicas).map_err(|e| DbError::Other(format!("ids not encodable: {e}")))?;
+    Ok(conn
+        .prepare_cached(
+            "UPDATE idempotency_keys INDEXED BY idempotency_keys_in_flight SET locked_until_ms = 0
+             WHERE state = 'in_progress' AND locked_until_ms <> 0
+               AND (lease_replica IS NULL OR lease_replica IN (SELECT value FROM json_each(?1)))",
+        )?
+        .execute([dead])?)
 }
 
 /// What happened to a keyed request inside the writer's transaction.
@@ -276,11 +289,11 @@ pub fn pay_keyed(
     }
 }
 
-/// Phase one of the two-phase path: lease the key to `token` until `now + lease`.
+/// Phase one of the two-phase path: lease the key to `lease` until `now + lease_ms`.
 pub fn claim(
     conn: &Connection,
     request: &PaymentRequest,
-    (key, token): (&str, i64),
+    (key, lease): (&str, Lease),
     (now_ms, lease_ms, retention_ms): (i64, i64, i64),
     totals: &mut Delta,
 ) -> DbResult<Outcome> {
@@ -288,14 +301,22 @@ pub fn claim(
         Decision::Done(outcome) => Ok(outcome),
         Decision::Proceed { before } => {
             conn.prepare_cached(
-                "INSERT INTO idempotency_keys (idem_key, fingerprint, state, lock_owner, locked_until_ms, created_at_ms)
-                 VALUES (?1, ?2, 'in_progress', ?3, ?4, ?5)
+                "INSERT INTO idempotency_keys
+                     (idem_key, fingerprint, state, lock_owner, lease_replica, locked_until_ms, created_at_ms)
+                 VALUES (?1, ?2, 'in_progress', ?3, ?4, ?5, ?6)
                  ON CONFLICT (idem_key) DO UPDATE SET
                      fingerprint = excluded.fingerprint, state = 'in_progress', lock_owner = excluded.lock_owner,
-                     locked_until_ms = excluded.locked_until_ms, payment_id = NULL, response_status = NULL,
-                     response_body = NULL, completed_at_ms = NULL",
+                     lease_replica = excluded.lease_replica, locked_until_ms = excluded.locked_until_ms,
+                     payment_id = NULL, response_status = NULL, response_body = NULL, completed_at_ms = NULL",
             )?
-            .execute(params![key, request.fingerprint(), token, now_ms.saturating_add(lease_ms), now_ms])?;
+            .execute(params![
+                key,
+                request.fingerprint(),
+                lease.token,
+                lease.replica,
+                now_ms.saturating_add(lease_ms),
+                now_ms
+            ])?;
             *totals += before.delta_to(true);
             Ok(Outcome::Claimed {
                 takeover: before == KeyBefore::InFlight,
@@ -304,20 +325,23 @@ pub fn claim(
     }
 }
 
-/// Phase two: execute, but only if `token` still owns the lease (fencing: a
-/// worker whose lease was taken over must not pay a second time).
+/// Phase two: execute, but only if `lease` still owns the key (fencing: a
+/// worker whose lease was taken over, by time or because its replica was
+/// thought dead, must not pay a second time).
 pub fn complete(
     conn: &Connection,
     request: &PaymentRequest,
-    (key, token): (&str, i64),
+    (key, lease): (&str, Lease),
     now_ms: i64,
     totals: &mut Delta,
 ) -> DbResult<Outcome> {
-    let owner: Option<Option<i64>> = conn
-        .prepare_cached("SELECT lock_owner FROM idempotency_keys WHERE idem_key = ?1 AND state = 'in_progress'")?
-        .query_row([key], |r| r.get(0))
+    let owner: Option<(Option<i64>, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT lock_owner, lease_replica FROM idempotency_keys WHERE idem_key = ?1 AND state = 'in_progress'",
+        )?
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    if owner != Some(Some(token)) {
+    if owner != Some((Some(lease.token), Some(lease.replica))) {
         return Ok(Outcome::LostLease);
     }
     match execute_keyed(conn, request, key, (now_ms, KeyBefore::InFlight, None), totals) {
@@ -327,8 +351,10 @@ pub fn complete(
         // or every retry would meet "in flight" until the lease ran out.
         Err(e) if e.is_permanent() => {
             let freed = conn
-                .prepare_cached("DELETE FROM idempotency_keys WHERE idem_key = ?1 AND lock_owner = ?2")?
-                .execute(params![key, token])?;
+                .prepare_cached(
+                    "DELETE FROM idempotency_keys WHERE idem_key = ?1 AND lock_owner = ?2 AND lease_replica = ?3",
+                )?
+                .execute(params![key, lease.token, lease.replica])?;
             totals.keys_in_flight -= i64::try_from(freed).unwrap_or(0);
             Ok(Outcome::Refused(e))
         }
@@ -383,7 +409,7 @@ fn execute_with_answer(
              (idem_key, fingerprint, state, lock_owner, locked_until_ms, payment_id, response_status, response_body, created_at_ms, completed_at_ms)
          VALUES (?1, ?2, 'completed', NULL, NULL, ?3, 201, ?4, ?5, ?5)
          ON CONFLICT (idem_key) DO UPDATE SET
-             fingerprint = excluded.fingerprint, state = 'completed', lock_owner = NULL, locked_until_ms = NULL,
+             fingerprint = excluded.fingerprint, state = 'completed', lock_owner = NULL, lease_replica = NULL, locked_until_ms = NULL,
              payment_id = excluded.payment_id, response_status = 201, response_body = excluded.response_body,
              completed_at_ms = excluded.completed_at_ms",
     )?
@@ -668,20 +694,25 @@ mod tests {
         with_totals(conn, |d| pay_keyed(conn, r, key, (now_ms, retention_ms), d))
     }
 
+    /// Replica 7's lease number `token`.
+    fn lease(token: i64) -> Lease {
+        Lease { replica: 7, token }
+    }
+
     fn claim_t(
         conn: &Connection,
         r: &PaymentRequest,
         key: &str,
-        token: i64,
+        lease: Lease,
         now: i64,
-        lease: i64,
+        lease_ms: i64,
         retention: i64,
     ) -> DbResult<Outcome> {
-        with_totals(conn, |d| claim(conn, r, (key, token), (now, lease, retention), d))
+        with_totals(conn, |d| claim(conn, r, (key, lease), (now, lease_ms, retention), d))
     }
 
-    fn complete_t(conn: &Connection, r: &PaymentRequest, key: &str, token: i64, now_ms: i64) -> DbResult<Outcome> {
-        with_totals(conn, |d| complete(conn, r, (key, token), now_ms, d))
+    fn complete_t(conn: &Connection, r: &PaymentRequest, key: &str, lease: Lease, now_ms: i64) -> DbResult<Outcome> {
+        with_totals(conn, |d| complete(conn, r, (key, lease), now_ms, d))
     }
 
     fn insert_t(conn: &Connection, r: &PaymentRequest, key: Option<&str>, now_ms: i64) -> DbResult<Payment> {
@@ -748,27 +779,27 @@ mod tests {
         let (_dir, conn) = db();
         let r = request(100);
         assert_eq!(
-            claim_t(&conn, &r, "k", 1, 0, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", lease(1), 0, 1000, DAY_MS).unwrap(),
             Outcome::Claimed { takeover: false }
         );
         // Within the lease another request is told to come back later.
         assert_eq!(
-            claim_t(&conn, &r, "k", 2, 999, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", lease(2), 999, 1000, DAY_MS).unwrap(),
             Outcome::InFlight
         );
         // The first worker died; after the lease a retry takes the key over.
         assert_eq!(
-            claim_t(&conn, &r, "k", 2, 1000, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", lease(2), 1000, 1000, DAY_MS).unwrap(),
             Outcome::Claimed { takeover: true }
         );
         // The original worker wakes up: it no longer owns the key and must not pay.
-        assert_eq!(complete_t(&conn, &r, "k", 1, 1001).unwrap(), Outcome::LostLease);
+        assert_eq!(complete_t(&conn, &r, "k", lease(1), 1001).unwrap(), Outcome::LostLease);
         assert!(matches!(
-            complete_t(&conn, &r, "k", 2, 1002).unwrap(),
+            complete_t(&conn, &r, "k", lease(2), 1002).unwrap(),
             Outcome::Executed { .. }
         ));
         assert!(matches!(
-            claim_t(&conn, &r, "k", 3, 1003, 1000, DAY_MS).unwrap(),
+            claim_t(&conn, &r, "k", lease(3), 1003, 1000, DAY_MS).unwrap(),
             Outcome::Replayed { .. }
         ));
         assert_eq!(payments(&conn, 0, 10, Some("k")).unwrap().len(), 1);
@@ -817,18 +848,43 @@ mod tests {
     }
 
     #[test]
-    fn startup_expires_leases_of_the_dead_process() {
+    fn only_leases_of_dead_replicas_are_expired() {
         let (_dir, conn) = db();
         let r = request(100);
+        let (alive, dead) = (Lease { replica: 1, token: 5 }, Lease { replica: 2, token: 5 });
+        for (key, owner) in [("a", alive), ("d", dead)] {
+            let claimed = with_totals(&conn, |d| claim(&conn, &r, (key, owner), (0, 1000, DAY_MS), d));
+            assert_eq!(claimed.unwrap(), Outcome::Claimed { takeover: false });
+        }
+        assert_eq!(expire_leases_of(&conn, &[2, 3]).unwrap(), 1);
+        let retry = |key: &str| with_totals(&conn, |d| claim(&conn, &r, (key, lease(9)), (1, 1000, DAY_MS), d));
+        assert_eq!(retry("a").unwrap(), Outcome::InFlight, "the live replica keeps its key");
+        assert_eq!(retry("d").unwrap(), Outcome::Claimed { takeover: true });
+        // The same token in another replica is another lease: it cannot complete.
         assert_eq!(
-            claim_t(&conn, &r, "k", 1, 0, 1000, DAY_MS).unwrap(),
-            Outcome::Claimed { takeover: false }
+            complete_t(&conn, &r, "a", Lease { replica: 2, token: 5 }, 2).unwrap(),
+            Outcome::LostLease
         );
-        assert_eq!(expire_leases(&conn).unwrap(), 1);
         assert_eq!(
-            claim_t(&conn, &r, "k", 2, 1, 1000, DAY_MS).unwrap(),
-            Outcome::Claimed { takeover: true }
+            complete_t(&conn, &r, "d", dead, 2).unwrap(),
+            Outcome::LostLease,
+            "fenced off"
         );
+        assert!(matches!(
+            complete_t(&conn, &r, "a", alive, 3).unwrap(),
+            Outcome::Executed { .. }
+        ));
+        assert!(matches!(
+            complete_t(&conn, &r, "d", lease(9), 3).unwrap(),
+            Outcome::Executed { .. }
+        ));
+        // A lease written before replicas existed (no replica) has no live owner.
+        conn.execute_batch(
+            "INSERT INTO idempotency_keys (idem_key, fingerprint, state, lock_owner, locked_until_ms, created_at_ms)
+             VALUES ('old', 'x', 'in_progress', 1, 9999999999999, 0)",
+        )
+        .unwrap();
+        assert_eq!(expire_leases_of(&conn, &[]).unwrap(), 1);
     }
 
     #[test]

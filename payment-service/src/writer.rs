@@ -34,7 +34,7 @@ use crate::config::Synchronous;
 use crate::db_error::DbError;
 use crate::db_error::DbResult;
 use crate::db_file::DbWatch;
-use crate::db_lock::DbLock;
+use crate::db_lock::{self, DbLock, Liveness, ReplicaId, Sharing};
 use crate::generation;
 use crate::ops::{Clock, Done};
 pub use crate::ops::{Op, Reply};
@@ -106,12 +106,15 @@ fn kill_self() -> ! {
 pub(crate) struct WriterHandle {
     pub(crate) queue: mpsc::Sender<Op>,
     pub(crate) watch: Arc<DbWatch>,
+    /// This service's replica id: its leases carry it.
+    pub(crate) replica: ReplicaId,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Starts the writer thread: it takes the database lock, opens the database,
-/// expires leases of the previous process, then serves the queue. Returns
+/// Starts the writer thread: it takes the database lock and its replica's
+/// liveness lock, opens the database, expires the leases of dead replicas,
+/// then serves the queue. Returns
 /// once the database is open; blocks meanwhile, so call it from a blocking
 /// context. On failure the thread has ended and the lock is released.
 pub(crate) fn spawn(config: &Config, counters: Arc<Counters>) -> anyhow::Result<WriterHandle> {
@@ -123,14 +126,14 @@ pub(crate) fn spawn(config: &Config, counters: Arc<Counters>) -> anyhow::Result<
         .name("payment-writer".into())
         .spawn(move || match Writer::open(&config, counters, thread_stop) {
             Ok(mut writer) => {
-                let _ = ready_tx.send(Ok(Arc::clone(&writer.watch)));
+                let _ = ready_tx.send(Ok((Arc::clone(&writer.watch), writer.liveness.id)));
                 writer.run(rx);
             }
             // The writer (and with it the lock) is gone before this is sent.
             Err(e) => drop(ready_tx.send(Err(e))),
         })
         .context("cannot start the writer thread")?;
-    let watch = ready_rx
+    let (watch, replica) = ready_rx
         .recv_timeout(Duration::from_millis(STARTUP_MS_MAX))
         .map_err(|e| {
             stop.store(true, Ordering::SeqCst);
@@ -142,6 +145,7 @@ pub(crate) fn spawn(config: &Config, counters: Arc<Counters>) -> anyhow::Result<
     Ok(WriterHandle {
         queue,
         watch,
+        replica,
         stop,
         thread: Some(thread),
     })
@@ -192,7 +196,10 @@ struct Writer {
     lease_ms: i64,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
-    // Last, so it is released after the connection closes.
+    /// Shared by replicas: then a DELETE never swaps the file (see `wipe`).
+    sharing: Sharing,
+    // Last, so they are released after the connection closes.
+    liveness: Liveness,
     _lock: DbLock,
 }
 
@@ -200,18 +207,25 @@ impl Writer {
     /// Everything the writer owns, opened in its own thread so that no
     /// SQLite call or fsync runs on an async worker.
     fn open(config: &Config, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> anyhow::Result<Writer> {
-        let lock = DbLock::acquire(&config.db)?;
+        let sharing = if config.replica {
+            Sharing::Replica
+        } else {
+            Sharing::Exclusive
+        };
+        let lock = DbLock::acquire(&config.db, sharing)?;
+        let liveness = Liveness::take(&config.db)?;
         let db = config.db.display();
         generation::remove_leftovers(&config.db)
             .with_context(|| format!("cannot remove what an interrupted DELETE left next to {db}"))?;
         let conn = store::open_writer(&config.db, config.synchronous)
             .with_context(|| format!("cannot open the database {db}"))?;
         let watch = DbWatch::record(&config.db).with_context(|| format!("cannot stat the database {db}"))?;
-        let expired = store::expire_leases(&conn).with_context(|| format!("cannot update the database {db}"))?;
+        let expired = expire_dead_replicas(&conn, &config.db, liveness.id)
+            .with_context(|| format!("cannot update the database {db}"))?;
         if expired > 0 {
             tracing::warn!(
                 keys = expired,
-                "keys left in flight by a previous process; their retries take over"
+                "keys left in flight by replicas that died; their retries take over"
             );
         }
         Ok(Writer {
@@ -224,6 +238,8 @@ impl Writer {
             lease_ms: duration_ms(config.key_lease),
             counters,
             stop,
+            sharing,
+            liveness,
             _lock: lock,
         })
     }
@@ -260,7 +276,26 @@ impl Writer {
                 self.commit_batch(&mut batch);
             }
         }
+        self.release_own_leases();
         tracing::debug!("writer stopped");
+    }
+
+    /// A clean stop: this replica's leases are expired (their requests will
+    /// not complete) and its liveness file removed, so nobody has to find it
+    /// dead later. If the leases cannot be expired, the file stays: the next
+    /// replica to start (or a running one) finds it unlocked and does it.
+    fn release_own_leases(&mut self) {
+        let me = self.liveness.id;
+        let expired = connection(&mut self.conn).and_then(|conn| store::expire_leases_of(conn, &[me.as_i64()]));
+        match expired {
+            Ok(keys) => {
+                if keys > 0 {
+                    tracing::info!(keys, "keys this replica left in flight are free for their retries");
+                }
+                self.liveness.remove();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot expire this replica's leases; the next start will"),
+        }
     }
 
     /// Runs a batch in one transaction and answers it, only after COMMIT and
@@ -354,9 +389,18 @@ impl Writer {
     /// Deletes the whole ledger: a fresh database file swapped in (O(1)),
     /// or, where that cannot be done, every row deleted in place.
     fn wipe(&mut self, reply: Reply<Wiped>, pools: &[Arc<Readers>]) {
-        let result = self.watch.check().and_then(|()| match self.swap_in_fresh_file(pools)? {
-            Some(wiped) => Ok(wiped),
-            None => self.wipe_in_place(),
+        // Replicas never swap: another one may open the file at any moment,
+        // and would find its WAL gone under it. One transaction in place is
+        // safe with any number of them (O(n): slow on a large ledger).
+        let result = self.watch.check().and_then(|()| {
+            let swapped = match self.sharing {
+                Sharing::Exclusive => self.swap_in_fresh_file(pools)?,
+                Sharing::Replica => None,
+            };
+            match swapped {
+                Some(wiped) => Ok(wiped),
+                None => self.wipe_in_place(),
+            }
         });
         match &result {
             Ok(wiped) => tracing::info!(payments = wiped.payments, "all payments, keys and balances deleted"),
@@ -444,6 +488,17 @@ impl Writer {
             }
         }
     }
+}
+
+/// Expires the leases of the replicas of `db` that are dead (nobody holds
+/// their liveness lock; leases without a replica too), then forgets them.
+/// Blocking: the writer thread at start-up. Returns the keys expired.
+fn expire_dead_replicas(conn: &Connection, db: &std::path::Path, me: ReplicaId) -> anyhow::Result<usize> {
+    let dead = db_lock::dead_replicas(db, me).context("cannot look for dead replicas")?;
+    let ids: Vec<i64> = dead.iter().map(|d| d.id.as_i64()).collect();
+    let expired = store::expire_leases_of(conn, &ids)?;
+    dead.into_iter().for_each(db_lock::DeadReplica::forget);
+    Ok(expired)
 }
 
 /// The writer's connection, unless a DELETE failed between closing the old

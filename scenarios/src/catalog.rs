@@ -46,7 +46,14 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../catalog/client-crash-restart.toml"),
     ),
     ("keys-ignored.toml", include_str!("../catalog/keys-ignored.toml")),
+    ("replicas-memory.toml", include_str!("../catalog/replicas-memory.toml")),
+    ("restart-memory.toml", include_str!("../catalog/restart-memory.toml")),
+    ("replicas-unique.toml", include_str!("../catalog/replicas-unique.toml")),
 ];
+
+/// Replicas a lesson may start at most: each is a writer on the shared file
+/// (and, when one is killed, a process); the lessons need three.
+pub const REPLICAS_MAX: usize = 8;
 
 /// Files read from `--catalog DIR` at most, and their size: a bound on what a
 /// typo in a path can make the runner read.
@@ -88,6 +95,11 @@ pub struct Scenario {
     /// [`payment_service::Settings`], so a new flag is a new catalog field.
     #[serde(default)]
     pub service: Settings,
+    /// Replicas of the service on one database file (`--replica`), each
+    /// behind its own proxy route; the client spreads its attempts over the
+    /// routes (a retry goes to the next one).
+    #[serde(default = "one_replica")]
+    pub replicas: usize,
     #[serde(default)]
     pub proxy: ProxySpec,
     #[serde(default)]
@@ -137,6 +149,10 @@ pub struct ToxicSpec {
 
 fn one() -> f32 {
     1.0
+}
+
+fn one_replica() -> usize {
+    1
 }
 
 /// `retries = 3` or `retries = "unlimited"`.
@@ -214,12 +230,19 @@ pub enum Act {
         #[serde(default)]
         late: bool,
     },
+    /// The first `after_percent` of the payments are made; then the last
+    /// replica is killed (kill -9) and restarted on the same file while the
+    /// rest are sent through every replica.
+    KillReplica { after_percent: u32 },
 }
 
 impl Act {
     /// Whether the lesson kills the service (so needs to be able to restart it).
     pub fn kills_the_service(&self) -> bool {
-        matches!(self, Act::CrashService { .. } | Act::RetryAfterRestart { .. })
+        matches!(
+            self,
+            Act::CrashService { .. } | Act::RetryAfterRestart { .. } | Act::KillReplica { .. }
+        )
     }
 }
 
@@ -237,13 +260,17 @@ pub struct Checks {
 impl Scenario {
     /// Parses and checks one file's text; errors name the file, the field and the fix.
     pub fn parse(file: &str, text: &str) -> anyhow::Result<Scenario> {
-        let scenario: Scenario = toml::from_str(text).map_err(|e| {
+        let mut scenario: Scenario = toml::from_str(text).map_err(|e| {
             anyhow::anyhow!(
                 "{file}: {}\n  fix: correct the field shown above; scenarios/catalog/README.md lists every field",
                 e.to_string().trim_end()
             )
         })?;
         scenario.check(file)?;
+        if scenario.replicas > 1 {
+            // Several services on one file: each must know it shares it.
+            scenario.service.replica = true;
+        }
         Ok(scenario)
     }
 
@@ -302,6 +329,9 @@ impl Scenario {
     }
 
     fn check_service(&self) -> Result<(), Bad> {
+        if !(1..=REPLICAS_MAX).contains(&self.replicas) {
+            return Err(Bad::new("replicas", format!("must be between 1 and {REPLICAS_MAX}")));
+        }
         if !(0.0..=1.0).contains(&self.service.crash_after_commit) {
             return Err(Bad::new(
                 "service.crash_after_commit",
@@ -363,6 +393,13 @@ impl Scenario {
                     "service.key_retention",
                     format!("must be at most {LATE_RETRY_WAIT_MS_MAX} ms for a late retry, which waits it out"),
                 ))
+            }
+            Act::KillReplica { .. } if self.replicas < 2 => Err(Bad::new(
+                "act.kind",
+                "\"kill-replica\" needs replicas = 2 or more (the others serve while one is down)",
+            )),
+            Act::KillReplica { after_percent } if !(1..=99).contains(after_percent) => {
+                Err(Bad::new("act.after_percent", "must be between 1 and 99"))
             }
             Act::ReuseKeys { amount } if client::money::parse_minor(amount).is_err() => Err(Bad::new(
                 "act.amount",

@@ -100,7 +100,8 @@ pub async fn collect(parts: &Parts, choice: &Choice) -> anyhow::Result<Evidence>
     for index in candidates {
         let mut attempts: Vec<AttemptRecord> = all.iter().filter(|a| a.intent == index).cloned().collect();
         attempts.sort_by_key(|a| a.at_unix_us);
-        let e = evidence(&parts.service_url, &parts.proxy_api, index + 1, attempts).await?;
+        let proxy = (parts.proxy_api.as_str(), parts.routes.as_slice());
+        let e = evidence_from(&parts.replica_urls, proxy, index + 1, attempts).await?;
         let score = story::told(&e).0;
         if best.as_ref().is_none_or(|(s, _)| score > *s) {
             best = Some((score, e));
@@ -142,6 +143,20 @@ pub async fn evidence(
     payment: usize,
     attempts: Vec<AttemptRecord>,
 ) -> anyhow::Result<Evidence> {
+    let routes = [PROXY_NAME.to_owned()];
+    evidence_from(&[service.to_owned()], (proxy_api, &routes), payment, attempts).await
+}
+
+/// [`evidence`] from every replica of the service (each attempt's request
+/// id is in the record of the one it reached) and every proxy route (the
+/// fault logs merged by time). The ledger is read from the first replica.
+pub async fn evidence_from(
+    replicas: &[String],
+    (proxy_api, routes): (&str, &[String]),
+    payment: usize,
+    attempts: Vec<AttemptRecord>,
+) -> anyhow::Result<Evidence> {
+    let service = replicas.first().context("no service to ask")?;
     let http = parts::http()?;
     let mut e = Evidence {
         payment,
@@ -152,15 +167,21 @@ pub async fn evidence(
         .take(ATTEMPTS_SHOWN_MAX)
         .filter_map(|a| a.request_id.as_ref())
     {
-        let found = get_json(&http, &format!("{service}/events"), &[("request_id", id)]).await?;
-        let events: Vec<ServiceEvent> = serde_json::from_value(found["events"].clone())?;
-        e.service_dropped = e
-            .service_dropped
-            .max(found["dropped_since_start"].as_u64().unwrap_or(0));
-        e.service.extend(events);
+        for replica in replicas {
+            let found = get_json(&http, &format!("{replica}/events"), &[("request_id", id)]).await?;
+            let events: Vec<ServiceEvent> = serde_json::from_value(found["events"].clone())?;
+            e.service_dropped = e
+                .service_dropped
+                .max(found["dropped_since_start"].as_u64().unwrap_or(0));
+            e.service.extend(events);
+        }
     }
-    let stats = get_json(&http, &format!("{proxy_api}/proxies/{PROXY_NAME}/stats"), &[]).await?;
-    e.faults = serde_json::from_value::<Vec<Fault>>(stats["fault_log"].clone())?;
+    for route in routes {
+        let stats = get_json(&http, &format!("{proxy_api}/proxies/{route}/stats"), &[]).await?;
+        e.faults
+            .extend(serde_json::from_value::<Vec<Fault>>(stats["fault_log"].clone())?);
+    }
+    e.faults.sort_by_key(|f| f.at_unix_us);
     e.ledger = ledger(&http, service, &attempts, &e.service).await?;
     e.attempts = attempts;
     Ok(e)

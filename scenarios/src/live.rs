@@ -311,24 +311,40 @@ async fn poll(hub: Arc<Hub>, parts: crate::observe::Parts) {
     let Ok(http) = crate::parts::http() else { return };
     let mut updates = 0u64;
     loop {
-        let stats = read(&http, &format!("{}/stats", parts.service_url)).await;
-        let proxy = read(
-            &http,
-            &format!("{}/proxies/{}/stats", parts.proxy_api, crate::parts::PROXY_NAME),
-        )
-        .await;
-        if let (Some(stats), Some(proxy)) = (stats, proxy) {
+        if let Some(mut fields) = sample(&http, &parts).await {
             updates += 1;
-            let (up, down) = fault_counts(&proxy);
-            let fields = json!({
-                "moved": stats["total_amount"], "requests": stats["received"],
-                "replays": stats["replayed"], "conflicts_409": stats["conflicts_409"],
-                "faults_up": up, "faults_down": down, "updates": updates,
-            });
+            fields["updates"] = json!(updates);
             hub.update(&parts.lesson, fields);
         }
         tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
     }
+}
+
+/// What the page shows while a lesson plays: the money moved (the shared
+/// ledger's, from the first replica), the requests, replays and 409s of every
+/// replica, and the faults of every proxy route. None if any read failed.
+async fn sample(http: &reqwest::Client, parts: &crate::observe::Parts) -> Option<Value> {
+    let first = read(http, &format!("{}/stats", parts.service_url)).await?;
+    let (mut requests, mut replays, mut conflicts) = (0u64, 0u64, 0u64);
+    for replica in &parts.replica_urls {
+        let stats = read(http, &format!("{replica}/stats")).await?;
+        let count = |field: &str| stats[field].as_u64().unwrap_or(0);
+        (requests, replays, conflicts) = (
+            requests + count("received"),
+            replays + count("replayed"),
+            conflicts + count("conflicts_409"),
+        );
+    }
+    let (mut up, mut down) = (0, 0);
+    for route in &parts.routes {
+        let proxy = read(http, &format!("{}/proxies/{route}/stats", parts.proxy_api)).await?;
+        let (u, d) = fault_counts(&proxy);
+        (up, down) = (up + u, down + d);
+    }
+    Some(json!({
+        "moved": first["total_amount"], "requests": requests, "replays": replays,
+        "conflicts_409": conflicts, "faults_up": up, "faults_down": down,
+    }))
 }
 
 async fn read(http: &reqwest::Client, url: &str) -> Option<Value> {

@@ -22,8 +22,12 @@ pub struct Parts {
     pub lesson: String,
     /// The payment service, e.g. `http://127.0.0.1:40123`.
     pub service_url: String,
+    /// Every replica of the service (the first is `service_url`).
+    pub replica_urls: Vec<String>,
     /// The chaos proxy's control API.
     pub proxy_api: String,
+    /// The proxy's routes, one per replica (the first is `parts::PROXY_NAME`).
+    pub routes: Vec<String>,
     /// The lesson's scratch directory (database, client history, parts.log).
     pub dir: PathBuf,
     /// Payments played and the money they are meant to move, in minor units.

@@ -190,103 +190,107 @@ async fn start_child(exe: &Path, args: &[String]) -> anyhow::Result<(tokio::proc
     Ok((child, addr))
 }
 
-/// The chaos proxy's control plane and the one proxy of a scenario.
+/// The chaos proxy's control plane and the proxies of a scenario: one route
+/// per replica of the service (one for most lessons), each with the lesson's
+/// toxics.
 pub struct Proxy {
     pub api: String,
-    /// Where clients connect: `http://127.0.0.1:PORT`.
+    /// Where clients connect to the first route: `http://127.0.0.1:PORT`.
     pub url: String,
+    /// Every route, in replica order (the first is `url`).
+    pub urls: Vec<String>,
+    /// The routes' proxy names: [`PROXY_NAME`], then `payment-2`, ...
+    names: Vec<String>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 pub const PROXY_NAME: &str = "payment";
 
+/// The proxy name of route `n` (from 0): the first keeps toxiproxy's
+/// workshop name, so `explain`, the live page and the scripts find it.
+fn route_name(n: usize) -> String {
+    match n {
+        0 => PROXY_NAME.to_owned(),
+        n => format!("{PROXY_NAME}-{}", n + 1),
+    }
+}
+
 impl Proxy {
     /// Starts the proxy API, creates the `payment` proxy in front of
     /// `upstream` and adds the scenario's toxics, all through the HTTP API.
     pub async fn start(s: &Scenario, upstream: SocketAddr, seed: u64) -> anyhow::Result<Proxy> {
+        Proxy::start_routes(s, &[upstream], seed).await
+    }
+
+    /// [`Proxy::start`] with one route per upstream (replicas of the service).
+    pub async fn start_routes(s: &Scenario, upstreams: &[SocketAddr], seed: u64) -> anyhow::Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let api = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(chaos_proxy::run(listener, chaos_proxy::Config::new(seed), async move {
             let _ = stopped.await;
         }));
-        let http = http()?;
-        let created: Value = expect_ok(
-            http.post(format!("{api}/proxies"))
-                .json(&json!({"name": PROXY_NAME, "listen": "127.0.0.1:0", "upstream": upstream.to_string(), "enabled": true}))
-                .send()
-                .await,
-            "create the proxy",
-        )
-        .await?;
-        let listen = created["listen"]
-            .as_str()
-            .context("the proxy did not say where it listens")?;
-        for toxic in &s.proxy.toxics {
-            let body = json!({
-                "type": toxic.kind,
-                "stream": match toxic.stream { Stream::Upstream => "upstream", Stream::Downstream => "downstream" },
-                "toxicity": toxic.toxicity,
-                "attributes": toxic.attributes,
-                "toxicity_scope": match toxic.scope { Scope::Connection => "connection", Scope::Request => "request" },
-            });
-            expect_ok(
-                http.post(format!("{api}/proxies/{PROXY_NAME}/toxics"))
-                    .json(&body)
-                    .send()
-                    .await,
-                "add a toxic",
-            )
-            .await
-            .with_context(|| format!("scenario {}: toxic {body}", s.name))?;
+        let (mut urls, mut names) = (Vec::new(), Vec::new());
+        for (n, upstream) in upstreams.iter().enumerate() {
+            let name = route_name(n);
+            urls.push(add_route(s, &api, &name, *upstream).await?);
+            names.push(name);
         }
         Ok(Proxy {
             api,
-            url: format!("http://{listen}"),
+            url: urls.first().cloned().context("a proxy needs at least one upstream")?,
+            urls,
+            names,
             stop: Some(stop),
             task,
         })
     }
 
-    /// Adds a toxic (toxiproxy's JSON) to the proxy while it runs.
-    pub async fn add_toxic(&self, toxic: Value) -> anyhow::Result<()> {
-        let request = http()?
-            .post(format!("{}/proxies/{PROXY_NAME}/toxics", self.api))
-            .json(&toxic);
-        expect_ok(request.send().await, "add a toxic").await.map(drop)
+    /// The routes' proxy names, in replica order.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
-    pub async fn remove_toxic(&self, name: &str) -> anyhow::Result<()> {
-        let request = http()?.delete(format!("{}/proxies/{PROXY_NAME}/toxics/{name}", self.api));
-        expect_ok(request.send().await, "remove a toxic").await.map(drop)
+    /// Adds a toxic (toxiproxy's JSON) to every route while it runs.
+    pub async fn add_toxic(&self, toxic: Value) -> anyhow::Result<()> {
+        for name in &self.names {
+            let request = http()?.post(format!("{}/proxies/{name}/toxics", self.api)).json(&toxic);
+            expect_ok(request.send().await, "add a toxic").await?;
+        }
+        Ok(())
+    }
+
+    pub async fn remove_toxic(&self, toxic: &str) -> anyhow::Result<()> {
+        for name in &self.names {
+            let request = http()?.delete(format!("{}/proxies/{name}/toxics/{toxic}", self.api));
+            expect_ok(request.send().await, "remove a toxic").await?;
+        }
+        Ok(())
     }
 
     pub async fn set_enabled(&self, enabled: bool) -> anyhow::Result<()> {
-        let request = http()?
-            .post(format!("{}/proxies/{PROXY_NAME}", self.api))
-            .json(&json!({"enabled": enabled}));
-        expect_ok(request.send().await, "enable or disable the proxy")
-            .await
-            .map(drop)
+        for name in &self.names {
+            let request = http()?
+                .post(format!("{}/proxies/{name}", self.api))
+                .json(&json!({"enabled": enabled}));
+            expect_ok(request.send().await, "enable or disable the proxy").await?;
+        }
+        Ok(())
     }
 
-    /// Faults fired, summed per stream: (upstream, downstream).
+    /// Faults fired, summed per stream over every route: (upstream, downstream).
     pub async fn faults(&self) -> anyhow::Result<(u64, u64)> {
-        let stats: Value = expect_ok(
-            http()?
-                .get(format!("{}/proxies/{PROXY_NAME}/stats", self.api))
-                .send()
-                .await,
-            "read proxy stats",
-        )
-        .await?;
         let (mut up, mut down) = (0, 0);
-        for fault in stats["faults"].as_array().into_iter().flatten() {
-            let count = fault["count"].as_u64().unwrap_or(0);
-            match fault["stream"].as_str() {
-                Some("upstream") => up += count,
-                _ => down += count,
+        for name in &self.names {
+            let request = http()?.get(format!("{}/proxies/{name}/stats", self.api));
+            let stats: Value = expect_ok(request.send().await, "read proxy stats").await?;
+            for fault in stats["faults"].as_array().into_iter().flatten() {
+                let count = fault["count"].as_u64().unwrap_or(0);
+                match fault["stream"].as_str() {
+                    Some("upstream") => up += count,
+                    _ => down += count,
+                }
             }
         }
         Ok((up, down))
@@ -295,6 +299,42 @@ impl Proxy {
     pub async fn stop(self) -> anyhow::Result<()> {
         stop_task(self.stop, self.task, "the proxy").await
     }
+}
+
+/// Creates the proxy `name` in front of `upstream` with the scenario's
+/// toxics, through the API at `api`; returns where clients connect.
+async fn add_route(s: &Scenario, api: &str, name: &str, upstream: SocketAddr) -> anyhow::Result<String> {
+    let http = http()?;
+    let created: Value = expect_ok(
+        http.post(format!("{api}/proxies"))
+            .json(&json!({"name": name, "listen": "127.0.0.1:0", "upstream": upstream.to_string(), "enabled": true}))
+            .send()
+            .await,
+        "create the proxy",
+    )
+    .await?;
+    let listen = created["listen"]
+        .as_str()
+        .context("the proxy did not say where it listens")?;
+    for toxic in &s.proxy.toxics {
+        let body = json!({
+            "type": toxic.kind,
+            "stream": match toxic.stream { Stream::Upstream => "upstream", Stream::Downstream => "downstream" },
+            "toxicity": toxic.toxicity,
+            "attributes": toxic.attributes,
+            "toxicity_scope": match toxic.scope { Scope::Connection => "connection", Scope::Request => "request" },
+        });
+        expect_ok(
+            http.post(format!("{api}/proxies/{name}/toxics"))
+                .json(&body)
+                .send()
+                .await,
+            "add a toxic",
+        )
+        .await
+        .with_context(|| format!("scenario {}: toxic {body}", s.name))?;
+    }
+    Ok(format!("http://{listen}"))
 }
 
 /// Signals a piece to stop and waits, bounded, for its task to finish.

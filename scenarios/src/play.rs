@@ -149,7 +149,10 @@ impl Acted {
 /// What a scenario acts on and is judged by.
 pub(crate) struct Stage<'a> {
     pub(crate) scenario: &'a Scenario,
+    /// The first replica (the only one, in most lessons): read for judging.
     pub(crate) service: &'a Service,
+    /// Every replica, the first included.
+    pub(crate) replicas: &'a [Service],
     pub(crate) proxy: &'a Proxy,
     pub(crate) intents: Vec<Intent>,
     pub(crate) options: Options,
@@ -169,8 +172,18 @@ impl Stage<'_> {
         }
     }
 
+    /// Sends `intents` through the proxy, spread over its routes (one per replica).
     pub(crate) async fn run(&self, intents: impl Into<Intents>, sinks: Sinks) -> anyhow::Result<RunReport> {
-        runner::run(&self.proxy.url, intents, &self.options, sinks).await
+        self.run_with(intents, &self.options, sinks).await
+    }
+
+    pub(crate) async fn run_with(
+        &self,
+        intents: impl Into<Intents>,
+        options: &Options,
+        sinks: Sinks,
+    ) -> anyhow::Result<RunReport> {
+        runner::run_spread(&self.proxy.urls, intents, options, sinks).await
     }
 }
 
@@ -181,27 +194,21 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
     let (_tmp, dir) = parts::scratch_dir(settings.keep.as_deref(), &s.name)?;
     let log = LessonLog::open(&dir).await;
     let db = dir.join("payments.db");
-    let service = match (&settings.outside, &s.act) {
-        (Some(outside), _) => outside.start().await?,
-        (None, Act::CrashService { crashes }) => {
-            let p = match crashes {
-                Some(n) => (f64::from(*n) / payments as f64).min(0.5),
-                None => s.service.crash_after_commit,
-            };
-            Service::supervised(&settings.exe, s, &db, seed, p).await?
-        }
-        // A process of its own: killed and restarted, or running the
-        // exercise's code, which may keep what it knows in statics.
-        (None, act) if act.kills_the_service() || s.service.dedup == payment_service::DedupMode::Exercise => {
-            Service::supervised(&settings.exe, s, &db, seed, s.service.crash_after_commit).await?
-        }
-        (None, _) => Service::in_process(s, &db).await?,
-    };
-    let proxy = Proxy::start(s, service.addr, seed).await?;
+    let mut replicas = Vec::with_capacity(s.replicas);
+    for n in 0..s.replicas {
+        // Each replica its own crash dice.
+        let replica_seed = seed.wrapping_add(n as u64);
+        replicas.push(start_service(s, settings, &db, replica_seed, payments).await?);
+    }
+    let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
+    let proxy = Proxy::start_routes(s, &addrs, seed).await?;
+    let service = &replicas[0];
     let watched = Parts {
         lesson: s.name.clone(),
         service_url: service.url.clone(),
+        replica_urls: replicas.iter().map(|r| r.url.clone()).collect(),
         proxy_api: proxy.api.clone(),
+        routes: proxy.names().to_vec(),
         dir: dir.clone(),
         payments,
         intended_minor: intended_minor(s, payments),
@@ -210,12 +217,15 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
         observer.started(watched.clone()).await;
     }
     let outside = settings.outside.clone();
-    let outcome = stage_and_play(s, (&service, &proxy, outside), dir, payments, seed).await;
+    let outcome = stage_and_play(s, (&replicas, &proxy, outside), dir, payments, seed).await;
     if let (Some(observer), Ok(outcome)) = (&settings.observer, &outcome) {
         observer.judged(watched, outcome).await;
     }
     let stopped_proxy = proxy.stop().await;
-    let stopped_service = service.stop().await;
+    let mut stopped_service = Ok(());
+    for replica in replicas {
+        stopped_service = stopped_service.and(replica.stop().await);
+    }
     let log = log.close(settings.keep.is_some()).await;
     let mut outcome = outcome.with_context(|| format!("scenario {}", s.name))?;
     stopped_proxy?;
@@ -223,6 +233,34 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
     outcome.elapsed_ms = started.elapsed().as_millis() as u64;
     outcome.log = log;
     Ok(outcome)
+}
+
+/// Starts one replica of the lesson's service (the only one, in most
+/// lessons): an outside one, a supervised child when it must be killed, or
+/// in this process.
+async fn start_service(
+    s: &Scenario,
+    settings: &Settings,
+    db: &std::path::Path,
+    seed: u64,
+    payments: usize,
+) -> anyhow::Result<Service> {
+    Ok(match (&settings.outside, &s.act) {
+        (Some(outside), _) => outside.start().await?,
+        (None, Act::CrashService { crashes }) => {
+            let p = match crashes {
+                Some(n) => (f64::from(*n) / payments as f64).min(0.5),
+                None => s.service.crash_after_commit,
+            };
+            Service::supervised(&settings.exe, s, db, seed, p).await?
+        }
+        // A process of its own: killed and restarted, or running the
+        // exercise's code, which may keep what it knows in statics.
+        (None, act) if act.kills_the_service() || s.service.dedup == payment_service::DedupMode::Exercise => {
+            Service::supervised(&settings.exe, s, db, seed, s.service.crash_after_commit).await?
+        }
+        (None, _) => Service::in_process(s, db).await?,
+    })
 }
 
 /// The money a lesson means to move: its payments times the client's amount.
@@ -233,7 +271,7 @@ fn intended_minor(s: &Scenario, payments: usize) -> i128 {
 
 async fn stage_and_play(
     s: &Scenario,
-    (service, proxy, outside): (&Service, &Proxy, Option<Arc<crate::target::Outside>>),
+    (replicas, proxy, outside): (&[Service], &Proxy, Option<Arc<crate::target::Outside>>),
     dir: PathBuf,
     payments: usize,
     seed: u64,
@@ -244,6 +282,7 @@ async fn stage_and_play(
         .await?
         .context("cannot create the history file")?;
     let mut options = options(&s.client, seed);
+    let service = &replicas[0];
     let (baseline_id, outside) = match outside {
         Some(outside) => {
             options.request = outside.shape.clone();
@@ -254,6 +293,7 @@ async fn stage_and_play(
     let stage = Stage {
         scenario: s,
         service,
+        replicas,
         proxy,
         intents: runner::repeat(payments, "bianca", "marc", amount_minor, seed),
         options,
@@ -283,6 +323,7 @@ async fn act(stage: &Stage<'_>) -> anyhow::Result<Acted> {
             Ok(Acted::one(stage.run(sent, stage.sinks()).await?))
         }
         Act::ProxyOutage { after_percent, down_ms } => proxy_outage(stage, *after_percent, *down_ms).await,
+        Act::KillReplica { after_percent } => crate::restart::kill_replica_midway(stage, *after_percent).await,
         Act::ClientCrash { after_percent, resume } => client_crash(stage, *after_percent, *resume).await,
         Act::ReuseKeys { amount } => {
             let first = stage.run(intents.clone(), stage.sinks()).await?;
@@ -481,10 +522,11 @@ pub(crate) fn metrics(
         "unconfirmed",
         stage.intents.len().saturating_sub(confirmed.len()) as u64,
     );
-    put(
-        "service_restarts",
-        stage.service.restarts.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    let restarts = stage
+        .replicas
+        .iter()
+        .map(|r| r.restarts.load(std::sync::atomic::Ordering::Relaxed));
+    put("service_restarts", restarts.sum());
     // Only when /stats was read: a missing figure is not a zero.
     if let Some(stats) = stats {
         put("duplicate_keys", stats.duplicate_keys);

@@ -227,6 +227,9 @@ impl Outside {
                     .into(),
             );
         }
+        if s.replicas > 1 {
+            return Some("runs several replicas of this project's service on one database file".into());
+        }
         if matches!(s.act, Act::RetryAfterRestart { late: true }) && self.answers_expire_after.is_none() {
             return Some(
                 "retries after the service's stored answers expired: say when with answers_expire_after in the --target-file"

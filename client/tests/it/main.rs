@@ -10,6 +10,7 @@ mod inconclusive;
 mod ledger_crash;
 mod no_stats;
 mod reconciliation;
+mod replicas;
 mod resume;
 mod retry_rules;
 mod strategies;

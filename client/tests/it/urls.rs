@@ -26,6 +26,16 @@ fn a_url_without_http_is_refused_at_start_with_the_fix() {
             "https://127.0.0.1:1".to_owned(),
             "plain http only".to_owned(),
         ),
+        (
+            "--target",
+            format!("http://127.0.0.1:{port},,http://127.0.0.1:1"),
+            "URL 2 of the list is empty".to_owned(),
+        ),
+        (
+            "--target",
+            format!("http://127.0.0.1:{port},127.0.0.1:1"),
+            "did you mean http://127.0.0.1:1?".to_owned(),
+        ),
     ] {
         let other = if flag == "--target" { "--service" } else { "--target" };
         let output = Command::new(env!("CARGO_BIN_EXE_client"))

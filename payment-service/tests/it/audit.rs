@@ -52,7 +52,7 @@ fn maintained_figures(audit: &Value) -> Value {
     m
 }
 
-fn assert_agrees(audit: &Value) {
+pub(crate) fn assert_agrees(audit: &Value) {
     assert_eq!(audit["verdict"], "agree", "{audit:#}");
     assert_eq!(audit["maintained"], audit["recomputed"], "{audit:#}");
     assert_eq!(audit["findings"], json!([]), "{audit:#}");

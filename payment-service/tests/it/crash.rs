@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use crate::{BODY, WAIT, client, header};
 
-struct ServiceProcess {
+pub(crate) struct ServiceProcess {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 /// Starts `payment-service` on port 0 and reads the bound address from its
 /// first stdout line.
-fn start(db: &Path, extra: &[&str]) -> ServiceProcess {
+pub(crate) fn start(db: &Path, extra: &[&str]) -> ServiceProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_payment-service"))
         .args(["--listen", "127.0.0.1:0", "--db"])
         .arg(db)
@@ -36,7 +36,7 @@ fn start(db: &Path, extra: &[&str]) -> ServiceProcess {
 }
 
 impl ServiceProcess {
-    async fn pay(&self, key: &str) -> reqwest::Result<reqwest::Response> {
+    pub(crate) async fn pay(&self, key: &str) -> reqwest::Result<reqwest::Response> {
         client()
             .post(format!("{}/payments", self.base))
             .header("content-type", "application/json")
@@ -46,7 +46,7 @@ impl ServiceProcess {
             .await
     }
 
-    async fn stats(&self) -> serde_json::Value {
+    pub(crate) async fn stats(&self) -> serde_json::Value {
         client()
             .get(format!("{}/stats", self.base))
             .send()
@@ -70,7 +70,7 @@ impl ServiceProcess {
         }
     }
 
-    fn kill(self) {
+    pub(crate) fn kill(self) {
         drop(self);
     }
 }

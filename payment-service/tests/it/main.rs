@@ -13,8 +13,10 @@ mod exercise;
 mod failures;
 mod limits;
 mod lookup;
+mod memory;
 mod metrics;
 mod replays;
+mod replicas;
 mod wipe;
 
 use std::net::SocketAddr;

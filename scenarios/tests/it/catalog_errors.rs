@@ -18,11 +18,24 @@ fn a_good_minimal_file_parses_with_defaults() {
     let s = Scenario::parse("catalog/mine.toml", GOOD).expect("parses");
     assert_eq!(s.client.concurrency, 16);
     assert!(s.proxy.toxics.is_empty());
+    assert_eq!((s.replicas, s.service.replica), (1, false));
+    let three = Scenario::parse("catalog/mine.toml", &GOOD.replace("expect", "replicas = 3\nexpect")).expect("parses");
+    assert!(three.service.replica, "replicas share the file with --replica");
 }
 
 #[test]
 fn errors_name_file_field_and_fix() {
-    let cases: [(&str, String, &[&str]); 7] = [
+    let cases: [(&str, String, &[&str]); 9] = [
+        (
+            "too many replicas",
+            GOOD.replace("expect", "replicas = 99\nexpect"),
+            &["mine.toml", "`replicas`", "between 1 and 8"],
+        ),
+        (
+            "a replica killed with none to spare",
+            format!("{GOOD}[act]\nkind = \"kill-replica\"\nafter_percent = 50\n"),
+            &["mine.toml", "act.kind", "replicas = 2 or more"],
+        ),
         (
             "typo in a field",
             GOOD.replace("lesson", "lesosn"),

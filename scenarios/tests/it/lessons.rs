@@ -64,6 +64,9 @@ lessons! {
     proxy_down => "proxy-down",
     client_crash_resume => "client-crash-resume",
     client_crash_restart => "client-crash-restart",
+    replicas_memory => "replicas-memory",
+    restart_memory => "restart-memory",
+    replicas_unique => "replicas-unique",
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
