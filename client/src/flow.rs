@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::history::HistoryFile;
 use crate::intents::Intents;
 use crate::ledger::{Ledger, Meta, Opened};
+use crate::receipts::{ReceiptOutcome, ReceiptVerdict};
 use crate::reconcile::{self, Attempts, Evidence, Mode, Reconciliation, Verdict};
 use crate::runner::{self, Summary};
 use crate::service::{Inconclusive, ServiceReader};
@@ -56,6 +57,9 @@ pub struct Settings {
     pub reconcile_deadline: Duration,
     /// Turns true to wind the run down (Ctrl-C).
     pub stop: Option<watch::Receiver<bool>>,
+    /// The receipts service (`http://host:port`) of the second hop, to judge
+    /// too: every payment of the run must have exactly one receipt.
+    pub receipts: Option<String>,
 }
 
 /// How a run ended.
@@ -74,6 +78,8 @@ pub struct Judged {
     /// A verdict from a complete reading, or why there is none.
     pub judgement: Result<Reconciliation, Inconclusive>,
     pub reading: Reading,
+    /// The second hop's verdict, when a receipts service was given.
+    pub receipts: Option<ReceiptVerdict>,
 }
 
 /// What reading the service for the judgement cost.
@@ -243,10 +249,18 @@ async fn execute(
         mode: &mode,
     };
     let (judgement, reading) = judge(&settings.service, settings.reconcile_deadline, &evidence).await;
+    let receipts = match &settings.receipts {
+        Some(url) => {
+            let deadline = settings.reconcile_deadline;
+            Some(crate::receipts::check_run(&settings.service, url, mode.baseline_id(), deadline).await)
+        }
+        None => None,
+    };
     Ok(Ending::Judged(Box::new(Judged {
         summary: report.summary,
         judgement,
         reading,
+        receipts,
     })))
 }
 
@@ -295,7 +309,7 @@ pub fn stop_on_ctrl_c() -> watch::Receiver<bool> {
 
 /// Prints how the run ended (stdout: the report or JSON; stderr: what to do
 /// next) and returns the exit status.
-pub fn conclude(ending: &Ending, options: &Options, json: bool, expect: Option<Verdict>) -> u8 {
+pub fn conclude(ending: &Ending, options: &Options, json: bool, expect: Expect) -> u8 {
     let judged = match ending {
         Ending::Interrupted {
             confirmed,
@@ -316,7 +330,7 @@ pub fn conclude(ending: &Ending, options: &Options, json: bool, expect: Option<V
     } else {
         print!("{}", crate::report::render(options, judged));
     }
-    match (&judged.judgement, expect) {
+    let first = match (&judged.judgement, expect.payments) {
         (Err(why), _) => {
             eprintln!("client: INCONCLUSIVE: {why}");
             EXIT_INCONCLUSIVE
@@ -326,6 +340,30 @@ pub fn conclude(ending: &Ending, options: &Options, json: bool, expect: Option<V
             EXIT_UNEXPECTED_VERDICT
         }
         (Ok(_), _) => EXIT_OK,
+    };
+    first.max(second_hop_status(judged.receipts.as_ref(), expect.receipts))
+}
+
+/// The verdicts a run is expected to reach (`--expect`, `--expect-receipts`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expect {
+    pub payments: Option<Verdict>,
+    pub receipts: Option<ReceiptOutcome>,
+}
+
+/// The exit status the second hop's verdict asks for (0 without one).
+fn second_hop_status(verdict: Option<&ReceiptVerdict>, expected: Option<ReceiptOutcome>) -> u8 {
+    let Some(verdict) = verdict else { return EXIT_OK };
+    match expected {
+        _ if verdict.outcome == ReceiptOutcome::Inconclusive => {
+            eprintln!("client: {verdict}");
+            EXIT_INCONCLUSIVE
+        }
+        Some(expected) if verdict.outcome != expected => {
+            eprintln!("client: expected receipts {expected:?}, got {verdict}");
+            EXIT_UNEXPECTED_VERDICT
+        }
+        _ => EXIT_OK,
     }
 }
 
@@ -341,5 +379,6 @@ fn json_report(judged: &Judged, seed: u64) -> serde_json::Value {
         "reconciliation": reconciliation,
         "inconclusive": inconclusive,
         "reading": judged.reading,
+        "receipts": judged.receipts,
     })
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use client::batch::{Batch, BatchKeys};
 use client::flow::{self, EXIT_CODES_HELP, EXIT_ERROR, Settings};
+use client::receipts::ReceiptOutcome;
 use client::reconcile::Verdict;
 use client::service::{RECONCILE_DEADLINE_MS_DEFAULT, parse_http_url};
 
@@ -137,9 +138,24 @@ struct CommonArgs {
     /// Exit with status 1 unless the verdict is this one
     #[arg(long, value_enum)]
     expect: Option<Verdict>,
+    /// The receipts service of the second hop (http://host:port): after the payments' verdict,
+    /// wait for the payment service's outbox to drain and check that every payment of the run
+    /// has exactly one receipt
+    #[arg(long, value_name = "URL", value_parser = parse_http_url)]
+    receipts: Option<String>,
+    /// Exit with status 1 unless the receipts' verdict is this one
+    #[arg(long, value_enum, requires = "receipts")]
+    expect_receipts: Option<ReceiptOutcome>,
 }
 
 impl CommonArgs {
+    fn expect(&self) -> flow::Expect {
+        flow::Expect {
+            payments: self.expect,
+            receipts: self.expect_receipts,
+        }
+    }
+
     fn settings(&self) -> Settings {
         let mut o = Options::new(self.seed.unwrap_or_else(|| rand::random::<u64>() >> 16));
         o.key = self.key;
@@ -159,6 +175,7 @@ impl CommonArgs {
             progress: !self.json,
             reconcile_deadline: Duration::from_millis(self.reconcile_deadline_ms),
             stop: Some(flow::stop_on_ctrl_c()),
+            receipts: self.receipts.clone(),
         }
     }
 }
@@ -207,7 +224,7 @@ async fn run(cli: Cli) -> u8 {
         }
     };
     match ended {
-        Ok((ending, options)) => flow::conclude(&ending, &options, common.json, common.expect),
+        Ok((ending, options)) => flow::conclude(&ending, &options, common.json, common.expect()),
         Err(e) => {
             eprintln!("client: {e:#}");
             EXIT_ERROR

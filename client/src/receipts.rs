@@ -136,7 +136,7 @@ fn check_lookup(events: &[EventReceipts], asked: &[String]) -> Result<(), String
 }
 
 /// What the judge concluded about the second hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReceiptOutcome {
     /// Every executed payment has exactly one receipt.
@@ -295,6 +295,118 @@ pub async fn check(reader: &ReceiptsReader, payments: &[(String, Option<String>)
         }
     }
     tally.verdict()
+}
+
+/// What the payment service says about its second hop (`GET /stats`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct SecondHop {
+    /// Event ids are `<ledger id>:<payment id>`.
+    pub ledger_id: String,
+    /// `none`, `after-commit` or `outbox`.
+    pub notify: String,
+    pub outbox: OutboxFigures,
+}
+
+/// The payment service's outbox, as `/stats` shows it; every field required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub struct OutboxFigures {
+    pub pending: u64,
+    pub delivered: u64,
+    /// Refused for good by the receiver (a 4xx): never receipted.
+    pub refused: u64,
+    pub oldest_pending_age_ms: u64,
+    pub delivery_attempts: u64,
+    pub redelivered: u64,
+}
+
+/// How often the outbox is read while waiting for it to drain.
+const SETTLE_POLL_MS: u64 = 50;
+
+/// Waits, within the service reader's deadline, until the payment service
+/// has no event pending delivery, and returns its second hop's figures.
+/// Events still pending at the deadline make the receipts verdict
+/// inconclusive: a receipt still on its way is not a missing one.
+pub async fn settle(service: &ServiceReader) -> Result<SecondHop, Inconclusive> {
+    let poll = Duration::from_millis(SETTLE_POLL_MS);
+    loop {
+        let hop: SecondHop = service.get_json("/stats").await?;
+        if hop.outbox.pending == 0 {
+            return Ok(hop);
+        }
+        if service.time_left() <= poll {
+            return Err(inconclusive(format!(
+                "{} events were still pending delivery at the reading deadline (the oldest waited {} ms)",
+                hop.outbox.pending, hop.outbox.oldest_pending_age_ms
+            )));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// The second hop over a window of the ledger: every payment with an id in
+/// `(after, last]`, its event id `<ledger id>:<id>`, its receipts counted,
+/// one page of the ledger and one lookup at a time (memory: one page). Every
+/// payment counts, whoever made it: each executed payment must have exactly
+/// one receipt.
+pub async fn check_window(
+    service: &ServiceReader,
+    receipts: &ReceiptsReader,
+    ledger_id: &str,
+    (after, last): (i64, i64),
+) -> ReceiptVerdict {
+    let mut tally = Tally::default();
+    let mut cursor = after;
+    while cursor < last {
+        let mut page: Vec<(String, Option<String>)> = Vec::new();
+        let read = service.page_after(cursor, |p| {
+            if p.id <= last {
+                let key = p.idempotency_key.as_deref().map(str::to_owned);
+                page.push((format!("{ledger_id}:{}", p.id), key));
+            }
+        });
+        let next = match read.await {
+            Ok(next) => next,
+            Err(e) => return ReceiptVerdict::inconclusive(e.reason, tally),
+        };
+        if !page.is_empty() {
+            let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
+            match receipts.lookup(&ids).await {
+                Ok(answers) => {
+                    for ((id, key), answer) in page.iter().zip(answers) {
+                        tally.add(label(id, key.as_deref()), answer.receipts);
+                    }
+                }
+                Err(e) => return ReceiptVerdict::inconclusive(e.reason, tally),
+            }
+        }
+        match next {
+            Some(next) if next > cursor => cursor = next,
+            _ => break,
+        }
+    }
+    tally.verdict()
+}
+
+/// The second hop of a run whose payments have ids above `baseline_id`:
+/// the newest payment id, then the outbox drained, then every payment up to
+/// that id checked.
+pub async fn check_run(service: &str, receipts: &str, baseline_id: i64, budget: Duration) -> ReceiptVerdict {
+    let readers = ServiceReader::new(service, budget).and_then(|s| Ok((s, ReceiptsReader::new(receipts, budget)?)));
+    let (service, receipts) = match readers {
+        Ok(readers) => readers,
+        Err(e) => return ReceiptVerdict::inconclusive(format!("{e:#}"), Tally::default()),
+    };
+    // The newest payment first: once nothing is pending afterwards, every
+    // event of a payment up to it has been delivered (or refused).
+    let last = match service.last_id(baseline_id, baseline_id).await {
+        Ok(last) => last,
+        Err(e) => return ReceiptVerdict::inconclusive(e.reason, Tally::default()),
+    };
+    let hop = match settle(&service).await {
+        Ok(hop) => hop,
+        Err(e) => return ReceiptVerdict::inconclusive(e.reason, Tally::default()),
+    };
+    check_window(&service, &receipts, &hop.ledger_id, (baseline_id, last)).await
 }
 
 impl std::fmt::Display for ReceiptVerdict {

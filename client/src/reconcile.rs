@@ -85,7 +85,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn baseline_id(&self) -> i64 {
+    pub fn baseline_id(&self) -> i64 {
         match self {
             Mode::Fresh { baseline_id } | Mode::Resume { baseline_id, .. } => *baseline_id,
         }

@@ -35,6 +35,13 @@ pub(crate) fn render(options: &Options, judged: &Judged) -> String {
             let _ = writeln!(out, "verdict: INCONCLUSIVE (no verdict without the complete ledger)");
         }
     }
+    if let Some(receipts) = &judged.receipts {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "second hop (one receipt per payment, from the receipts service): {receipts}"
+        );
+    }
     out
 }
 

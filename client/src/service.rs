@@ -168,6 +168,11 @@ impl ServiceReader {
         })
     }
 
+    /// Time left before the reading deadline.
+    pub(crate) fn time_left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
     /// HTTP requests sent so far, retries included.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
