@@ -536,7 +536,7 @@ async fn pay(shared: &Shared, at: usize, intent: &Intent, records: &mut Vec<Atte
             attempt,
             &mut rng,
         );
-        let wait = retry_after.unwrap_or_default().max(jitter);
+        let wait = eo_core::retry::wait(retry_after, jitter);
         if Instant::now() + wait >= shared.deadline {
             return ended(false, attempt);
         }
