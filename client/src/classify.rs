@@ -59,4 +59,3 @@ pub fn classify_error(error: &reqwest::Error) -> (Outcome, ErrorKind) {
     }
     (Outcome::Unknown, kind)
 }
-

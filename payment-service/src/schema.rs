@@ -11,7 +11,9 @@
 //! - `idempotency_keys`: one row per key under `--dedup unique`: in-flight
 //!   lease or stored response. Completed rows are reaped after the retention.
 //! - `ledger_totals`: the figures `/stats` shows, maintained by every write
-//!   (see `totals.rs`).
+//!   (see `totals.rs`), and the outbox's counts.
+//! - `ledger_meta` (the ledger id) and `outbox` (one event per payment under
+//!   `--notify outbox`): see `outbox.rs`.
 //!
 //! `PRAGMA user_version` says which schema a file has, so opening a current
 //! file reads one header field and nothing else.
@@ -24,15 +26,16 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use crate::audit;
 use crate::config::Synchronous;
 use crate::db_error::{DbError, DbResult};
-use crate::totals;
+use crate::{outbox, totals};
 
 /// How long a connection waits for a lock before giving up with SQLITE_BUSY.
 /// Only readers and the single writer share the file, so waits are short.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
 
 /// The schema this version writes; 0 is a file of a version without
-/// `ledger_totals` (or a new, empty file).
-const SCHEMA_VERSION: i64 = 1;
+/// `ledger_totals` (or a new, empty file), 1 one without the ledger id and
+/// the outbox.
+const SCHEMA_VERSION: i64 = 2;
 
 /// The writer's page cache, in KiB: keeps the upper levels of the key indexes
 /// of a ledger of millions of payments in memory.
@@ -109,10 +112,12 @@ pub fn open_reader(path: &Path) -> DbResult<Connection> {
     Ok(conn)
 }
 
-/// A current file: nothing to do (one header read). A new file: the schema
-/// and a zero totals row. A file of an older version: the missing tables and
-/// indexes, and the totals computed once from its payments (O(n), once; the
-/// same pass as the audit, in the same transaction, so nothing slips between).
+/// A current file: nothing to do (one header read). Else, in one
+/// transaction, each step from the file's version to this one: version 1
+/// (the schema and a zero totals row; for a file of payments, the totals
+/// computed once from them: O(n), once, the same pass as the audit, so
+/// nothing slips between), then version 2 (the ledger id, the outbox and its
+/// counts; payments made before it have no events).
 fn bring_up_to_date(conn: &mut Connection) -> DbResult<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version == SCHEMA_VERSION {
@@ -123,15 +128,25 @@ fn bring_up_to_date(conn: &mut Connection) -> DbResult<()> {
             "the database has schema version {version}, written by a newer payment-service (this one knows {SCHEMA_VERSION})"
         )));
     }
-    let started = Instant::now();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(SCHEMA)?;
-    tx.execute_batch(totals::TOTALS_SCHEMA)?;
-    let audited = audit::run(&mut audit::Within(&tx), audit::Balances::Skip, &mut |_| {})?;
-    let figures = audited.report.recomputed;
-    totals::reset(&tx, &figures)?;
+    if version < 1 {
+        to_version_1(&tx)?;
+    }
+    tx.execute_batch(outbox::OUTBOX_SCHEMA)?;
+    outbox::new_ledger_id(&tx)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
+    Ok(())
+}
+
+/// The tables of version 1 and their figures, computed from what the file holds.
+fn to_version_1(tx: &Connection) -> DbResult<()> {
+    let started = Instant::now();
+    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(totals::TOTALS_SCHEMA)?;
+    let audited = audit::run(&mut audit::Within(tx), audit::Balances::Skip, &mut |_| {})?;
+    let figures = audited.report.recomputed;
+    totals::reset(tx, &figures)?;
     if figures.payments > 0 || figures.accounts > 0 {
         tracing::info!(
             payments = figures.payments,
