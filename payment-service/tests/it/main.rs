@@ -14,6 +14,8 @@ mod failures;
 mod limits;
 mod lookup;
 mod metrics;
+mod outbox;
+mod receiver;
 mod replays;
 mod wipe;
 
