@@ -318,3 +318,49 @@ async fn without_a_url_there_is_no_outbox_and_after_commit_calls_once_before_the
     );
     app.stop().await;
 }
+
+/// Turns a current file back into one of schema version 1 (before the
+/// ledger id and the outbox).
+const TO_VERSION_1: &str = "
+DROP TABLE outbox;
+DROP TABLE ledger_meta;
+ALTER TABLE ledger_totals DROP COLUMN outbox_pending;
+ALTER TABLE ledger_totals DROP COLUMN outbox_delivered;
+ALTER TABLE ledger_totals DROP COLUMN outbox_refused;
+ALTER TABLE ledger_totals DROP COLUMN outbox_attempts;
+ALTER TABLE ledger_totals DROP COLUMN outbox_redelivered;
+PRAGMA user_version = 1;
+";
+
+#[tokio::test]
+async fn a_file_of_schema_1_gets_a_ledger_id_and_an_outbox_at_start() {
+    let app = spawn_app(|_| {}).await;
+    assert_eq!(app.pay(Some("old-1"), BODY).await.status(), 201);
+    assert_eq!(app.pay(Some("old-2"), BODY).await.status(), 201);
+    let dir = app.stop_keeping_dir().await;
+    Connection::open(db_path(&dir))
+        .unwrap()
+        .execute_batch(TO_VERSION_1)
+        .unwrap();
+    let receiver = FakeReceiver::start().await;
+    let app = spawn_app_in(dir, outbox_to(&receiver.url())).await;
+    let stats = app.stats().await;
+    assert_eq!(
+        (stats["payments"].as_i64(), stats["outbox"]["pending"].as_i64()),
+        (Some(2), Some(0))
+    );
+    let ledger = stats["ledger_id"].clone();
+    assert_eq!(ledger.as_str().map(str::len), Some(16));
+    assert_eq!(app.pay(Some("new"), BODY).await.status(), 201);
+    outbox_until(&app, |o| o["delivered"] == 1).await;
+    assert_eq!(
+        receiver.events()[0].key.as_deref(),
+        Some("new"),
+        "payments before the outbox have no events"
+    );
+    assert_eq!(app.get_json("/audit").await["verdict"], "agree");
+    let dir = app.stop_keeping_dir().await;
+    let app = spawn_app_in(dir, |_| {}).await;
+    assert_eq!(app.stats().await["ledger_id"], ledger, "the ledger id is the file's");
+    app.stop().await;
+}
