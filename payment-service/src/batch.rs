@@ -187,7 +187,7 @@ impl Keyed for Batch {
 
     /// A retry after the stored answer is gone: every item paid as asked →
     /// the answer rebuilt; none paid → None; anything else → a mismatch.
-    fn from_ledger(&self, conn: &Connection, _key: &str) -> DbResult<Option<Outcome>> {
+    fn in_ledger(&self, conn: &Connection, _key: &str) -> DbResult<Option<Outcome>> {
         let mut found = Vec::with_capacity(self.items.len());
         for item in &self.items {
             found.push(store::first_payment_with_key(conn, &self.item_key(item))?);
@@ -214,7 +214,7 @@ impl Keyed for Batch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
     /// `unique`, no delay: decide and execute in one op.
-    OneStep,
+    Whole,
     /// `unique` with a delay: lease the batch's key to the token.
     Claim(i64),
     /// Then execute, if the token still owns the lease.
@@ -227,7 +227,7 @@ pub(crate) enum Step {
 pub(crate) fn run(conn: &Connection, batch: &Batch, step: Step, t: Clock, totals: &mut Delta) -> DbResult<Outcome> {
     let key = batch.key.as_str();
     match step {
-        Step::OneStep => match store::decide(conn, batch, key, t.now_ms, t.retention_ms)? {
+        Step::Whole => match store::decide(conn, batch, key, t.now_ms, t.retention_ms)? {
             Decision::Done(outcome) => Ok(outcome),
             Decision::Proceed { before } => execute(conn, batch, (t, before), true, totals),
         },
@@ -328,7 +328,7 @@ async fn create(state: &AppState, items: BatchBody, key: Option<String>) -> Resu
     let batch = Arc::new(Batch::new(key.clone(), items)?);
     let config = &state.0.config;
     let outcome = match config.dedup {
-        DedupMode::Unique if config.processing_delay.is_zero() => writer_step(state, &batch, Step::OneStep).await?,
+        DedupMode::Unique if config.processing_delay.is_zero() => writer_step(state, &batch, Step::Whole).await?,
         DedupMode::Unique => claim_then_complete(state, &batch).await?,
         DedupMode::Off => writer_step(state, &batch, Step::Unchecked).await?,
         other => {

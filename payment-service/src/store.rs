@@ -157,7 +157,7 @@ pub(crate) trait Keyed {
     fn fingerprint(&self) -> String;
     /// What the ledger says about a retry under `key` whose stored answer is
     /// gone: its first answer rebuilt, a mismatch, or None (never paid).
-    fn from_ledger(&self, conn: &Connection, key: &str) -> DbResult<Option<Outcome>>;
+    fn in_ledger(&self, conn: &Connection, key: &str) -> DbResult<Option<Outcome>>;
 }
 
 impl Keyed for PaymentRequest {
@@ -165,7 +165,7 @@ impl Keyed for PaymentRequest {
         PaymentRequest::fingerprint(self)
     }
 
-    fn from_ledger(&self, conn: &Connection, key: &str) -> DbResult<Option<Outcome>> {
+    fn in_ledger(&self, conn: &Connection, key: &str) -> DbResult<Option<Outcome>> {
         Ok(first_payment_with_key(conn, key)?.map(|payment| answer_from_ledger(&payment, self)))
     }
 }
@@ -282,7 +282,7 @@ pub(crate) fn decide(
     };
     // No live stored response: the ledger itself is the authority. The key
     // stays on the payment forever, so a late retry is still recognised.
-    if let Some(outcome) = request.from_ledger(conn, key)? {
+    if let Some(outcome) = request.in_ledger(conn, key)? {
         return Ok(Decision::Done(outcome));
     }
     Ok(Decision::Proceed { before })

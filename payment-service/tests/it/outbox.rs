@@ -150,6 +150,17 @@ async fn while_the_receiver_is_down_events_wait_and_go_once_it_is_up() {
         ),
         (Some(5), Some(0))
     );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(crate::metrics::sample(&metrics, "outbox_pending"), 5.0);
+    assert!(crate::metrics::sample(&metrics, "outbox_oldest_pending_age_ms") > 0.0);
     // Payments go on meanwhile.
     assert_eq!(app.pay(Some("d-5"), BODY).await.status(), 201);
     let receiver = FakeReceiver::start_on(addr).await;
