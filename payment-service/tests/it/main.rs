@@ -17,6 +17,7 @@ mod lookup;
 mod metrics;
 mod outbox;
 mod receiver;
+mod relay_rate;
 mod replays;
 mod wipe;
 
