@@ -130,39 +130,69 @@ impl Relay {
         while !*stop.borrow() {
             let now_ms = clock::now_ms();
             let limit = self.limits.batch_events_max;
-            let wait = match self.readers.read(move |c| outbox::due(c, now_ms, limit)).await {
-                Ok(due) if due.events.is_empty() => self.idle_wait(&due, now_ms),
-                Ok(due) => match self.round(due).await {
-                    true => {
-                        if failed_rounds > 0 {
-                            tracing::info!(failed_rounds, "the receipts service takes events again");
-                        }
-                        failed_rounds = 0;
-                        Duration::ZERO
-                    }
-                    false => {
-                        failed_rounds = failed_rounds.saturating_add(1);
-                        if failed_rounds == 1 {
-                            tracing::info!("the receipts service delivered nothing this round; events stay pending");
-                        }
-                        self.backoff(failed_rounds, &mut idle_rng)
-                    }
-                },
+            // Idle waits end when new events commit; a backoff does not.
+            let (wait, wakeable) = match self.readers.read(move |c| outbox::due(c, now_ms, limit)).await {
+                Ok(due) if due.events.is_empty() => (self.idle_wait(&due, now_ms), true),
+                Ok(due) => {
+                    let full = due.events.len() >= limit;
+                    let settled = self.round(due).await;
+                    (
+                        self.after_round(settled, full, &mut failed_rounds, &mut idle_rng),
+                        false,
+                    )
+                }
                 Err(e) => {
                     tracing::debug!(error = %e.detail, "outbox relay: cannot read pending events");
                     failed_rounds = failed_rounds.saturating_add(1);
-                    self.backoff(failed_rounds, &mut idle_rng)
+                    (self.backoff(failed_rounds, &mut idle_rng), false)
                 }
             };
             if !wait.is_zero() {
+                let woken = async {
+                    match wakeable {
+                        true => self.wake.notified().await,
+                        false => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
-                    () = self.wake.notified() => {}
+                    () = woken => {}
                     () = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => {}
                 }
             }
         }
         tracing::info!("outbox relay stopped");
+    }
+
+    /// The wait after a round. One that settled nothing means the receiver
+    /// is failing: when the round was full (a backlog), the relay itself
+    /// backs off, or it would cycle through the whole backlog at full speed;
+    /// a partial round's events are paced by their own backoff.
+    fn after_round(
+        &self,
+        settled: bool,
+        full: bool,
+        failed_rounds: &mut u32,
+        rng: &mut Xoshiro256PlusPlus,
+    ) -> Duration {
+        if settled {
+            if *failed_rounds > 0 {
+                tracing::info!(
+                    failed_rounds = *failed_rounds,
+                    "the receipts service takes events again"
+                );
+            }
+            *failed_rounds = 0;
+            return Duration::ZERO;
+        }
+        *failed_rounds = failed_rounds.saturating_add(1);
+        if *failed_rounds == 1 {
+            tracing::info!("the receipts service settled nothing this round; events stay pending");
+        }
+        match full {
+            true => self.backoff(*failed_rounds, rng),
+            false => Duration::ZERO,
+        }
     }
 
     /// Nothing due: until the next event is, at most the idle bound.

@@ -27,6 +27,12 @@ fn relay_to(url: &str) -> impl FnOnce(&mut Config) {
     move |c: &mut Config| {
         c.receipts_url = Some(url);
         c.notify = NotifyMode::Outbox;
+        if let Some(ms) = std::env::var("RELAY_BENCH_ATTEMPT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            c.relay.attempt_ms_max = ms;
+        }
     }
 }
 
@@ -65,7 +71,11 @@ async fn backlog(n: usize) -> TempDir {
 async fn proxy_to(upstream: SocketAddr, p: f64) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(chaos_proxy::run(listener, chaos_proxy::Config::new(42), std::future::pending()));
+    tokio::spawn(chaos_proxy::run(
+        listener,
+        chaos_proxy::Config::new(42),
+        std::future::pending(),
+    ));
     let http = crate::client();
     let created: serde_json::Value = http
         .post(format!("{api}/proxies"))
@@ -80,30 +90,50 @@ async fn proxy_to(upstream: SocketAddr, p: f64) -> String {
         for stream in ["upstream", "downstream"] {
             let toxic = json!({"type": "reset_peer", "stream": stream, "toxicity": p,
                                "attributes": {"timeout": 1}, "toxicity_scope": "request"});
-            let r = http.post(format!("{api}/proxies/receipts/toxics")).json(&toxic).send().await.unwrap();
+            let r = http
+                .post(format!("{api}/proxies/receipts/toxics"))
+                .json(&toxic)
+                .send()
+                .await
+                .unwrap();
             assert!(r.status().is_success(), "{}", r.text().await.unwrap());
         }
     }
     format!("http://{}", created["listen"].as_str().unwrap())
 }
 
-async fn until_delivered(app: &TestApp, n: usize) -> serde_json::Value {
+/// Polls until all `n` are delivered; also when 50, 90 and 99 % were.
+async fn until_delivered(app: &TestApp, n: usize, started: Instant) -> (serde_json::Value, [Duration; 3]) {
     let deadline = Instant::now() + Duration::from_secs(MEASURE_S_MAX);
+    let mut marks = [Duration::ZERO; 3];
     loop {
         let stats = app.stats().await;
-        if stats["outbox"]["delivered"].as_u64() == Some(n as u64) {
-            return stats;
+        let delivered = stats["outbox"]["delivered"].as_u64().unwrap_or(0) as usize;
+        for (mark, percent) in marks.iter_mut().zip([50, 90, 99]) {
+            if mark.is_zero() && delivered * 100 >= n * percent {
+                *mark = started.elapsed();
+            }
+        }
+        if delivered == n {
+            return (stats, marks);
         }
         assert!(Instant::now() < deadline, "not delivered in time: {}", stats["outbox"]);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run with --release -- --ignored --nocapture"]
 async fn relay_rate() {
-    let n: usize = std::env::var("RELAY_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
-    for (label, faults) in [("direct", None), ("proxy, no faults", Some(0.0)), ("proxy, 30%/30% resets", Some(0.3))] {
+    let n: usize = std::env::var("RELAY_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    for (label, faults) in [
+        ("direct", None),
+        ("proxy, no faults", Some(0.0)),
+        ("proxy, 30%/30% resets", Some(0.3)),
+    ] {
         let dir = backlog(n).await;
         let receiver = FakeReceiver::start().await;
         let url = match faults {
@@ -112,13 +142,16 @@ async fn relay_rate() {
         };
         let started = Instant::now();
         let app = spawn_app_in(dir, relay_to(&url)).await;
-        let stats = until_delivered(&app, n).await;
+        let (stats, [p50, p90, p99]) = until_delivered(&app, n, started).await;
         let elapsed = started.elapsed();
         let received = receiver.events().len();
         println!(
-            "{label:24} {n} events in {:6.2} s: {:8.0} events/s; attempts {}, received {} ({} duplicates)",
+            "{label:24} {n} events in {:6.2} s: {:8.0} events/s (50/90/99 % after {:.2}/{:.2}/{:.2} s); attempts {}, received {} ({} duplicates)",
             elapsed.as_secs_f64(),
             n as f64 / elapsed.as_secs_f64(),
+            p50.as_secs_f64(),
+            p90.as_secs_f64(),
+            p99.as_secs_f64(),
             stats["outbox"]["delivery_attempts"],
             received,
             received - n,
