@@ -627,7 +627,7 @@ async fn pay(shared: &Shared, unit: &Unit, records: &mut Vec<AttemptRecord>) -> 
             attempt,
             &mut rng,
         );
-        let wait = retry_after.unwrap_or_default().max(jitter);
+        let wait = eo_core::retry::wait(retry_after, jitter);
         if Instant::now() + wait >= shared.deadline {
             return ended(false, attempt);
         }

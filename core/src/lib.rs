@@ -4,6 +4,8 @@
 //! - [`wire`]: the HTTP contract's shared parts: header names, key, lookup and page
 //!   bounds, the `/stats` fields a judge reads, the audit report, the payment event the
 //!   second hop delivers, the wall clock.
+//! - [`retry`]: the retry rules the client and the outbox relay share: what a
+//!   status means, `Retry-After` (capped), seeded full-jitter backoff.
 //! - [`seed`]: SplitMix64 and FNV-1a, to derive independent seeds from one.
 //! - [`serve`]: a bounded HTTP/1.1 server for an axum router (connection cap, header-read,
 //!   body-read and idle deadlines, graceful drain).
@@ -12,6 +14,7 @@
 
 pub mod logging;
 pub mod money;
+pub mod retry;
 pub mod seed;
 pub mod serve;
 pub mod shutdown;

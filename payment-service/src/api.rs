@@ -11,8 +11,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
+use crate::batch::BATCH_BODY_BYTES_MAX;
 use crate::config::Config;
 use crate::db_file::DbWatch;
 use crate::db_lock::ReplicaId;
@@ -24,7 +25,7 @@ use crate::memory_dedup::SeenKeys;
 use crate::readers::Readers;
 use crate::stats::Counters;
 use crate::writer::Op;
-use crate::{audit_route, create, events, metrics, reads};
+use crate::{audit_route, batch, create, events, metrics, notify, reads};
 
 /// Requests handled at once; beyond it the service answers 503 at once rather
 /// than building an unbounded backlog of tasks.
@@ -43,6 +44,8 @@ pub(crate) struct Pools {
     pub audit: Arc<Readers>,
     /// One connection for the replay desk.
     pub desk: Arc<Readers>,
+    /// One connection for the outbox relay.
+    pub relay: Arc<Readers>,
 }
 
 impl Pools {
@@ -52,6 +55,7 @@ impl Pools {
             Arc::clone(&self.requests),
             Arc::clone(&self.audit),
             Arc::clone(&self.desk),
+            Arc::clone(&self.relay),
         ]
     }
 }
@@ -77,6 +81,10 @@ pub(crate) struct Inner {
     pub(crate) replica: ReplicaId,
     /// `--dedup memory`: the keys this process has seen.
     pub(crate) seen_keys: Arc<SeenKeys>,
+    /// Wakes the outbox relay (after a redelivery).
+    pub(crate) relay_wake: Arc<Notify>,
+    /// `--notify after-commit`: the call after each COMMIT.
+    pub(crate) after_commit: Option<notify::AfterCommit>,
 }
 
 impl AppState {
@@ -88,7 +96,6 @@ impl AppState {
         (watch, replica): (Arc<DbWatch>, ReplicaId),
     ) -> AppState {
         AppState(Arc::new(Inner {
-            config,
             writer,
             desk,
             readers: Arc::clone(&pools.requests),
@@ -102,7 +109,29 @@ impl AppState {
             next_token: AtomicI64::new(rand::random::<i64>() & 0x3fff_ffff_ffff_ffff),
             replica,
             seen_keys: Arc::default(),
+            relay_wake: Arc::new(Notify::new()),
+            after_commit: notify::AfterCommit::new(&config),
+            config,
         }))
+    }
+
+    /// A lease for one claim: this replica's, with a token of its own.
+    pub(crate) fn new_lease(&self) -> crate::store::Lease {
+        crate::store::Lease {
+            replica: self.0.replica.as_i64(),
+            token: self.0.next_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// The same service, waking `wake` when events are made pending again.
+    pub(crate) fn with_relay_wake(self, wake: Arc<Notify>) -> AppState {
+        match Arc::try_unwrap(self.0) {
+            Ok(mut inner) => {
+                inner.relay_wake = wake;
+                AppState(Arc::new(inner))
+            }
+            Err(shared) => AppState(shared),
+        }
     }
 
     /// The same service with another bound on requests in flight (tests
@@ -124,6 +153,8 @@ impl AppState {
             next_token: AtomicI64::new(rand::random::<i64>() & 0x3fff_ffff_ffff_ffff),
             replica: inner.replica,
             seen_keys: Arc::clone(&inner.seen_keys),
+            relay_wake: Arc::clone(&inner.relay_wake),
+            after_commit: notify::AfterCommit::new(&inner.config),
         }))
     }
 
@@ -167,6 +198,11 @@ pub fn app(state: AppState) -> Router {
             post(reads::lookup).layer(DefaultBodyLimit::max(LOOKUP_BODY_BYTES_MAX)),
         )
         .route("/payments/{id}", get(reads::get_payment))
+        .route(
+            "/payments/batch",
+            post(batch::create_batch).layer(DefaultBodyLimit::max(BATCH_BODY_BYTES_MAX)),
+        )
+        .route("/outbox/redeliver", post(notify::redeliver))
         .route("/events", get(events::list))
         .route("/metrics", get(metrics::metrics))
         .route("/problems/{slug}", get(problem_doc))
@@ -221,7 +257,9 @@ async fn index(State(state): State<AppState>) -> Response {
             "GET /payments?after_id=&limit=": "payments in id order, at most 1000 a page",
             "GET /payments?key=K": "the payments made under key K",
             "POST /payments/lookup": "the payments of up to 1000 keys: {\"keys\": [...], \"after_id\": 0}, paged by id (reconciliation)",
-            "DELETE /payments": "wipe payments, keys and balances",
+            "POST /payments/batch": "several payments, all or nothing, under one Idempotency-Key: {\"items\": [{\"item_id\", \"src\", \"dest\", \"amount\"}, ...]}; each item's key is KEY:ITEM_ID",
+            "POST /outbox/redeliver": "make the events delivered in the last window_ms pending again: {\"window_ms\": 60000} (a redelivery storm)",
+            "DELETE /payments": "wipe payments, keys, balances and events",
             "GET /stats": "the ledger's figures as maintained by the database (O(1)), invariants, request counters",
             "GET /audit": "every figure recomputed from the payments (O(n), bounded memory), compared with /stats",
             "GET /events?key=K or ?request_id=R": "what the service did with the recent requests of a key or an X-Request-Id (received, committed, replayed, 409, 422, refused); the last 8192 events, memory only",
@@ -237,6 +275,8 @@ async fn index(State(state): State<AppState>) -> Response {
             "key_retention_s": c.key_retention.as_secs(),
             "key_lease_ms": c.key_lease.as_millis() as u64,
             "replica": c.replica,
+            "notify": c.notify.as_str(),
+            "receipts_url": c.receipts_url,
         },
         "replica": state.0.replica.to_string(),
     });

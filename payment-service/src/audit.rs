@@ -535,8 +535,10 @@ mod tests {
         let tx = writer.unchecked_transaction().unwrap();
         let mut figures = totals::Delta::default();
         match key {
-            Some(key) if i % 2 == 0 => drop(store::pay_keyed(&tx, &request, key, (0, 1000), &mut figures).unwrap()),
-            _ => drop(store::insert_unchecked(&tx, &request, key, 0, &mut figures).unwrap()),
+            Some(key) if i % 2 == 0 => {
+                drop(store::pay_keyed(&tx, &request, key, (store::Book::at(0), 1000), &mut figures).unwrap())
+            }
+            _ => drop(store::insert_unchecked(&tx, &request, key, store::Book::at(0), &mut figures).unwrap()),
         }
         totals::add(&tx, &figures).unwrap();
         tx.commit().unwrap();

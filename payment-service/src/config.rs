@@ -41,6 +41,30 @@ impl DedupMode {
     }
 }
 
+/// How committed payments reach the receipts service (the second hop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifyMode {
+    /// No downstream.
+    None,
+    /// The lesson's mistake (a dual write): after the COMMIT, one call per
+    /// payment before the answer, nothing kept; a crash in between loses it.
+    AfterCommit,
+    /// The transactional outbox: the event commits with the payment, a relay
+    /// delivers it at least once.
+    Outbox,
+}
+
+impl NotifyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyMode::None => "none",
+            NotifyMode::AfterCommit => "after-commit",
+            NotifyMode::Outbox => "outbox",
+        }
+    }
+}
+
 /// SQLite's `synchronous` setting in WAL mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -99,6 +123,15 @@ pub struct Settings {
     /// Probability (0..1) that the process kills itself (SIGKILL) right before committing a payment
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub crash_before_commit: f64,
+    /// Base URL of the receipts service (http://host:port); events go to its /receipts
+    #[arg(long, value_name = "URL")]
+    pub receipts_url: Option<String>,
+    /// How payments reach the receipts service: none, after-commit (a call after the commit: the lesson's mistake), outbox (default with --receipts-url)
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub notify: Option<NotifyMode>,
+    /// Probability (0..1) that the process kills itself (SIGKILL) after the receipts service acknowledged an event, before it is marked delivered
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    pub crash_relay_after_send: f64,
     /// Seed of the crash-injection dice, so a crashing run can be replayed
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -138,6 +171,13 @@ impl Settings {
             seed: self.seed,
             exercise_solution: self.exercise_solution,
             replica: self.replica,
+            receipts_url: self.receipts_url.clone(),
+            notify: self.notify.unwrap_or(match self.receipts_url {
+                Some(_) => NotifyMode::Outbox,
+                None => NotifyMode::None,
+            }),
+            crash_relay_after_send: self.crash_relay_after_send,
+            relay: RelayLimits::DEFAULT,
             queue_depth_max: QUEUE_DEPTH_MAX_DEFAULT,
             write_wait: Duration::from_millis(WRITE_WAIT_MS_MAX_DEFAULT),
             server_limits: SERVER_LIMITS,
@@ -164,6 +204,15 @@ impl Settings {
         }
         if self.replica {
             args.push("--replica".to_owned());
+        }
+        if let Some(url) = &self.receipts_url {
+            args.push(format!("--receipts-url={url}"));
+        }
+        if let Some(mode) = self.notify {
+            args.push(format!("--notify={}", mode.as_str()));
+        }
+        if self.crash_relay_after_send != 0.0 {
+            args.push(format!("--crash-relay-after-send={}", self.crash_relay_after_send));
         }
         args
     }
@@ -196,6 +245,14 @@ pub struct Config {
     pub exercise_solution: Option<u8>,
     /// Several services share the database file (`--replica`); else this one owns it.
     pub replica: bool,
+    /// Base URL of the receipts service (`--receipts-url`).
+    pub receipts_url: Option<String>,
+    /// How payments reach it (resolved: `outbox` when a URL is given and no mode).
+    pub notify: NotifyMode,
+    /// Probability in [0, 1] that the process kills itself after a delivery, before marking it.
+    pub crash_relay_after_send: f64,
+    /// The relay's bounds and backoff.
+    pub relay: RelayLimits,
     /// Writes waiting for the writer thread; beyond it requests get 503.
     pub queue_depth_max: usize,
     /// How long a request waits for the writer's answer before answering 503
@@ -220,6 +277,37 @@ pub const SERVER_LIMITS: Limits = Limits {
     drain_ms_max: 10_000,
 };
 
+/// The outbox relay's bounds and retry timing (not flags: tests shorten them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Pending events read per round: bounds a round's memory and the writer op that marks them.
+    pub batch_events_max: usize,
+    /// Deliveries in flight at once: bounds connections to the receiver.
+    pub in_flight_max: usize,
+    /// One delivery attempt's deadline (connect, send, answer), in ms.
+    pub attempt_ms_max: u64,
+    /// Connecting to the receiver, in ms: a refused or unreachable receiver shows quickly.
+    pub connect_ms_max: u64,
+    /// Full-jitter backoff of a failed event: base and cap, in ms.
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    /// Longest sleep of an idle relay before it looks again, in ms (new
+    /// events wake it at once; this only bounds a missed wake-up).
+    pub idle_poll_ms_max: u64,
+}
+
+impl RelayLimits {
+    pub const DEFAULT: RelayLimits = RelayLimits {
+        batch_events_max: 256,
+        in_flight_max: 32,
+        attempt_ms_max: 5_000,
+        connect_ms_max: 1_000,
+        backoff_base_ms: 10,
+        backoff_cap_ms: 2_000,
+        idle_poll_ms_max: 1_000,
+    };
+}
+
 impl Config {
     /// A configuration with the documented defaults (those of [`Settings`])
     /// for the given database file.
@@ -232,6 +320,7 @@ impl Config {
         for (name, p) in [
             ("--crash-after-commit", self.crash_after_commit),
             ("--crash-before-commit", self.crash_before_commit),
+            ("--crash-relay-after-send", self.crash_relay_after_send),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("{name} must be a probability between 0 and 1, got {p}"));
@@ -247,11 +336,44 @@ impl Config {
         if let Some(n) = self.exercise_solution {
             crate::exercise_kit::check_solution(n, self.dedup)?;
         }
+        self.validate_notify()?;
         if self.queue_depth_max == 0 {
             return Err("the write queue depth must be at least 1".into());
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// `--notify` against `--receipts-url`: a mode that calls out needs a
+    /// URL, an `http://host[:port]` base without a path.
+    fn validate_notify(&self) -> Result<(), String> {
+        let mode = self.notify.as_str();
+        let Some(url) = &self.receipts_url else {
+            return match self.notify {
+                NotifyMode::None => Ok(()),
+                _ => Err(format!(
+                    "--notify {mode} needs --receipts-url URL (the receipts service, e.g. --receipts-url http://127.0.0.1:8090), or use --notify none"
+                )),
+            };
+        };
+        receipts_endpoint(url).map(drop)
+    }
+}
+
+/// Where events are posted: `--receipts-url` + [`eo_core::wire::RECEIPTS_PATH`].
+pub fn receipts_endpoint(base: &str) -> Result<String, String> {
+    let trimmed = base.trim_end_matches('/');
+    let rest = trimmed.strip_prefix("http://").ok_or_else(|| {
+        format!("--receipts-url {base:?} must start with http:// (for example http://127.0.0.1:8090)")
+    })?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+        return Err(format!(
+            "--receipts-url {base:?} must be http://host[:port] without a path; events go to its {}",
+            eo_core::wire::RECEIPTS_PATH
+        ));
+    }
+    Ok(format!("{trimmed}{}", eo_core::wire::RECEIPTS_PATH))
 }
 
 /// Default write-queue depth: deep enough to absorb a burst from 1000
@@ -312,6 +434,9 @@ mod tests {
             seed: 99,
             exercise_solution: Some(3),
             replica: true,
+            receipts_url: Some("http://127.0.0.1:9".into()),
+            notify: Some(NotifyMode::AfterCommit),
+            crash_relay_after_send: 0.5,
         };
         let args = std::iter::once("x".to_owned()).chain(odd.to_args());
         assert_eq!(Flags::parse_from(args).settings, odd);
@@ -330,6 +455,27 @@ mod tests {
 
     fn toml_like(json: &str) -> Settings {
         serde_json::from_str(json).expect("valid settings")
+    }
+
+    #[test]
+    fn notify_defaults_to_the_outbox_with_a_url_and_refuses_a_mode_without_one() {
+        let with = |url: Option<&str>, notify| Settings {
+            receipts_url: url.map(str::to_owned),
+            notify,
+            ..Settings::default()
+        };
+        assert_eq!(with(None, None).config("x").notify, NotifyMode::None);
+        assert_eq!(with(Some("http://h:1"), None).config("x").notify, NotifyMode::Outbox);
+        let none = with(Some("http://h:1"), Some(NotifyMode::None)).config("x");
+        assert_eq!(none.notify, NotifyMode::None);
+        for mode in [NotifyMode::AfterCommit, NotifyMode::Outbox] {
+            let error = with(None, Some(mode)).config("x").validate().unwrap_err();
+            assert!(error.contains("needs --receipts-url"), "{error}");
+        }
+        for bad in ["127.0.0.1:8090", "https://h", "http://h/receipts", "http://"] {
+            assert!(with(Some(bad), None).config("x").validate().is_err(), "{bad}");
+        }
+        assert_eq!(receipts_endpoint("http://h:1/"), Ok("http://h:1/receipts".into()));
     }
 
     #[test]

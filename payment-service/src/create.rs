@@ -2,7 +2,6 @@
 //! and `DELETE /payments`, and how writer outcomes become answers (status,
 //! `Location`, `Idempotent-Replayed`).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -102,7 +101,11 @@ pub(crate) async fn create_payment(
 }
 
 /// The response, counting refusals by cause.
-fn answer_or_refuse(state: &AppState, result: Result<Response, ApiError>, key_for_errors: Option<&str>) -> Response {
+pub(crate) fn answer_or_refuse(
+    state: &AppState,
+    result: Result<Response, ApiError>,
+    key_for_errors: Option<&str>,
+) -> Response {
     let counters = &state.0.counters;
     result.unwrap_or_else(|error| {
         let counter = match (error.problem, error.problem.status()) {
@@ -149,6 +152,9 @@ async fn create(state: &AppState, request: PaymentRequest, key: Option<String>) 
         return respond(outcome, Some(&key));
     }
     let outcome = process(state, request, key.clone()).await?;
+    if let Outcome::Executed { payment, .. } = &outcome {
+        crate::notify::after_commit(state, std::slice::from_ref(payment)).await;
+    }
     respond(outcome, key.as_deref())
 }
 
@@ -187,10 +193,7 @@ async fn process(state: &AppState, request: PaymentRequest, key: Option<String>)
 
 /// `unique` with a processing delay: claim the key, work, then complete.
 async fn claim_then_complete(state: &AppState, request: PaymentRequest, key: String) -> Result<Outcome, ApiError> {
-    let lease = store::Lease {
-        replica: state.0.replica.as_i64(),
-        token: state.0.next_token.fetch_add(1, Ordering::Relaxed),
-    };
+    let lease = state.new_lease();
     let claimed = submit(state, &state.0.desk, |reply| Op::Claim {
         request: request.clone(),
         key: key.clone(),
@@ -236,7 +239,7 @@ async fn sleep(delay: Duration) {
 
 /// The answer to a request the writer (or a reader) decided on; counted
 /// where it was decided (see `ops::count`).
-fn respond(outcome: Outcome, key: Option<&str>) -> Result<Response, ApiError> {
+pub(crate) fn respond(outcome: Outcome, key: Option<&str>) -> Result<Response, ApiError> {
     let shown_key = key.unwrap_or("-");
     let (status, body, payment_id, replayed) = match outcome {
         Outcome::Executed {
@@ -249,6 +252,10 @@ fn respond(outcome: Outcome, key: Option<&str>) -> Result<Response, ApiError> {
             }
             tracing::debug!(key = shown_key, id = payment.id, "payment executed");
             (StatusCode::CREATED, body, Some(payment.id), false)
+        }
+        Outcome::ExecutedBatch { payments, body, .. } => {
+            tracing::debug!(key = shown_key, items = payments.len(), "batch executed");
+            (StatusCode::CREATED, body, None, false)
         }
         Outcome::Replayed {
             status,
@@ -283,7 +290,10 @@ fn refusal(outcome: Outcome, shown_key: &str) -> ApiError {
             format!("a request with key {shown_key:?} is still being processed; retry with the same key"),
         ),
         Outcome::Refused(e) => with_detail_suffix(e.to_api(), "nothing was stored"),
-        Outcome::Claimed { .. } | Outcome::Executed { .. } | Outcome::Replayed { .. } => ApiError::new(
+        Outcome::Claimed { .. }
+        | Outcome::Executed { .. }
+        | Outcome::ExecutedBatch { .. }
+        | Outcome::Replayed { .. } => ApiError::new(
             Problem::TemporarilyUnavailable,
             "the payment was claimed but not completed",
         ),

@@ -31,10 +31,14 @@ pub enum Problem {
     StorageFull,
     DatabaseReplaced,
     AuditInProgress,
+    InvalidBatch,
+    BatchUnsupported,
+    InvalidRedelivery,
+    OutboxOff,
 }
 
 impl Problem {
-    pub const ALL: [Problem; 21] = [
+    pub const ALL: [Problem; 25] = [
         Problem::MalformedJson,
         Problem::MissingField,
         Problem::InvalidAmount,
@@ -56,6 +60,10 @@ impl Problem {
         Problem::StorageFull,
         Problem::DatabaseReplaced,
         Problem::AuditInProgress,
+        Problem::InvalidBatch,
+        Problem::BatchUnsupported,
+        Problem::InvalidRedelivery,
+        Problem::OutboxOff,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -81,6 +89,10 @@ impl Problem {
             Problem::DatabaseReplaced => "database-replaced",
             Problem::TemporarilyUnavailable => "temporarily-unavailable",
             Problem::AuditInProgress => "audit-in-progress",
+            Problem::InvalidBatch => "invalid-batch",
+            Problem::BatchUnsupported => "batch-unsupported",
+            Problem::InvalidRedelivery => "invalid-redelivery",
+            Problem::OutboxOff => "outbox-off",
         }
     }
 
@@ -94,10 +106,14 @@ impl Problem {
             | Problem::IdempotencyKeyMissing
             | Problem::IdempotencyKeyInvalid
             | Problem::InvalidQuery
-            | Problem::InvalidLookup => StatusCode::BAD_REQUEST,
-            Problem::IdempotencyKeyReused | Problem::BalanceOutOfRange | Problem::RefusedByLedger => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            | Problem::InvalidLookup
+            | Problem::InvalidBatch
+            | Problem::InvalidRedelivery => StatusCode::BAD_REQUEST,
+            Problem::IdempotencyKeyReused
+            | Problem::BalanceOutOfRange
+            | Problem::RefusedByLedger
+            | Problem::BatchUnsupported
+            | Problem::OutboxOff => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::IdempotencyKeyInUse | Problem::AuditInProgress => StatusCode::CONFLICT,
             Problem::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -132,6 +148,10 @@ impl Problem {
             Problem::DatabaseReplaced => "The database file was removed or replaced",
             Problem::TemporarilyUnavailable => "The service is temporarily unavailable",
             Problem::AuditInProgress => "An audit is already running",
+            Problem::InvalidBatch => "The batch is not valid",
+            Problem::BatchUnsupported => "Batches are not offered in this --dedup mode",
+            Problem::InvalidRedelivery => "The redelivery request is not valid",
+            Problem::OutboxOff => "This service runs without an outbox",
         }
     }
 
@@ -181,6 +201,18 @@ impl Problem {
             }
             Problem::TemporarilyUnavailable => {
                 "The request may or may not have taken effect. Retry with the same key after Retry-After seconds."
+            }
+            Problem::InvalidBatch => {
+                "Nothing was stored. Send {\"items\": [{\"item_id\": \"...\", \"src\", \"dest\", \"amount\"}, ...]} with 1 to 100 items, each item_id unique in the batch, printable ASCII without ':', and the key plus ':' plus the item id at most 255 characters; one Idempotency-Key for the whole batch."
+            }
+            Problem::BatchUnsupported => {
+                "Nothing was stored. POST /payments/batch is exact under --dedup unique and pays every time under --dedup off; other modes have no batch semantics: send the items one by one with POST /payments and KEY:ITEM_ID keys."
+            }
+            Problem::InvalidRedelivery => {
+                "Send {\"window_ms\": N} with N from 1 to 3600000 (one hour): events delivered in the last N ms become pending again."
+            }
+            Problem::OutboxOff => {
+                "Start the service with --receipts-url URL (and --notify outbox, the default with a URL) to have events to redeliver."
             }
             Problem::AuditInProgress => {
                 "One audit runs at a time (it reads the whole ledger). The detail says how far it is; ask again when it is done, or read the service's log for its result."

@@ -34,8 +34,9 @@ use crate::writer::{Op, duration_ms};
 use crate::{clock, create, solutions};
 
 /// A write of the exercise, run by the writer thread inside its batch's
-/// transaction (and savepoint): `(connection, now_ms)`.
-pub(crate) type Work = Box<dyn Fn(&Connection, i64, &mut Delta) -> DbResult<Outcome> + Send>;
+/// transaction (and savepoint): `(connection, when and whether with an
+/// outbox event, the figures)`.
+pub(crate) type Work = Box<dyn Fn(&Connection, store::Book, &mut Delta) -> DbResult<Outcome> + Send>;
 
 /// The shape of the attendee's function and of every reference solution.
 pub(crate) type Handler = fn(&mut Tx, &PaymentRequest, &str) -> Result<Answer, Failed>;
@@ -150,7 +151,7 @@ impl Tx {
 /// The writer's side of an insert. A taken key is reported as
 /// `Outcome::Replayed` (nothing executed, so the crash dice do not roll).
 fn booking(request: PaymentRequest, key: String, unique: bool) -> Work {
-    Box::new(move |conn, now_ms, totals| {
+    Box::new(move |conn, book, totals| {
         if unique && let Some(id) = paid_under(conn, &key)? {
             return Ok(Outcome::Replayed {
                 status: 0,
@@ -159,7 +160,7 @@ fn booking(request: PaymentRequest, key: String, unique: bool) -> Work {
                 from_ledger: true,
             });
         }
-        store::book_exercise(conn, &request, (&key, unique), now_ms, totals)
+        store::book_exercise(conn, &request, (&key, unique), book, totals)
     })
 }
 

@@ -24,6 +24,10 @@
 //! - `exercise`: the workshop's exercise, the one file an attendee edits
 //!   (`--dedup exercise`); `exercise_kit`: its transaction, helpers and
 //!   answers; `solutions`: the reference solutions, one per stage.
+//! - `outbox`: the events that commit with their payments, their counts and
+//!   the ledger id; `relay`: the task that delivers them to the receipts
+//!   service; `notify`: the after-commit call (`--notify after-commit`);
+//!   `batch`: `POST /payments/batch`.
 //! - `metrics`: `GET /metrics`, Prometheus text (prometheus-client).
 //! - `events`: a bounded in-memory record of what was done with recent
 //!   requests, by key or `X-Request-Id` (`GET /events`).
@@ -35,6 +39,7 @@
 mod api;
 mod audit;
 mod audit_route;
+mod batch;
 pub mod bench;
 pub mod cli_audit;
 mod clock;
@@ -55,10 +60,13 @@ mod lookup;
 mod memory_dedup;
 mod metrics;
 mod money;
+mod notify;
 mod ops;
+mod outbox;
 mod payment;
 mod readers;
 mod reads;
+mod relay;
 mod schema;
 mod solutions;
 mod stats;
@@ -75,7 +83,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 pub use api::{AppState, REQUESTS_IN_FLIGHT_MAX, app};
-pub use config::{Config, DedupMode, Settings, Synchronous};
+pub use config::{Config, DedupMode, NotifyMode, RelayLimits, Settings, Synchronous};
 pub use events::EVENTS_MAX;
 pub use exercise_kit::EXERCISE_FILE;
 pub use lookup::{LOOKUP_KEYS_MAX, LOOKUP_ROWS_MAX};
@@ -85,7 +93,8 @@ pub use solutions::SOURCES as EXERCISE_SOLUTIONS;
 /// How long the writer gets to finish what is queued when the service stops.
 const WRITER_STOP_MS_MAX: u64 = 10_000;
 
-/// The running parts behind the router: the writer thread and the reaper.
+/// The running parts behind the router: the writer thread, the replay desk,
+/// the outbox relay (with `--notify outbox`) and the reaper.
 ///
 /// Dropping a `Service` without [`Service::stop`] (an early `?`, a panic)
 /// still stops both: the reaper is aborted and the writer thread is asked to
@@ -93,6 +102,8 @@ const WRITER_STOP_MS_MAX: u64 = 10_000;
 pub struct Service {
     pub state: api::AppState,
     // Before the writer: dropped first, it passes on what it holds.
+    // Before the writer: the relay marks through it.
+    relay: Option<relay::RelayHandle>,
     desk: desk::DeskHandle,
     writer: writer::WriterHandle,
     reaper: AbortOnDrop,
@@ -119,7 +130,8 @@ impl Service {
         let runtime = tokio::runtime::Handle::try_current()
             .context("the payment service must be started inside a Tokio runtime")?;
         let counters = Arc::new(stats::Counters::default());
-        let writer = writer::spawn(&config, Arc::clone(&counters))?;
+        let relay_wake = Arc::new(tokio::sync::Notify::new());
+        let writer = writer::spawn(&config, Arc::clone(&counters), Arc::clone(&relay_wake))?;
         let pool = |count| readers::Readers::new(config.db.clone(), Arc::clone(&writer.watch), count);
         // Requests, the audit and the desk each have their own connections:
         // a long audit never takes a request's reader, nor the desk's.
@@ -127,6 +139,19 @@ impl Service {
             requests: pool(readers::READERS_COUNT_MAX),
             audit: pool(1),
             desk: pool(1),
+            relay: pool(1),
+        };
+        let relay = match config.notify {
+            config::NotifyMode::Outbox => {
+                let relay = relay::Relay::new(
+                    &config,
+                    Arc::clone(&pools.relay),
+                    writer.queue.clone(),
+                    Arc::clone(&relay_wake),
+                )?;
+                Some(relay.spawn(&runtime))
+            }
+            _ => None,
         };
         let desk = desk::Desk {
             pool: Arc::clone(&pools.desk),
@@ -148,9 +173,11 @@ impl Service {
             pools,
             counters,
             (Arc::clone(&writer.watch), writer.replica),
-        );
+        )
+        .with_relay_wake(relay_wake);
         Ok(Service {
             state,
+            relay,
             desk,
             writer,
             reaper,
@@ -169,10 +196,14 @@ impl Service {
     /// Lets the writer finish what is queued, then stops it.
     pub async fn stop(mut self) {
         self.reaper.0.abort();
+        // The relay first: it finishes its round and has it marked.
+        if let Some(relay) = self.relay.take() {
+            relay.stop(Duration::from_millis(WRITER_STOP_MS_MAX)).await;
+        }
         if let Some(watcher) = &self.watcher {
             watcher.0.abort();
         }
-        // The desk first: what it holds goes on to the writer, which then
+        // The desk next: what it holds goes on to the writer, which then
         // finishes its queue.
         self.desk.stop(Duration::from_millis(WRITER_STOP_MS_MAX)).await;
         self.writer.stop(Duration::from_millis(WRITER_STOP_MS_MAX)).await;

@@ -19,7 +19,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::api::AppState;
+use crate::config::NotifyMode;
 use crate::error::Problem;
+use crate::outbox::{self, OutboxFigures};
 
 /// OpenMetrics text, which Prometheus scrapes natively.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -132,8 +134,36 @@ fn register_gauges(r: &mut Registry, state: &AppState) {
     }
 }
 
+/// The outbox's gauges (`--notify outbox`): read from the maintained row
+/// and one index seek, like `/stats`.
+fn register_outbox(r: &mut Registry, f: &OutboxFigures) {
+    let age_ms = f
+        .oldest_pending_since_ms
+        .map_or(0, |since| crate::clock::now_ms().saturating_sub(since).max(0));
+    let gauges = [
+        ("outbox_pending", "events waiting for delivery", f.pending),
+        ("outbox_delivered", "events delivered (2xx)", f.delivered),
+        ("outbox_refused", "events refused for good (dead letter)", f.refused),
+        (
+            "outbox_oldest_pending_age_ms",
+            "how long the oldest pending event has waited",
+            age_ms,
+        ),
+        (
+            "outbox_delivery_attempts",
+            "delivery attempts made",
+            f.delivery_attempts,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let g: Gauge = Gauge::default();
+        g.set(value);
+        r.register(name, help, g);
+    }
+}
+
 /// The whole exposition at this moment.
-pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
+pub(crate) fn render(state: &AppState, outbox: Option<&OutboxFigures>) -> Result<String, std::fmt::Error> {
     let c = &state.0.counters;
     let mut r = Registry::default();
     register_counters(&mut r, c);
@@ -154,6 +184,9 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
         rec.commit_seconds.clone(),
     );
     register_gauges(&mut r, state);
+    if let Some(f) = outbox {
+        register_outbox(&mut r, f);
+    }
     let mut text = String::new();
     encode(&mut text, &r)?;
     Ok(text)
@@ -161,7 +194,12 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
 
 /// `GET /metrics`.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    match render(&state) {
+    let outbox = match state.0.config.notify {
+        // A failed read leaves the gauges out rather than the scrape.
+        NotifyMode::Outbox => state.0.readers.read(|c| outbox::figures(c)).await.ok(),
+        _ => None,
+    };
+    match render(&state, outbox.as_ref()) {
         Ok(text) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],

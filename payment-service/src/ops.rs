@@ -7,11 +7,13 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
+use crate::batch::{Batch, Step};
 use crate::db_error::DbError;
+use crate::outbox::{self, Marks};
 use crate::payment::PaymentRequest;
 use crate::readers::Readers;
 use crate::stats::Counters;
-use crate::store::{self, Outcome, Wiped};
+use crate::store::{self, Book, Outcome, Wiped};
 use crate::totals::{self, Delta, LastAudit};
 
 /// What the writer thread is asked to do.
@@ -42,6 +44,12 @@ pub enum Op {
         key: Option<String>,
         reply: Reply<Outcome>,
     },
+    /// `POST /payments/batch`: one step of a batch (all its items in this op).
+    Batch {
+        batch: Arc<Batch>,
+        step: Step,
+        reply: Reply<Outcome>,
+    },
     /// A write of the workshop's exercise (`--dedup exercise`), built by
     /// `exercise_kit`: it runs in the batch's transaction like the others,
     /// and its answer, too, waits for the COMMIT.
@@ -61,6 +69,10 @@ pub enum Op {
     /// Expire the leases of replicas found dead (their liveness lock was
     /// free); the answer is how many.
     ExpireLeases { dead: Vec<i64>, reply: Reply<usize> },
+    /// The outbox relay's results for a round: delivered, refused, retry at.
+    OutboxMark { marks: Marks, reply: Reply<usize> },
+    /// `POST /outbox/redeliver`: events delivered within the window, pending again.
+    Redeliver { window_ms: i64, reply: Reply<usize> },
     /// Remember an audit's result on the ledger it audited.
     RecordAudit { ledger_uid: i64, audit: LastAudit },
     /// Finish what is queued before this, then stop.
@@ -82,7 +94,22 @@ pub(crate) struct Clock {
     pub now_ms: i64,
     pub lease_ms: i64,
     pub retention_ms: i64,
+    /// `--notify outbox`: every payment booked gets its event.
+    pub outbox: bool,
 }
+
+impl Clock {
+    pub(crate) fn book(self) -> Book {
+        Book {
+            now_ms: self.now_ms,
+            outbox: self.outbox,
+        }
+    }
+}
+
+/// Events a redelivery touches at most: one writer op of this size holds the
+/// writer for about a hundred milliseconds.
+pub(crate) const REDELIVER_ROWS_MAX: usize = 50_000;
 
 impl Op {
     /// Runs the op on the writer's transaction, adding its change to the
@@ -91,7 +118,7 @@ impl Op {
     pub(crate) fn run(&self, conn: &rusqlite::Connection, t: Clock, totals: &mut Delta) -> Result<Done, DbError> {
         let outcome = match self {
             Op::PayKeyed { request, key, .. } => {
-                store::pay_keyed(conn, request, key, (t.now_ms, t.retention_ms), totals)?
+                store::pay_keyed(conn, request, key, (t.book(), t.retention_ms), totals)?
             }
             Op::Claim {
                 request, key, lease, ..
@@ -104,9 +131,9 @@ impl Op {
             )?,
             Op::Complete {
                 request, key, lease, ..
-            } => store::complete(conn, request, (key, *lease), t.now_ms, totals)?,
+            } => store::complete(conn, request, (key, *lease), t.book(), totals)?,
             Op::Insert { request, key, .. } => {
-                let payment = store::insert_unchecked(conn, request, key.as_deref(), t.now_ms, totals)?;
+                let payment = store::insert_unchecked(conn, request, key.as_deref(), t.book(), totals)?;
                 let body = payment.to_json();
                 Outcome::Executed {
                     payment,
@@ -114,7 +141,13 @@ impl Op {
                     takeover: false,
                 }
             }
-            Op::Exercise { work, .. } => work(conn, t.now_ms, totals)?,
+            Op::Exercise { work, .. } => work(conn, t.book(), totals)?,
+            Op::Batch { batch, step, .. } => crate::batch::run(conn, batch, *step, t, totals)?,
+            Op::OutboxMark { marks, .. } => return Ok(Done::Rows(outbox::apply(conn, marks, t.now_ms, totals)?)),
+            Op::Redeliver { window_ms, .. } => {
+                let n = outbox::redeliver(conn, (t.now_ms, *window_ms), REDELIVER_ROWS_MAX, totals)?;
+                return Ok(Done::Rows(n));
+            }
             Op::Reap { .. } => return Ok(Done::Rows(store::reap(conn, t.now_ms, t.retention_ms, totals)?)),
             Op::ExpireLeases { dead, .. } => return Ok(Done::Rows(store::expire_leases_of(conn, dead)?)),
             Op::RecordAudit { ledger_uid, audit } => {
@@ -129,7 +162,10 @@ impl Op {
 
     /// True for an op that executed a payment (for the crash dice).
     pub(crate) fn executed(result: &Result<Done, DbError>) -> bool {
-        matches!(result, Ok(Done::Outcome(Outcome::Executed { .. })))
+        matches!(
+            result,
+            Ok(Done::Outcome(Outcome::Executed { .. } | Outcome::ExecutedBatch { .. }))
+        )
     }
 
     /// After the COMMIT: counts what happened, whoever still waits for it (a
@@ -141,6 +177,7 @@ impl Op {
                 | Op::Claim { reply, .. }
                 | Op::Complete { reply, .. }
                 | Op::Insert { reply, .. }
+                | Op::Batch { reply, .. }
                 | Op::Exercise { reply, .. },
                 result,
             ) => {
@@ -164,7 +201,7 @@ impl Op {
                 }
                 drop(reply.send(reaped));
             }
-            (Op::ExpireLeases { reply, .. }, result) => {
+            (Op::ExpireLeases { reply, .. } | Op::OutboxMark { reply, .. } | Op::Redeliver { reply, .. }, result) => {
                 drop(reply.send(result.map(|done| match done {
                     Done::Rows(n) => n,
                     _ => 0,
@@ -189,6 +226,12 @@ pub(crate) fn count(counters: &Counters, outcome: &Outcome) {
     match outcome {
         Outcome::Executed { takeover, .. } => {
             Counters::bump(&counters.executed);
+            if *takeover {
+                Counters::bump(&counters.lease_takeovers);
+            }
+        }
+        Outcome::ExecutedBatch { payments, takeover, .. } => {
+            counters.executed.fetch_add(payments.len() as u64, Ordering::Relaxed);
             if *takeover {
                 Counters::bump(&counters.lease_takeovers);
             }

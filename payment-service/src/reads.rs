@@ -14,16 +14,25 @@ use crate::key;
 use crate::lookup::{LOOKUP_ROWS_MAX, Lookup};
 use crate::payment::Payment;
 use crate::stats::StatsJson;
-use crate::{store, totals};
+use crate::{outbox, store, totals};
 
 /// Page size of `GET /payments` when none is asked for, and the largest allowed.
 const PAGE_LIMIT_DEFAULT: usize = 100;
 const PAGE_LIMIT_MAX: usize = 1000;
 
 pub(crate) async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let db = state.0.readers.read(|c| totals::read(c)).await?;
-    let who = (state.0.config.dedup, state.0.replica.to_string());
-    let stats = StatsJson::new(&db, &state.0.counters, who);
+    let (db, outbox) = state
+        .0
+        .readers
+        .read(|c| {
+            // One snapshot for both rows.
+            let tx = c.transaction()?;
+            Ok((totals::read(&tx)?, outbox::figures(&tx)?))
+        })
+        .await?;
+    let config = &state.0.config;
+    let who = (config.dedup, config.notify, state.0.replica.to_string());
+    let stats = StatsJson::new((&db, &outbox), &state.0.counters, who);
     Ok(json(StatusCode::OK, serde_json::to_string(&stats).unwrap_or_default()))
 }
 

@@ -13,7 +13,9 @@
 //!   A lease belongs to a replica (`lease_replica`, see `db_lock.rs`) and a
 //!   request of it (`lock_owner`, a token).
 //! - `ledger_totals`: the figures `/stats` shows, maintained by every write
-//!   (see `totals.rs`).
+//!   (see `totals.rs`), and the outbox's counts.
+//! - `ledger_meta` (the ledger id) and `outbox` (one event per payment under
+//!   `--notify outbox`): see `outbox.rs`.
 //!
 //! `PRAGMA user_version` says which schema a file has, so opening a current
 //! file reads one header field and nothing else.
@@ -26,7 +28,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use crate::audit;
 use crate::config::Synchronous;
 use crate::db_error::{DbError, DbResult};
-use crate::totals;
+use crate::{outbox, totals};
 
 /// How long a connection waits for a lock before giving up with SQLITE_BUSY.
 /// Readers never wait for writers (WAL); a writer waits for the one writer
@@ -34,7 +36,8 @@ use crate::totals;
 const BUSY_TIMEOUT_MS: u64 = 5_000;
 
 /// The schema this version writes; 0 is a file of a version without
-/// `ledger_totals` (or a new, empty file), 1 one without `lease_replica`.
+/// `ledger_totals` (or a new, empty file), 1 one without the lease's
+/// replica, the ledger id and the outbox.
 const SCHEMA_VERSION: i64 = 2;
 
 /// The writer's page cache, in KiB: keeps the upper levels of the key indexes
@@ -113,42 +116,58 @@ pub fn open_reader(path: &Path) -> DbResult<Connection> {
     Ok(conn)
 }
 
-/// A current file: nothing to do (one header read). A new file: the schema
-/// and a zero totals row. A file of version 0: the missing tables and
-/// indexes, and the totals computed once from its payments (O(n), once; the
-/// same pass as the audit, in the same transaction, so nothing slips between).
-/// A file of version 1: the lease's replica column (O(1)). The version is read
-/// again inside the write transaction: replicas may start together.
+/// A current file: nothing to do (one header read). Else, in one
+/// transaction, each step from the file's version to this one: version 1
+/// (the schema and a zero totals row; for a file of payments, the totals
+/// computed once from them: O(n), once, the same pass as the audit, so
+/// nothing slips between), then version 2 (the lease's replica column, the
+/// ledger id, the outbox and its counts; payments made before it have no
+/// events: O(1)). The version is read again inside the write transaction:
+/// replicas may start together.
 fn bring_up_to_date(conn: &mut Connection) -> DbResult<()> {
     if schema_version(conn)? == SCHEMA_VERSION {
         return Ok(());
     }
-    let started = Instant::now();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version = schema_version(&tx)?;
     if version == SCHEMA_VERSION {
         return Ok(());
     }
-    let mut figures = None;
     if version < 1 {
-        tx.execute_batch(SCHEMA)?;
-        tx.execute_batch(totals::TOTALS_SCHEMA)?;
-        let audited = audit::run(&mut audit::Within(&tx), audit::Balances::Skip, &mut |_| {})?;
-        totals::reset(&tx, &audited.report.recomputed)?;
-        figures = Some(audited.report.recomputed);
+        to_version_1(&tx)?;
     }
-    if !has_column(&tx, "idempotency_keys", "lease_replica")? {
-        tx.execute_batch("ALTER TABLE idempotency_keys ADD COLUMN lease_replica INTEGER")?;
-    }
+    to_version_2(&tx)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
-    if let Some(figures) = figures.filter(|f| f.payments > 0 || f.accounts > 0) {
+    Ok(())
+}
+
+/// The tables of version 1 and their figures, computed from what the file holds.
+fn to_version_1(tx: &Connection) -> DbResult<()> {
+    let started = Instant::now();
+    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(totals::TOTALS_SCHEMA)?;
+    let audited = audit::run(&mut audit::Within(tx), audit::Balances::Skip, &mut |_| {})?;
+    let figures = audited.report.recomputed;
+    totals::reset(tx, &figures)?;
+    if figures.payments > 0 || figures.accounts > 0 {
         tracing::info!(
             payments = figures.payments,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "database of an older version brought up to date: its totals were computed once"
         );
     }
+    Ok(())
+}
+
+/// Version 2: leases owned by a replica, the ledger id and the outbox.
+fn to_version_2(tx: &Connection) -> DbResult<()> {
+    // A new file's table already has the column (`SCHEMA`).
+    if !has_column(tx, "idempotency_keys", "lease_replica")? {
+        tx.execute_batch("ALTER TABLE idempotency_keys ADD COLUMN lease_replica INTEGER")?;
+    }
+    tx.execute_batch(outbox::OUTBOX_SCHEMA)?;
+    outbox::new_ledger_id(tx)?;
     Ok(())
 }
 

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::config::DedupMode;
+use crate::config::{DedupMode, NotifyMode};
+use crate::outbox::OutboxFigures;
 use crate::totals::Maintained;
 use crate::{clock, money};
 
@@ -72,8 +73,40 @@ pub struct LastAuditJson {
     pub accounts_off_ledger: i64,
 }
 
+/// The outbox's figures (`--notify outbox`), from the maintained row and one
+/// index seek.
+#[derive(Serialize)]
+pub struct OutboxJson {
+    pub pending: i64,
+    pub delivered: i64,
+    /// Refused by the receiver for good (a 4xx): the dead letter.
+    pub refused: i64,
+    /// How long the oldest pending event has waited; 0 when none waits.
+    pub oldest_pending_age_ms: i64,
+    pub delivery_attempts: i64,
+    /// Events made pending again by `POST /outbox/redeliver`.
+    pub redelivered: i64,
+}
+
+impl OutboxJson {
+    pub(crate) fn new(f: &OutboxFigures, now_ms: i64) -> OutboxJson {
+        OutboxJson {
+            pending: f.pending,
+            delivered: f.delivered,
+            refused: f.refused,
+            oldest_pending_age_ms: f
+                .oldest_pending_since_ms
+                .map_or(0, |since| now_ms.saturating_sub(since).max(0)),
+            delivery_attempts: f.delivery_attempts,
+            redelivered: f.redelivered,
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub struct StatsJson {
+    /// This ledger's id: event ids are `<ledger id>:<payment id>`.
+    pub ledger_id: String,
     pub payments: i64,
     pub last_payment_id: i64,
     pub total_amount: String,
@@ -90,6 +123,8 @@ pub struct StatsJson {
     /// The replica that answered (counters below are its own; the figures
     /// above are the shared file's).
     pub replica: String,
+    pub notify: &'static str,
+    pub outbox: OutboxJson,
     pub received: u64,
     pub executed: u64,
     pub replayed: u64,
@@ -108,11 +143,16 @@ pub struct StatsJson {
 }
 
 impl StatsJson {
-    pub fn new(maintained: &Maintained, counters: &Counters, (dedup, replica): (DedupMode, String)) -> StatsJson {
+    pub(crate) fn new(
+        (maintained, outbox): (&Maintained, &OutboxFigures),
+        counters: &Counters,
+        (dedup, notify, replica): (DedupMode, NotifyMode, String),
+    ) -> StatsJson {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let db = &maintained.figures;
         let audit = maintained.last_audit.as_ref();
         StatsJson {
+            ledger_id: outbox.ledger_id.clone(),
             payments: db.payments,
             last_payment_id: db.last_payment_id,
             total_amount: money::format_minor(db.total_amount_minor),
@@ -126,6 +166,8 @@ impl StatsJson {
             keys_in_flight: db.keys_in_flight,
             dedup: dedup.as_str(),
             replica,
+            notify: notify.as_str(),
+            outbox: OutboxJson::new(outbox, clock::now_ms()),
             received: load(&counters.received),
             executed: load(&counters.executed),
             replayed: load(&counters.replayed),
@@ -166,12 +208,21 @@ mod tests {
             },
             last_audit: None,
         };
-        let json = serde_json::to_string(&StatsJson::new(
-            &db,
+        let outbox = OutboxFigures {
+            ledger_id: "0123456789abcdef".into(),
+            pending: 0,
+            delivered: 0,
+            refused: 0,
+            delivery_attempts: 0,
+            redelivered: 0,
+            oldest_pending_since_ms: None,
+        };
+        let stats = StatsJson::new(
+            (&db, &outbox),
             &Counters::default(),
-            (DedupMode::Unique, "00000001".into()),
-        ))
-        .unwrap();
+            (DedupMode::Unique, NotifyMode::None, "00000001".into()),
+        );
+        let json = serde_json::to_string(&stats).unwrap();
         assert!(json.contains(r#""total_amount":"100000000000000000.00""#), "{json}");
         assert!(json.contains(r#""total_amount_minor":10000000000000000000,"#), "{json}");
     }

@@ -13,10 +13,28 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::db_error::{DbError, DbResult};
+use crate::outbox;
 use crate::payment::{Payment, PaymentRequest};
 use crate::totals::{self, Delta};
 
 pub use crate::schema::{open_reader, open_writer};
+
+/// When a payment is booked and whether its event goes to the outbox
+/// (`--notify outbox`): what every write that may insert a payment gets, so
+/// [`insert_payment`], the one function that inserts payment rows, writes
+/// the event in the same transaction whichever path called it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Book {
+    pub now_ms: i64,
+    pub outbox: bool,
+}
+
+impl Book {
+    /// At `now_ms`, without an outbox event.
+    pub fn at(now_ms: i64) -> Book {
+        Book { now_ms, outbox: false }
+    }
+}
 
 /// Stored responses deleted per reaping step: a few milliseconds of the
 /// writer, so payments never wait long behind it; the reaper repeats steps
@@ -58,6 +76,13 @@ pub enum Outcome {
         body: String,
         takeover: bool,
     },
+    /// A batch was executed by this request (`batch.rs`): every item's
+    /// payment, and the answer stored under the batch's key.
+    ExecutedBatch {
+        payments: Vec<Payment>,
+        body: String,
+        takeover: bool,
+    },
     /// The key was seen before with the same request: its first answer again.
     /// `from_ledger` is true when the stored response had expired and the
     /// answer was rebuilt from the payment row (a late retry, still caught).
@@ -83,7 +108,7 @@ pub enum Outcome {
 
 /// A key's row before this request, for the figures kept on keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyBefore {
+pub(crate) enum KeyBefore {
     Absent,
     InFlight,
     Completed,
@@ -92,7 +117,7 @@ enum KeyBefore {
 impl KeyBefore {
     /// The change to (stored responses, keys in flight) when the key moves
     /// from this state to `in_flight` or to completed.
-    fn delta_to(self, in_flight: bool) -> Delta {
+    pub(crate) fn delta_to(self, in_flight: bool) -> Delta {
         let was = |s: KeyBefore| i64::from(self == s);
         let (stored_now, in_flight_now) = if in_flight { (0, 1) } else { (1, 0) };
         Delta {
@@ -104,7 +129,7 @@ impl KeyBefore {
 }
 
 /// The decision for a keyed request before anything is written.
-enum Decision {
+pub(crate) enum Decision {
     Proceed { before: KeyBefore },
     Done(Outcome),
 }
@@ -138,6 +163,26 @@ fn key_row(conn: &Connection, key: &str) -> rusqlite::Result<Option<KeyRow>> {
     .optional()
 }
 
+/// What a keyed request is to the key rules: a single payment, or a batch
+/// (`batch.rs`). `decide` and `claim` serve both.
+pub(crate) trait Keyed {
+    /// What "the same request" means for a reused key.
+    fn fingerprint(&self) -> String;
+    /// What the ledger says about a retry under `key` whose stored answer is
+    /// gone: its first answer rebuilt, a mismatch, or None (never paid).
+    fn in_ledger(&self, conn: &Connection, key: &str) -> DbResult<Option<Outcome>>;
+}
+
+impl Keyed for PaymentRequest {
+    fn fingerprint(&self) -> String {
+        PaymentRequest::fingerprint(self)
+    }
+
+    fn in_ledger(&self, conn: &Connection, key: &str) -> DbResult<Option<Outcome>> {
+        Ok(first_payment_with_key(conn, key)?.map(|payment| answer_from_ledger(&payment, self)))
+    }
+}
+
 /// What a key's row alone says about a request.
 enum RowSays {
     Mismatch,
@@ -150,7 +195,7 @@ enum RowSays {
     Stale,
 }
 
-fn read_row(row: KeyRow, request: &PaymentRequest, now_ms: i64, retention_ms: i64) -> RowSays {
+fn read_row(row: KeyRow, request: &impl Keyed, now_ms: i64, retention_ms: i64) -> RowSays {
     if row.fingerprint != request.fingerprint() {
         return RowSays::Mismatch;
     }
@@ -233,9 +278,9 @@ pub fn stored_answer(
 }
 
 /// Looks at everything known about `key` and decides, without writing.
-fn decide(
+pub(crate) fn decide(
     conn: &Connection,
-    request: &PaymentRequest,
+    request: &impl Keyed,
     key: &str,
     now_ms: i64,
     retention_ms: i64,
@@ -250,8 +295,8 @@ fn decide(
     };
     // No live stored response: the ledger itself is the authority. The key
     // stays on the payment forever, so a late retry is still recognised.
-    if let Some(payment) = first_payment_with_key(conn, key)? {
-        return Ok(Decision::Done(answer_from_ledger(&payment, request)));
+    if let Some(outcome) = request.in_ledger(conn, key)? {
+        return Ok(Decision::Done(outcome));
     }
     Ok(Decision::Proceed { before })
 }
@@ -279,20 +324,20 @@ pub fn pay_keyed(
     conn: &Connection,
     request: &PaymentRequest,
     key: &str,
-    (now_ms, retention_ms): (i64, i64),
+    (book, retention_ms): (Book, i64),
     totals: &mut Delta,
 ) -> DbResult<Outcome> {
-    match decide(conn, request, key, now_ms, retention_ms)? {
+    match decide(conn, request, key, book.now_ms, retention_ms)? {
         Decision::Done(outcome) => Ok(outcome),
         // decide found no payment with the key: it is a new one.
-        Decision::Proceed { before } => execute_keyed(conn, request, key, (now_ms, before, Some(0)), totals),
+        Decision::Proceed { before } => execute_keyed(conn, request, key, (book, before, Some(0)), totals),
     }
 }
 
 /// Phase one of the two-phase path: lease the key to `lease` until `now + lease_ms`.
 pub fn claim(
     conn: &Connection,
-    request: &PaymentRequest,
+    request: &impl Keyed,
     (key, lease): (&str, Lease),
     (now_ms, lease_ms, retention_ms): (i64, i64, i64),
     totals: &mut Delta,
@@ -332,34 +377,44 @@ pub fn complete(
     conn: &Connection,
     request: &PaymentRequest,
     (key, lease): (&str, Lease),
-    now_ms: i64,
+    book: Book,
     totals: &mut Delta,
 ) -> DbResult<Outcome> {
+    if !owns_lease(conn, key, lease)? {
+        return Ok(Outcome::LostLease);
+    }
+    match execute_keyed(conn, request, key, (book, KeyBefore::InFlight, None), totals) {
+        Ok(outcome) => Ok(outcome),
+        // Refused before its first write (checks first, and a failed
+        // statement undoes itself): nothing of it is stored. Free the key,
+        // or every retry would meet "in flight" until the lease ran out.
+        Err(e) if e.is_permanent() => {
+            free_lease(conn, (key, lease), totals)?;
+            Ok(Outcome::Refused(e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Does `token` still own the lease on `key`?
+pub(crate) fn owns_lease(conn: &Connection, key: &str, lease: Lease) -> DbResult<bool> {
     let owner: Option<(Option<i64>, Option<i64>)> = conn
         .prepare_cached(
             "SELECT lock_owner, lease_replica FROM idempotency_keys WHERE idem_key = ?1 AND state = 'in_progress'",
         )?
         .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    if owner != Some((Some(lease.token), Some(lease.replica))) {
-        return Ok(Outcome::LostLease);
-    }
-    match execute_keyed(conn, request, key, (now_ms, KeyBefore::InFlight, None), totals) {
-        Ok(outcome) => Ok(outcome),
-        // Refused before its first write (checks first, and a failed
-        // statement undoes itself): nothing of it is stored. Free the key,
-        // or every retry would meet "in flight" until the lease ran out.
-        Err(e) if e.is_permanent() => {
-            let freed = conn
-                .prepare_cached(
-                    "DELETE FROM idempotency_keys WHERE idem_key = ?1 AND lock_owner = ?2 AND lease_replica = ?3",
-                )?
-                .execute(params![key, lease.token, lease.replica])?;
-            totals.keys_in_flight -= i64::try_from(freed).unwrap_or(0);
-            Ok(Outcome::Refused(e))
-        }
-        Err(e) => Err(e),
-    }
+    Ok(owner == Some((Some(lease.token), Some(lease.replica))))
+}
+
+/// Deletes `lease` on `key` after a refusal, so a retry need not wait for
+/// it to run out.
+pub(crate) fn free_lease(conn: &Connection, (key, lease): (&str, Lease), totals: &mut Delta) -> DbResult<()> {
+    let freed = conn
+        .prepare_cached("DELETE FROM idempotency_keys WHERE idem_key = ?1 AND lock_owner = ?2 AND lease_replica = ?3")?
+        .execute(params![key, lease.token, lease.replica])?;
+    totals.keys_in_flight -= i64::try_from(freed).unwrap_or(0);
+    Ok(())
 }
 
 /// Inserts the payment with its permanent unique key, moves the money and
@@ -369,10 +424,10 @@ fn execute_keyed(
     conn: &Connection,
     request: &PaymentRequest,
     key: &str,
-    (now_ms, before, earlier): (i64, KeyBefore, Option<i64>),
+    (book, before, earlier): (Book, KeyBefore, Option<i64>),
     totals: &mut Delta,
 ) -> DbResult<Outcome> {
-    execute_with_answer(conn, request, (key, true), (now_ms, before, earlier), totals)
+    execute_with_answer(conn, request, (key, true), (book, before, earlier), totals)
 }
 
 /// Books a payment for the workshop's exercise (`--dedup exercise`): the
@@ -382,7 +437,7 @@ pub(crate) fn book_exercise(
     conn: &Connection,
     request: &PaymentRequest,
     (key, unique): (&str, bool),
-    now_ms: i64,
+    book: Book,
     totals: &mut Delta,
 ) -> DbResult<Outcome> {
     let before = match key_row(conn, key)? {
@@ -390,7 +445,7 @@ pub(crate) fn book_exercise(
         Some(row) if row.in_progress => KeyBefore::InFlight,
         Some(_) => KeyBefore::Completed,
     };
-    execute_with_answer(conn, request, (key, unique), (now_ms, before, None), totals)
+    execute_with_answer(conn, request, (key, unique), (book, before, None), totals)
 }
 
 /// The payment under `key`, the money moved and the answer stored under the
@@ -399,21 +454,18 @@ fn execute_with_answer(
     conn: &Connection,
     request: &PaymentRequest,
     (key, unique): (&str, bool),
-    (now_ms, before, earlier): (i64, KeyBefore, Option<i64>),
+    (book, before, earlier): (Book, KeyBefore, Option<i64>),
     totals: &mut Delta,
 ) -> DbResult<Outcome> {
-    let (payment, delta) = insert_payment(conn, request, (Some(key), earlier), unique, now_ms)?;
+    let (payment, delta) = insert_payment(conn, request, (Some(key), earlier), unique, book)?;
     let body = payment.to_json();
-    conn.prepare_cached(
-        "INSERT INTO idempotency_keys
-             (idem_key, fingerprint, state, lock_owner, locked_until_ms, payment_id, response_status, response_body, created_at_ms, completed_at_ms)
-         VALUES (?1, ?2, 'completed', NULL, NULL, ?3, 201, ?4, ?5, ?5)
-         ON CONFLICT (idem_key) DO UPDATE SET
-             fingerprint = excluded.fingerprint, state = 'completed', lock_owner = NULL, lease_replica = NULL, locked_until_ms = NULL,
-             payment_id = excluded.payment_id, response_status = 201, response_body = excluded.response_body,
-             completed_at_ms = excluded.completed_at_ms",
-    )?
-    .execute(params![key, request.fingerprint(), payment.id, body, now_ms])?;
+    store_answer(
+        conn,
+        (key, &request.fingerprint()),
+        Some(payment.id),
+        &body,
+        book.now_ms,
+    )?;
     *totals += delta;
     *totals += before.delta_to(false);
     Ok(Outcome::Executed {
@@ -423,32 +475,57 @@ fn execute_with_answer(
     })
 }
 
+/// Stores the answer (a 201 with `body`) under `key`, completing it.
+pub(crate) fn store_answer(
+    conn: &Connection,
+    (key, fingerprint): (&str, &str),
+    payment_id: Option<i64>,
+    body: &str,
+    now_ms: i64,
+) -> DbResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO idempotency_keys
+             (idem_key, fingerprint, state, lock_owner, locked_until_ms, payment_id, response_status, response_body, created_at_ms, completed_at_ms)
+         VALUES (?1, ?2, 'completed', NULL, NULL, ?3, 201, ?4, ?5, ?5)
+         ON CONFLICT (idem_key) DO UPDATE SET
+             fingerprint = excluded.fingerprint, state = 'completed', lock_owner = NULL, lease_replica = NULL,
+             locked_until_ms = NULL, payment_id = excluded.payment_id, response_status = 201,
+             response_body = excluded.response_body, completed_at_ms = excluded.completed_at_ms",
+    )?
+    .execute(params![key, fingerprint, payment_id, body, now_ms])?;
+    Ok(())
+}
+
 /// Inserts a payment without any key check: keyless requests, `--dedup off`,
 /// and the insert step of `check-then-insert`.
 pub fn insert_unchecked(
     conn: &Connection,
     request: &PaymentRequest,
     key: Option<&str>,
-    now_ms: i64,
+    book: Book,
     totals: &mut Delta,
 ) -> DbResult<Payment> {
-    let (payment, delta) = insert_payment(conn, request, (key, None), false, now_ms)?;
+    let (payment, delta) = insert_payment(conn, request, (key, None), false, book)?;
     *totals += delta;
     Ok(payment)
 }
 
 /// Books a payment: checks both balances (nothing is written if either would
 /// leave the `i64` range), inserts the row (its one statement that may be
-/// refused, and the first write), then writes the balances. Returns the
-/// change to the figures. `earlier`: the payments already carrying the key,
-/// if the caller knows (else they are counted here).
-fn insert_payment(
+/// refused, and the first write), then writes the balances and, with
+/// `book.outbox`, the payment's event: the only place a payment row is
+/// inserted, so no path can commit a payment without its event (or an event
+/// without its payment). Returns the change to the figures. `earlier`: the
+/// payments already carrying the key, if the caller knows (else they are
+/// counted here).
+pub(crate) fn insert_payment(
     conn: &Connection,
     request: &PaymentRequest,
     (key, earlier): (Option<&str>, Option<i64>),
     unique: bool,
-    now_ms: i64,
+    book: Book,
 ) -> DbResult<(Payment, Delta)> {
+    let now_ms = book.now_ms;
     let dedup_key = if unique { key } else { None };
     let out_of_range = |account: &str| DbError::BalanceOutOfRange {
         account: account.to_owned(),
@@ -483,6 +560,9 @@ fn insert_payment(
     let id = conn.last_insert_rowid();
     set_balance(conn, &request.src, src_balance)?;
     set_balance(conn, &request.dest, dest_balance)?;
+    if book.outbox {
+        outbox::add_event(conn, id, now_ms)?;
+    }
     let delta = Delta {
         payments: 1,
         last_payment_id: id,
@@ -491,6 +571,7 @@ fn insert_payment(
         distinct_keys: i64::from(key.is_some() && earlier == 0),
         duplicate_keys: i64::from(earlier == 1),
         accounts: i64::from(src.is_none()) + i64::from(dest.is_none()),
+        outbox_pending: i64::from(book.outbox),
         ..Delta::default()
     };
     let payment = Payment {
@@ -628,9 +709,14 @@ impl Wiped {
 /// it cannot start a fresh database file instead (see `generation.rs`).
 pub fn wipe(conn: &Connection) -> DbResult<Wiped> {
     let keys = conn.execute("DELETE FROM idempotency_keys", [])?;
+    // Events first: each refers to its payment.
+    conn.execute("DELETE FROM outbox", [])?;
     let payments = conn.execute("DELETE FROM payments", [])?;
     let accounts = conn.execute("DELETE FROM accounts", [])?;
     totals::reset(conn, &totals::Figures::default())?;
+    // Payment ids start again at 1: the events of the new ledger need ids
+    // of their own.
+    outbox::new_ledger_id(conn)?;
     Ok(Wiped {
         payments,
         accounts,
@@ -691,7 +777,7 @@ mod tests {
     }
 
     fn pay(conn: &Connection, r: &PaymentRequest, key: &str, now_ms: i64, retention_ms: i64) -> DbResult<Outcome> {
-        with_totals(conn, |d| pay_keyed(conn, r, key, (now_ms, retention_ms), d))
+        with_totals(conn, |d| pay_keyed(conn, r, key, (Book::at(now_ms), retention_ms), d))
     }
 
     /// Replica 7's lease number `token`.
@@ -712,11 +798,11 @@ mod tests {
     }
 
     fn complete_t(conn: &Connection, r: &PaymentRequest, key: &str, lease: Lease, now_ms: i64) -> DbResult<Outcome> {
-        with_totals(conn, |d| complete(conn, r, (key, lease), now_ms, d))
+        with_totals(conn, |d| complete(conn, r, (key, lease), Book::at(now_ms), d))
     }
 
     fn insert_t(conn: &Connection, r: &PaymentRequest, key: Option<&str>, now_ms: i64) -> DbResult<Payment> {
-        with_totals(conn, |d| insert_unchecked(conn, r, key, now_ms, d))
+        with_totals(conn, |d| insert_unchecked(conn, r, key, Book::at(now_ms), d))
     }
 
     fn reap_t(conn: &Connection, now_ms: i64, retention_ms: i64) -> DbResult<usize> {
@@ -890,9 +976,9 @@ mod tests {
     #[test]
     fn the_unique_key_is_the_last_line_of_defence() {
         let (_dir, conn) = db();
-        let (_, delta) = insert_payment(&conn, &request(100), (Some("k"), None), true, 0).unwrap();
+        let (_, delta) = insert_payment(&conn, &request(100), (Some("k"), None), true, Book::at(0)).unwrap();
         totals::add(&conn, &delta).unwrap();
-        assert!(insert_payment(&conn, &request(100), (Some("k"), None), true, 0).is_err());
+        assert!(insert_payment(&conn, &request(100), (Some("k"), None), true, Book::at(0)).is_err());
         // Without the unique column (dedup off), duplicates are stored and counted.
         insert_t(&conn, &request(100), Some("j"), 0).unwrap();
         insert_t(&conn, &request(100), Some("j"), 0).unwrap();

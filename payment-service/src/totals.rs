@@ -90,6 +90,12 @@ pub(crate) struct Delta {
     pub accounts: i64,
     pub stored_responses: i64,
     pub keys_in_flight: i64,
+    /// The outbox's counts (see `outbox.rs`), kept in the same row.
+    pub outbox_pending: i64,
+    pub outbox_delivered: i64,
+    pub outbox_refused: i64,
+    pub outbox_attempts: i64,
+    pub outbox_redelivered: i64,
 }
 
 impl std::ops::AddAssign for Delta {
@@ -103,12 +109,34 @@ impl std::ops::AddAssign for Delta {
         self.accounts += d.accounts;
         self.stored_responses += d.stored_responses;
         self.keys_in_flight += d.keys_in_flight;
+        self.outbox_pending += d.outbox_pending;
+        self.outbox_delivered += d.outbox_delivered;
+        self.outbox_refused += d.outbox_refused;
+        self.outbox_attempts += d.outbox_attempts;
+        self.outbox_redelivered += d.outbox_redelivered;
+    }
+}
+
+impl Delta {
+    /// The part of the change that is the ledger's (not the outbox's).
+    fn ledger_part(&self) -> Delta {
+        Delta {
+            outbox_pending: 0,
+            outbox_delivered: 0,
+            outbox_refused: 0,
+            outbox_attempts: 0,
+            outbox_redelivered: 0,
+            ..*self
+        }
     }
 }
 
 /// Applies `delta` to the totals row, in the caller's transaction.
 pub(crate) fn add(conn: &Connection, d: &Delta) -> DbResult<()> {
-    if *d == Delta::default() {
+    if d.ledger_part() != *d {
+        crate::outbox::add_counts(conn, d)?;
+    }
+    if d.ledger_part() == Delta::default() {
         return Ok(());
     }
     let (amount_hi, amount_lo) = split(d.amount_minor);
@@ -140,7 +168,7 @@ pub(crate) fn add(conn: &Connection, d: &Delta) -> DbResult<()> {
     Ok(())
 }
 
-fn missing_row() -> DbError {
+pub(crate) fn missing_row() -> DbError {
     DbError::Corrupt("the ledger_totals row is missing; run `payment-service audit --db FILE`".into())
 }
 

@@ -26,11 +26,11 @@ use anyhow::Context;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use rusqlite::Connection;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::clock;
-use crate::config::Config;
 use crate::config::Synchronous;
+use crate::config::{Config, NotifyMode};
 use crate::db_error::DbError;
 use crate::db_error::DbResult;
 use crate::db_file::DbWatch;
@@ -90,7 +90,7 @@ impl CrashPoints {
 /// Dies at once, like `kill -9`: no destructor, no flush, no answer. SIGKILL
 /// rather than `abort()`, so desktops with core-dump collection do not store
 /// a core for every injected crash.
-fn kill_self() -> ! {
+pub(crate) fn kill_self() -> ! {
     #[cfg(unix)]
     // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
     unsafe {
@@ -117,14 +117,14 @@ pub(crate) struct WriterHandle {
 /// then serves the queue. Returns
 /// once the database is open; blocks meanwhile, so call it from a blocking
 /// context. On failure the thread has ended and the lock is released.
-pub(crate) fn spawn(config: &Config, counters: Arc<Counters>) -> anyhow::Result<WriterHandle> {
+pub(crate) fn spawn(config: &Config, counters: Arc<Counters>, relay: Arc<Notify>) -> anyhow::Result<WriterHandle> {
     let (queue, rx) = mpsc::channel(config.queue_depth_max);
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let stop = Arc::new(AtomicBool::new(false));
     let (config, thread_stop) = (config.clone(), Arc::clone(&stop));
     let thread = std::thread::Builder::new()
         .name("payment-writer".into())
-        .spawn(move || match Writer::open(&config, counters, thread_stop) {
+        .spawn(move || match Writer::open(&config, counters, thread_stop, relay) {
             Ok(mut writer) => {
                 let _ = ready_tx.send(Ok((Arc::clone(&writer.watch), writer.liveness.id)));
                 writer.run(rx);
@@ -198,6 +198,10 @@ struct Writer {
     stop: Arc<AtomicBool>,
     /// Shared by replicas: then a DELETE never swaps the file (see `wipe`).
     sharing: Sharing,
+    /// `--notify outbox`: payments are booked with their events.
+    outbox: bool,
+    /// Woken after a COMMIT that made events pending, so the relay need not poll.
+    relay: Arc<Notify>,
     // Last, so they are released after the connection closes.
     liveness: Liveness,
     _lock: DbLock,
@@ -206,7 +210,12 @@ struct Writer {
 impl Writer {
     /// Everything the writer owns, opened in its own thread so that no
     /// SQLite call or fsync runs on an async worker.
-    fn open(config: &Config, counters: Arc<Counters>, stop: Arc<AtomicBool>) -> anyhow::Result<Writer> {
+    fn open(
+        config: &Config,
+        counters: Arc<Counters>,
+        stop: Arc<AtomicBool>,
+        relay: Arc<Notify>,
+    ) -> anyhow::Result<Writer> {
         let sharing = if config.replica {
             Sharing::Replica
         } else {
@@ -240,6 +249,8 @@ impl Writer {
             stop,
             sharing,
             liveness,
+            outbox: config.notify == NotifyMode::Outbox,
+            relay,
             _lock: lock,
         })
     }
@@ -309,6 +320,7 @@ impl Writer {
             now_ms: clock::now_ms(),
             lease_ms: self.lease_ms,
             retention_ms: self.retention_ms,
+            outbox: self.outbox,
         };
         let (started, requests) = (std::time::Instant::now(), batch.len());
         let result = self
@@ -383,6 +395,9 @@ impl Writer {
         );
         tx.commit()?;
         Counters::bump(&self.counters.writer_commits);
+        if figures.outbox_pending > 0 {
+            self.relay.notify_one();
+        }
         Ok(results)
     }
 

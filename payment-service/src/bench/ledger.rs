@@ -110,7 +110,7 @@ fn fill(path: &Path, n: u64) -> anyhow::Result<()> {
         let tx = conn.transaction()?;
         let mut figures = totals::Delta::default();
         for j in i..(i + FILL_TX_ROWS).min(n) {
-            let times = (now_ms, FILL_RETENTION_MS);
+            let times = (store::Book::at(now_ms), FILL_RETENTION_MS);
             store::pay_keyed(&tx, &fill_request(j), &format!("fill-{j}"), times, &mut figures)?;
         }
         totals::add(&tx, &figures)?;

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::receiver::FakeReceiver;
 use crate::{BODY, WAIT, client, header};
 
 pub(crate) struct ServiceProcess {
@@ -189,4 +190,104 @@ async fn crash_injection_is_replayable_with_a_seed() {
         crashed_at.push(n);
     }
     assert_eq!(crashed_at[0], crashed_at[1], "same seed, same crash point");
+}
+
+/// Polls the child's `/stats` until `done` holds for its outbox (bounded).
+async fn outbox_until(service: &ServiceProcess, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stats = service.stats().await;
+        if done(&stats["outbox"]) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "outbox never got there: {stats}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// Multi-threaded: the fake receiver must answer while the test blocks on the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_killed_between_send_and_mark_sends_again_after_restart() {
+    let receiver = FakeReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let url = receiver.url();
+    let mut doomed = start(&db, &["--receipts-url", &url, "--crash-relay-after-send", "1"]);
+    // The answer may or may not beat the crash: the payment committed either way.
+    let _ = doomed.pay("relay-1").await;
+    let status = doomed.wait_exit();
+    #[cfg(unix)]
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+    assert_eq!(receiver.events().len(), 1, "sent once, then killed before marking");
+
+    let revived = start(&db, &["--receipts-url", &url]);
+    let stats = outbox_until(&revived, |o| o["delivered"] == 1).await;
+    assert_eq!(
+        (stats["payments"].as_i64(), stats["outbox"]["pending"].as_i64()),
+        (Some(1), Some(0))
+    );
+    let events = receiver.events();
+    assert_eq!(
+        events.len(),
+        2,
+        "re-sent after the restart: the receiver sees a duplicate"
+    );
+    assert_eq!(events[0], events[1]);
+    assert_eq!(events[0].key.as_deref(), Some("relay-1"));
+    revived.kill();
+}
+
+// Multi-threaded: the fake receiver must answer while the test blocks on the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_outbox_a_crash_at_either_commit_point_keeps_payment_and_event_together() {
+    let receiver = FakeReceiver::start().await;
+    let url = receiver.url();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    let mut doomed = start(&db, &["--receipts-url", &url, "--crash-before-commit", "1"]);
+    assert!(doomed.pay("before").await.is_err());
+    assert!(!doomed.wait_exit().success());
+    let mut doomed = start(&db, &["--receipts-url", &url, "--crash-after-commit", "1"]);
+    let stats = doomed.stats().await;
+    assert_eq!(
+        (stats["payments"].as_i64(), stats["outbox"]["pending"].as_i64()),
+        (Some(0), Some(0)),
+        "neither"
+    );
+    assert!(doomed.pay("after").await.is_err());
+    assert!(!doomed.wait_exit().success());
+
+    let revived = start(&db, &["--receipts-url", &url]);
+    let stats = outbox_until(&revived, |o| o["delivered"] == 1).await;
+    assert_eq!(stats["payments"], 1, "both: the payment and its event");
+    assert!(receiver.events().iter().all(|e| e.key.as_deref() == Some("after")));
+    revived.kill();
+    drop(dir);
+}
+
+// Multi-threaded: the fake receiver must answer while the test blocks on the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_commit_loses_the_receipt_when_the_process_dies_between_commit_and_call() {
+    let receiver = FakeReceiver::start().await;
+    let url = receiver.url();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dual.db");
+    let notify = ["--receipts-url", url.as_str(), "--notify", "after-commit"];
+    let mut doomed = start(&db, &[&notify[..], &["--crash-after-commit", "1"]].concat());
+    assert!(doomed.pay("dual").await.is_err());
+    assert!(!doomed.wait_exit().success());
+
+    let revived = start(&db, &notify);
+    let retry = revived.pay("dual").await.expect("retry");
+    assert_eq!(header(&retry, "idempotent-replayed"), Some("true"));
+    let stats = revived.stats().await;
+    assert_eq!(
+        (stats["payments"].as_i64(), stats["outbox"]["pending"].as_i64()),
+        (Some(1), Some(0))
+    );
+    assert!(
+        receiver.events().is_empty(),
+        "paid, never receipted: nothing remembers the call"
+    );
+    revived.kill();
 }

@@ -4,6 +4,7 @@
 
 mod audit;
 mod bad_input;
+mod batch;
 mod concurrency;
 mod contract;
 mod crash;
@@ -15,6 +16,9 @@ mod limits;
 mod lookup;
 mod memory;
 mod metrics;
+mod outbox;
+mod receiver;
+mod relay_rate;
 mod replays;
 mod replicas;
 mod wipe;
