@@ -319,6 +319,11 @@ pub struct OutboxFigures {
     pub redelivered: u64,
 }
 
+/// The payment service's second hop as `/stats` shows it now.
+pub async fn second_hop(service: &ServiceReader) -> Result<SecondHop, Inconclusive> {
+    service.get_json("/stats").await
+}
+
 /// How often the outbox is read while waiting for it to drain.
 const SETTLE_POLL_MS: u64 = 50;
 
@@ -329,7 +334,7 @@ const SETTLE_POLL_MS: u64 = 50;
 pub async fn settle(service: &ServiceReader) -> Result<SecondHop, Inconclusive> {
     let poll = Duration::from_millis(SETTLE_POLL_MS);
     loop {
-        let hop: SecondHop = service.get_json("/stats").await?;
+        let hop = second_hop(service).await?;
         if hop.outbox.pending == 0 {
             return Ok(hop);
         }

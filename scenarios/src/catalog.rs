@@ -7,9 +7,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use client::batch::BatchKeys;
+use client::receipts::ReceiptOutcome;
 use client::reconcile::Verdict;
 use client::strategy::{Backoff, ConnectionMode, KeyStrategy};
 use payment_service::Settings;
+
+pub use crate::second_hop::ReceiptsSpec;
 use serde::Deserialize;
 
 /// The built-in catalog, in the binary so the runner works from any directory.
@@ -49,6 +53,24 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ("replicas-memory.toml", include_str!("../catalog/replicas-memory.toml")),
     ("restart-memory.toml", include_str!("../catalog/restart-memory.toml")),
     ("replicas-unique.toml", include_str!("../catalog/replicas-unique.toml")),
+    ("dual-write.toml", include_str!("../catalog/dual-write.toml")),
+    (
+        "redelivery-naive-consumer.toml",
+        include_str!("../catalog/redelivery-naive-consumer.toml"),
+    ),
+    (
+        "outbox-idempotent-consumer.toml",
+        include_str!("../catalog/outbox-idempotent-consumer.toml"),
+    ),
+    ("batch-one-key.toml", include_str!("../catalog/batch-one-key.toml")),
+    (
+        "batch-derived-keys.toml",
+        include_str!("../catalog/batch-derived-keys.toml"),
+    ),
+    (
+        "redelivery-storm.toml",
+        include_str!("../catalog/redelivery-storm.toml"),
+    ),
 ];
 
 /// Replicas a lesson may start at most: each is a writer on the shared file
@@ -73,6 +95,11 @@ pub const METRICS: &[&str] = &[
     "mismatches_422",
     "service_restarts",
     "duplicate_keys",
+    "receipts_faults",
+    "relay_attempts",
+    "outbox_redelivered",
+    "duplicates_absorbed",
+    "duplicate_receipts",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -102,6 +129,17 @@ pub struct Scenario {
     pub replicas: usize,
     #[serde(default)]
     pub proxy: ProxySpec,
+    /// The second hop's verdict this lesson expects; set, the lesson has a
+    /// second hop: a receipts service behind its own proxy route, which the
+    /// payment service notifies (`service.notify`, the outbox by default).
+    #[serde(default)]
+    pub expect_receipts: Option<ReceiptOutcome>,
+    /// The receipts service's flags (`dedup = "off"`, `processing_delay_ms`).
+    #[serde(default)]
+    pub receipts: ReceiptsSpec,
+    /// Faults on the second hop: between the payment service and the receipts service.
+    #[serde(default)]
+    pub receipts_proxy: ProxySpec,
     #[serde(default)]
     pub client: ClientSpec,
     #[serde(default)]
@@ -176,6 +214,14 @@ pub struct ClientSpec {
     pub connection: ConnectionMode,
     /// Each payment's amount, e.g. "1.00".
     pub amount: String,
+    /// Amounts taken in turn, payment after payment (instead of `amount`):
+    /// a batch's items then differ, as real ones do.
+    pub amounts: Vec<String>,
+    /// Payments sent this many at a time under one key (2 to 100).
+    pub batch: Option<usize>,
+    /// `derived` (one batch request, `KEY:ITEM_ID` per item) or `shared`
+    /// (each item on its own under the batch's key: the mistake).
+    pub batch_keys: BatchKeys,
 }
 
 impl Default for ClientSpec {
@@ -190,6 +236,9 @@ impl Default for ClientSpec {
             concurrency: 16,
             connection: ConnectionMode::Fresh,
             amount: "1.00".into(),
+            amounts: Vec::new(),
+            batch: None,
+            batch_keys: BatchKeys::Derived,
         }
     }
 }
@@ -234,6 +283,10 @@ pub enum Act {
     /// replica is killed (kill -9) and restarted on the same file while the
     /// rest are sent through every replica.
     KillReplica { after_percent: u32 },
+    /// After the payments (and their events delivered), every event
+    /// delivered within the last `window_ms` is delivered again, as a broker
+    /// does after a consumer restarts (`POST /outbox/redeliver`).
+    RedeliveryStorm { window_ms: u64 },
 }
 
 impl Act {
@@ -282,6 +335,7 @@ impl Scenario {
             self.check_service(),
             self.check_proxy(),
             self.check_act(),
+            self.check_second_hop(),
             self.check_metrics(),
         ];
         match checks.into_iter().find_map(Result::err) {
@@ -319,6 +373,25 @@ impl Scenario {
                 format!("is {:?}: use an amount such as \"1.00\"", self.client.amount),
             ));
         }
+        if let Some(bad) = self
+            .client
+            .amounts
+            .iter()
+            .find(|a| client::money::parse_minor(a).is_err())
+        {
+            return Err(Bad::new(
+                "client.amounts",
+                format!("holds {bad:?}: use amounts such as \"1.00\""),
+            ));
+        }
+        if let Some(size) = self.client.batch
+            && !(2..=eo_core::wire::BATCH_ITEMS_MAX).contains(&size)
+        {
+            return Err(Bad::new(
+                "client.batch",
+                format!("must be between 2 and {}", eo_core::wire::BATCH_ITEMS_MAX),
+            ));
+        }
         if !(1..=client::strategy::CONCURRENCY_MAX).contains(&self.client.concurrency) {
             return Err(Bad::new(
                 "client.concurrency",
@@ -344,8 +417,13 @@ impl Scenario {
                 "must be \"crash-service\" when service.crash_after_commit is set, so the runner restarts the service",
             ));
         }
-        // Everything else the service itself would refuse at start.
-        self.service
+        // Everything else the service itself would refuse at start, with
+        // the receipts route the runner gives it in a lesson with a second hop.
+        let mut service = self.service.clone();
+        if self.expect_receipts.is_some() {
+            service.receipts_url = Some("http://127.0.0.1:9".into());
+        }
+        service
             .config("catalog.db")
             .validate()
             .map_err(|why| Bad::new("service", why))
@@ -401,9 +479,45 @@ impl Scenario {
             Act::KillReplica { after_percent } if !(1..=99).contains(after_percent) => {
                 Err(Bad::new("act.after_percent", "must be between 1 and 99"))
             }
+            Act::RedeliveryStorm { window_ms } if !(1..=3_600_000).contains(window_ms) => {
+                Err(Bad::new("act.window_ms", "must be between 1 and 3600000 (an hour)"))
+            }
             Act::ReuseKeys { amount } if client::money::parse_minor(amount).is_err() => Err(Bad::new(
                 "act.amount",
                 format!("is {amount:?}: use an amount such as \"2.00\""),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_second_hop(&self) -> Result<(), Bad> {
+        if self.service.receipts_url.is_some() {
+            return Err(Bad::new(
+                "service.receipts_url",
+                "is set by the runner (its own receipts service): set expect_receipts instead",
+            ));
+        }
+        let second_hop = self.expect_receipts.is_some();
+        match (second_hop, self.service.notify) {
+            (true, Some(payment_service::NotifyMode::None)) => Err(Bad::new(
+                "service.notify",
+                "is \"none\" but expect_receipts is set: use \"outbox\" or \"after-commit\"",
+            )),
+            (false, Some(mode)) if mode != payment_service::NotifyMode::None => Err(Bad::new(
+                "expect_receipts",
+                "must be set when service.notify is: it starts the receipts service the service notifies",
+            )),
+            (false, _) if !self.receipts_proxy.toxics.is_empty() => Err(Bad::new(
+                "receipts_proxy",
+                "needs expect_receipts: there is no second hop without it",
+            )),
+            _ if matches!(self.act, Act::RedeliveryStorm { .. }) && !second_hop => Err(Bad::new(
+                "act.kind",
+                "\"redelivery-storm\" needs expect_receipts (and the outbox)",
+            )),
+            _ if self.receipts.processing_delay_ms > receipts::config::PROCESSING_DELAY_MS_MAX => Err(Bad::new(
+                "receipts.processing_delay_ms",
+                format!("must be at most {}", receipts::config::PROCESSING_DELAY_MS_MAX),
             )),
             _ => Ok(()),
         }

@@ -19,6 +19,8 @@
 //! - [`live`]: `--live`, a page on loopback fed by server-sent events.
 //! - [`exercise`]: the workshop's exercise as a ladder of five stages, the
 //!   reference solutions' diffs.
+//! - [`second_hop`]: a lesson's receipts service behind its own proxy route,
+//!   the redelivery storm, and the receipts verdict.
 //! - [`target`]: lessons against a service this runner did not start
 //!   (`--service-url`), with `command` supervising `--service-cmd`, and
 //!   `restart`: the act that kills the service between a payment and its retry.
@@ -36,6 +38,7 @@ pub mod play;
 pub mod progress;
 pub mod report;
 mod restart;
+pub mod second_hop;
 pub mod story;
 pub mod target;
 pub mod tour;

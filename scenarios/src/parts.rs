@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
 
-use crate::catalog::{Scenario, Scope, Stream};
+use crate::catalog::{Scenario, Scope, Stream, ToxicSpec};
 
 /// Bound on every wait for a piece to start, answer or stop.
 pub const STEP_TIMEOUT_MS: u64 = 10_000;
@@ -201,6 +201,8 @@ pub struct Proxy {
     pub urls: Vec<String>,
     /// The routes' proxy names: [`PROXY_NAME`], then `payment-2`, ...
     names: Vec<String>,
+    /// The second hop's route, if the lesson has one.
+    receipts_route: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -225,26 +227,53 @@ impl Proxy {
 
     /// [`Proxy::start`] with one route per upstream (replicas of the service).
     pub async fn start_routes(s: &Scenario, upstreams: &[SocketAddr], seed: u64) -> anyhow::Result<Proxy> {
+        let mut proxy = Proxy::start_api(seed).await?;
+        proxy.add_service_routes(s, upstreams).await?;
+        Ok(proxy)
+    }
+
+    /// The proxy's API alone, without a route yet.
+    pub async fn start_api(seed: u64) -> anyhow::Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let api = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(chaos_proxy::run(listener, chaos_proxy::Config::new(seed), async move {
             let _ = stopped.await;
         }));
-        let (mut urls, mut names) = (Vec::new(), Vec::new());
-        for (n, upstream) in upstreams.iter().enumerate() {
-            let name = route_name(n);
-            urls.push(add_route(s, &api, &name, *upstream).await?);
-            names.push(name);
-        }
         Ok(Proxy {
             api,
-            url: urls.first().cloned().context("a proxy needs at least one upstream")?,
-            urls,
-            names,
+            url: String::new(),
+            urls: Vec::new(),
+            names: Vec::new(),
+            receipts_route: None,
             stop: Some(stop),
             task,
         })
+    }
+
+    /// One route per replica of the service, each with the lesson's toxics.
+    pub async fn add_service_routes(&mut self, s: &Scenario, upstreams: &[SocketAddr]) -> anyhow::Result<()> {
+        for (n, upstream) in upstreams.iter().enumerate() {
+            let name = route_name(n);
+            let url = add_route(&self.api, &name, *upstream, (&s.proxy.toxics, &s.name)).await?;
+            self.urls.push(url);
+            self.names.push(name);
+        }
+        self.url = self
+            .urls
+            .first()
+            .cloned()
+            .context("a proxy needs at least one upstream")?;
+        Ok(())
+    }
+
+    /// The second hop's route, in front of the receipts service, with the
+    /// lesson's `receipts_proxy` toxics; returns where the service connects.
+    pub async fn add_receipts_route(&mut self, s: &Scenario, upstream: SocketAddr) -> anyhow::Result<String> {
+        let name = crate::second_hop::RECEIPTS_ROUTE;
+        let url = add_route(&self.api, name, upstream, (&s.receipts_proxy.toxics, &s.name)).await?;
+        self.receipts_route = Some(name.to_owned());
+        Ok(url)
     }
 
     /// The routes' proxy names, in replica order.
@@ -283,14 +312,30 @@ impl Proxy {
     pub async fn faults(&self) -> anyhow::Result<(u64, u64)> {
         let (mut up, mut down) = (0, 0);
         for name in &self.names {
-            let request = http()?.get(format!("{}/proxies/{name}/stats", self.api));
-            let stats: Value = expect_ok(request.send().await, "read proxy stats").await?;
-            for fault in stats["faults"].as_array().into_iter().flatten() {
-                let count = fault["count"].as_u64().unwrap_or(0);
-                match fault["stream"].as_str() {
-                    Some("upstream") => up += count,
-                    _ => down += count,
-                }
+            let (u, d) = self.route_faults(name).await?;
+            up += u;
+            down += d;
+        }
+        Ok((up, down))
+    }
+
+    /// Faults fired on the second hop's route, both ways; none without one.
+    pub async fn receipts_faults(&self) -> anyhow::Result<Option<u64>> {
+        match &self.receipts_route {
+            Some(name) => self.route_faults(name).await.map(|(up, down)| Some(up + down)),
+            None => Ok(None),
+        }
+    }
+
+    async fn route_faults(&self, name: &str) -> anyhow::Result<(u64, u64)> {
+        let request = http()?.get(format!("{}/proxies/{name}/stats", self.api));
+        let stats: Value = expect_ok(request.send().await, "read proxy stats").await?;
+        let (mut up, mut down) = (0, 0);
+        for fault in stats["faults"].as_array().into_iter().flatten() {
+            let count = fault["count"].as_u64().unwrap_or(0);
+            match fault["stream"].as_str() {
+                Some("upstream") => up += count,
+                _ => down += count,
             }
         }
         Ok((up, down))
@@ -301,9 +346,14 @@ impl Proxy {
     }
 }
 
-/// Creates the proxy `name` in front of `upstream` with the scenario's
-/// toxics, through the API at `api`; returns where clients connect.
-async fn add_route(s: &Scenario, api: &str, name: &str, upstream: SocketAddr) -> anyhow::Result<String> {
+/// Creates the proxy `name` in front of `upstream` with `toxics` (of the
+/// lesson named), through the API at `api`; returns where clients connect.
+async fn add_route(
+    api: &str,
+    name: &str,
+    upstream: SocketAddr,
+    (toxics, lesson): (&[ToxicSpec], &str),
+) -> anyhow::Result<String> {
     let http = http()?;
     let created: Value = expect_ok(
         http.post(format!("{api}/proxies"))
@@ -316,7 +366,7 @@ async fn add_route(s: &Scenario, api: &str, name: &str, upstream: SocketAddr) ->
     let listen = created["listen"]
         .as_str()
         .context("the proxy did not say where it listens")?;
-    for toxic in &s.proxy.toxics {
+    for toxic in toxics {
         let body = json!({
             "type": toxic.kind,
             "stream": match toxic.stream { Stream::Upstream => "upstream", Stream::Downstream => "downstream" },
@@ -332,7 +382,7 @@ async fn add_route(s: &Scenario, api: &str, name: &str, upstream: SocketAddr) ->
             "add a toxic",
         )
         .await
-        .with_context(|| format!("scenario {}: toxic {body}", s.name))?;
+        .with_context(|| format!("scenario {lesson}: toxic {body}"))?;
     }
     Ok(format!("http://{listen}"))
 }

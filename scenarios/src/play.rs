@@ -13,6 +13,7 @@ use anyhow::Context;
 use client::classify::ErrorKind;
 use client::history::{AttemptRecord, HistoryFile};
 use client::ledger::Meta;
+use client::receipts::{ReceiptOutcome, ReceiptVerdict};
 use client::reconcile::{Evidence, Mode, Reconciliation, Verdict};
 use client::runner::{self, Intent, Intents, RunReport, Sinks};
 use client::service::{Inconclusive, ServiceReader, ServiceStats};
@@ -23,6 +24,7 @@ use crate::catalog::{Act, ClientSpec, Retries, Scenario};
 use crate::logs::{LessonLog, LogSummary};
 use crate::observe::{Observer, Parts};
 use crate::parts::{self, Proxy, Service};
+use crate::second_hop::Receipts;
 
 pub struct Settings {
     pub payments: usize,
@@ -69,6 +71,11 @@ pub struct Outcome {
     pub log: Option<LogSummary>,
     /// A payment whose story shows the lesson (`scenarios explain`).
     pub example: Option<Example>,
+    /// The second hop's expected and actual verdicts (lessons with one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_receipts: Option<ReceiptOutcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<ReceiptVerdict>,
 }
 
 /// A representative payment of a lesson.
@@ -119,6 +126,7 @@ fn options(spec: &ClientSpec, seed: u64) -> Options {
     o.deadline_ms = 120_000;
     o.concurrency = spec.concurrency;
     o.connection = spec.connection;
+    o.batch = batch(spec);
     o
 }
 
@@ -154,6 +162,8 @@ pub(crate) struct Stage<'a> {
     /// Every replica, the first included.
     pub(crate) replicas: &'a [Service],
     pub(crate) proxy: &'a Proxy,
+    /// The second hop's receipts service, if the lesson has one.
+    pub(crate) receipts: Option<&'a Receipts>,
     pub(crate) intents: Vec<Intent>,
     pub(crate) options: Options,
     /// The service's last payment id before the act.
@@ -193,15 +203,7 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
     let payments = settings.payments.min(s.payments_max.unwrap_or(usize::MAX)).max(1);
     let (_tmp, dir) = parts::scratch_dir(settings.keep.as_deref(), &s.name)?;
     let log = LessonLog::open(&dir).await;
-    let db = dir.join("payments.db");
-    let mut replicas = Vec::with_capacity(s.replicas);
-    for n in 0..s.replicas {
-        // Each replica its own crash dice.
-        let replica_seed = seed.wrapping_add(n as u64);
-        replicas.push(start_service(s, settings, &db, replica_seed, payments).await?);
-    }
-    let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
-    let proxy = Proxy::start_routes(s, &addrs, seed).await?;
+    let (replicas, proxy, receipts) = start_parts(s, settings, &dir, seed, payments).await?;
     let service = &replicas[0];
     let watched = Parts {
         lesson: s.name.clone(),
@@ -217,7 +219,8 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
         observer.started(watched.clone()).await;
     }
     let outside = settings.outside.clone();
-    let outcome = stage_and_play(s, (&replicas, &proxy, outside), dir, payments, seed).await;
+    let parts = (&replicas[..], &proxy, receipts.as_ref(), outside);
+    let outcome = stage_and_play(s, parts, dir, payments, seed).await;
     if let (Some(observer), Ok(outcome)) = (&settings.observer, &outcome) {
         observer.judged(watched, outcome).await;
     }
@@ -226,6 +229,9 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
     for replica in replicas {
         stopped_service = stopped_service.and(replica.stop().await);
     }
+    if let Some(receipts) = receipts {
+        stopped_service = stopped_service.and(receipts.stop().await);
+    }
     let log = log.close(settings.keep.is_some()).await;
     let mut outcome = outcome.with_context(|| format!("scenario {}", s.name))?;
     stopped_proxy?;
@@ -233,6 +239,39 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
     outcome.elapsed_ms = started.elapsed().as_millis() as u64;
     outcome.log = log;
     Ok(outcome)
+}
+
+/// The lesson's parts: the proxy's API; with a second hop, the receipts
+/// service and its route (which the payment service is told to notify);
+/// the service's replicas on one file; their routes.
+async fn start_parts(
+    s: &Scenario,
+    settings: &Settings,
+    dir: &std::path::Path,
+    seed: u64,
+    payments: usize,
+) -> anyhow::Result<(Vec<Service>, Proxy, Option<Receipts>)> {
+    let mut proxy = Proxy::start_api(seed).await?;
+    let mut lesson = std::borrow::Cow::Borrowed(s);
+    let receipts = match (s.expect_receipts, &settings.outside) {
+        (Some(_), None) => {
+            let receipts = Receipts::start(&s.receipts, &dir.join("receipts.db")).await?;
+            let route = proxy.add_receipts_route(s, receipts.addr).await?;
+            lesson.to_mut().service.receipts_url = Some(route);
+            Some(receipts)
+        }
+        _ => None,
+    };
+    let db = dir.join("payments.db");
+    let mut replicas = Vec::with_capacity(s.replicas);
+    for n in 0..s.replicas {
+        // Each replica its own crash dice.
+        let replica_seed = seed.wrapping_add(n as u64);
+        replicas.push(start_service(&lesson, settings, &db, replica_seed, payments).await?);
+    }
+    let addrs: Vec<_> = replicas.iter().map(|r| r.addr).collect();
+    proxy.add_service_routes(s, &addrs).await?;
+    Ok((replicas, proxy, receipts))
 }
 
 /// Starts one replica of the lesson's service (the only one, in most
@@ -263,20 +302,53 @@ async fn start_service(
     })
 }
 
-/// The money a lesson means to move: its payments times the client's amount.
+/// The money a lesson means to move: the sum of its payments' amounts.
 fn intended_minor(s: &Scenario, payments: usize) -> i128 {
-    let amount = client::money::parse_minor(&s.client.amount).unwrap_or(0);
-    i128::from(amount) * payments as i128
+    (0..payments).map(|i| i128::from(amount_of(&s.client, i))).sum()
+}
+
+/// Payment `i`'s amount: `amounts` in turn, else `amount` (checked when
+/// the scenario was read; 0 if it were not an amount).
+fn amount_of(spec: &ClientSpec, i: usize) -> i64 {
+    let text = match spec.amounts.is_empty() {
+        true => &spec.amount,
+        false => &spec.amounts[i % spec.amounts.len()],
+    };
+    client::money::parse_minor(text).unwrap_or(0)
+}
+
+/// The lesson's payments, keyed for batches when it sends them.
+fn lesson_intents(s: &Scenario, payments: usize, seed: u64) -> Vec<Intent> {
+    let mut built = client::intents::IntentsBuilder::with_capacity(payments);
+    for i in 0..payments {
+        built.push(i, &runner::key_for(seed, i), "bianca", "marc", amount_of(&s.client, i));
+    }
+    let intents = built.finish();
+    match batch(&s.client) {
+        Some(batch) => client::batch::rekey(&intents, batch).iter().collect(),
+        None => intents.iter().collect(),
+    }
+}
+
+fn batch(spec: &ClientSpec) -> Option<client::batch::Batch> {
+    spec.batch.map(|size| client::batch::Batch {
+        size,
+        keys: spec.batch_keys,
+    })
 }
 
 async fn stage_and_play(
     s: &Scenario,
-    (replicas, proxy, outside): (&[Service], &Proxy, Option<Arc<crate::target::Outside>>),
+    (replicas, proxy, receipts, outside): (
+        &[Service],
+        &Proxy,
+        Option<&Receipts>,
+        Option<Arc<crate::target::Outside>>,
+    ),
     dir: PathBuf,
     payments: usize,
     seed: u64,
 ) -> anyhow::Result<Outcome> {
-    let amount_minor = client::money::parse_minor(&s.client.amount).map_err(anyhow::Error::msg)?;
     let history_path = dir.join("history.jsonl");
     let history = tokio::task::spawn_blocking(move || HistoryFile::create(&history_path))
         .await?
@@ -295,7 +367,8 @@ async fn stage_and_play(
         service,
         replicas,
         proxy,
-        intents: runner::repeat(payments, "bianca", "marc", amount_minor, seed),
+        receipts,
+        intents: lesson_intents(s, payments, seed),
         options,
         baseline_id,
         dir,
@@ -324,6 +397,13 @@ async fn act(stage: &Stage<'_>) -> anyhow::Result<Acted> {
         }
         Act::ProxyOutage { after_percent, down_ms } => proxy_outage(stage, *after_percent, *down_ms).await,
         Act::KillReplica { after_percent } => crate::restart::kill_replica_midway(stage, *after_percent).await,
+        Act::RedeliveryStorm { window_ms } => {
+            let run = stage.run(intents.clone(), stage.sinks()).await?;
+            let deadline = Duration::from_millis(JUDGE_DEADLINE_MS);
+            let again = crate::second_hop::storm(&stage.service.url, *window_ms, deadline).await?;
+            tracing::debug!(again, "redelivery storm: events made pending again");
+            Ok(Acted::one(run))
+        }
         Act::ClientCrash { after_percent, resume } => client_crash(stage, *after_percent, *resume).await,
         Act::ReuseKeys { amount } => {
             let first = stage.run(intents.clone(), stage.sinks()).await?;
@@ -423,15 +503,69 @@ async fn judge(stage: &Stage<'_>, acted: Acted) -> anyhow::Result<Outcome> {
         mode: &mode,
     };
     let (judgement, _) = client::flow::judge(&stage.service.url, deadline, &evidence).await;
+    let second = match stage.receipts {
+        Some(receipts) => Some(second_hop_read(stage, receipts, deadline).await),
+        None => None,
+    };
     // The full proof, recomputed from every payment: the lessons' ledgers are
     // small, and a lesson must not pass on figures the service maintained
     // wrongly.
     let stats = ServiceReader::new(&stage.service.url, deadline)?.audit().await;
     let faults = stage.proxy.faults().await?;
-    let metrics = metrics(stage, &acted, faults, stats.as_ref().ok());
+    let mut metrics = metrics(stage, &acted, faults, stats.as_ref().ok());
+    if let Some((_, figures)) = &second {
+        metrics.extend(figures.clone());
+    }
     let mut outcome = assess(stage.scenario, &stage.intents, judgement, stats, metrics);
+    if let (Some((verdict, _)), Some(expected)) = (second, stage.scenario.expect_receipts) {
+        outcome.judge_receipts(expected, verdict);
+    }
     outcome.example = Example::pick(&acted);
     Ok(outcome)
+}
+
+/// The second hop after the act: the receipts verdict, and its figures
+/// (with the faults on its route) as metrics.
+async fn second_hop_read(
+    stage: &Stage<'_>,
+    receipts: &Receipts,
+    deadline: Duration,
+) -> (ReceiptVerdict, BTreeMap<String, u64>) {
+    let (verdict, mut figures) =
+        crate::second_hop::judge(&stage.service.url, &receipts.url, stage.baseline_id, deadline).await;
+    if let Ok(Some(faults)) = stage.proxy.receipts_faults().await {
+        figures.insert("receipts_faults".to_owned(), faults);
+    }
+    (verdict, figures)
+}
+
+impl Outcome {
+    /// Adds the second hop's verdict: another one than expected, or none
+    /// (inconclusive), fails the lesson.
+    pub fn judge_receipts(&mut self, expected: ReceiptOutcome, verdict: ReceiptVerdict) {
+        if verdict.outcome == ReceiptOutcome::Inconclusive {
+            self.problems.push(format!("INCONCLUSIVE second hop: {verdict}"));
+        } else if verdict.outcome != expected {
+            self.problems.push(format!(
+                "{verdict}, but the lesson expects receipts {}",
+                receipt_headline(expected)
+            ));
+        }
+        self.pass = self.problems.is_empty();
+        self.expected_receipts = Some(expected);
+        self.receipts = Some(verdict);
+    }
+}
+
+/// `EXACT`, `MISSING`, ...: how a receipts verdict reads in a table.
+pub fn receipt_headline(outcome: ReceiptOutcome) -> &'static str {
+    match outcome {
+        ReceiptOutcome::Exact => "EXACT",
+        ReceiptOutcome::Missing => "MISSING",
+        ReceiptOutcome::Duplicated => "DUPLICATED",
+        ReceiptOutcome::Both => "MISSING+DUPLICATED",
+        ReceiptOutcome::Inconclusive => "INCONCLUSIVE",
+    }
 }
 
 /// The lesson's outcome from what the judge read: a verdict and what is
@@ -475,6 +609,8 @@ pub(crate) fn assess_read(
         judged: None,
         log: None,
         example: None,
+        expected_receipts: None,
+        receipts: None,
     };
     match judgement.and_then(|r| read.map(|read| (r, read))) {
         Ok((r, (moved_minor, invariants))) => {

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use crate::catalog::Scenario;
-use crate::play::Outcome;
+use crate::play::{Outcome, receipt_headline};
 
 /// Widest line the tour prints, in characters (a projector terminal).
 pub const WIDTH_COLUMNS_MAX: usize = 100;
@@ -134,6 +134,11 @@ pub fn results(o: &Outcome) -> String {
         o.elapsed_ms as f64 / 1000.0
     );
     detail(&mut out, "verdict", &verdict);
+    if let (Some(receipts), Some(expected)) = (&o.receipts, o.expected_receipts) {
+        detail(&mut out, "2nd hop", &second_hop(o));
+        let text = format!("{receipts} (expected {})", receipt_headline(expected));
+        detail(&mut out, "receipts", &text);
+    }
     for problem in &o.problems {
         detail(&mut out, "problem", problem);
     }
@@ -141,6 +146,30 @@ pub fn results(o: &Outcome) -> String {
         logs(&mut out, log);
     }
     out
+}
+
+/// What the second hop did: deliveries through its faults, redeliveries
+/// absorbed by the inbox or stored as duplicate receipts.
+fn second_hop(o: &Outcome) -> String {
+    let mut parts = Vec::new();
+    let deliveries = metric(o, "relay_attempts");
+    if deliveries > 0 {
+        parts.push(format!("{deliveries} deliveries by the relay"));
+    }
+    let faults = metric(o, "receipts_faults");
+    if faults > 0 {
+        parts.push(format!("{faults} faults on the way to the receipts service"));
+    }
+    let again = metric(o, "outbox_redelivered");
+    if again > 0 {
+        parts.push(format!("{again} events delivered again"));
+    }
+    parts.push(format!(
+        "{} redeliveries absorbed, {} duplicate receipts",
+        metric(o, "duplicates_absorbed"),
+        metric(o, "duplicate_receipts")
+    ));
+    parts.join(", ")
 }
 
 /// One payment worth explaining, and the command that draws a story like it
@@ -224,6 +253,16 @@ fn columns(outcomes: &[Outcome]) -> Vec<Column> {
         column("intended", false, cells(&|o| o.intended.clone())),
         column("moved", false, cells(&|o| o.moved.clone())),
         column("verdict", true, cells(&|o| o.headline().to_owned())),
+        column(
+            "receipts",
+            true,
+            cells(&|o| {
+                o.receipts
+                    .as_ref()
+                    .map_or("–", |r| receipt_headline(r.outcome))
+                    .to_owned()
+            }),
+        ),
         column(
             "result",
             true,

@@ -230,6 +230,12 @@ impl Outside {
         if s.replicas > 1 {
             return Some("runs several replicas of this project's service on one database file".into());
         }
+        if s.expect_receipts.is_some() {
+            return Some("needs this project's outbox and receipts service (the second hop)".into());
+        }
+        if s.client.batch.is_some() {
+            return Some("sends batches (POST /payments/batch), which the original workshop's contract has not".into());
+        }
         if matches!(s.act, Act::RetryAfterRestart { late: true }) && self.answers_expire_after.is_none() {
             return Some(
                 "retries after the service's stored answers expired: say when with answers_expire_after in the --target-file"

@@ -67,6 +67,12 @@ lessons! {
     replicas_memory => "replicas-memory",
     restart_memory => "restart-memory",
     replicas_unique => "replicas-unique",
+    dual_write => "dual-write",
+    redelivery_naive_consumer => "redelivery-naive-consumer",
+    outbox_idempotent_consumer => "outbox-idempotent-consumer",
+    batch_one_key => "batch-one-key",
+    batch_derived_keys => "batch-derived-keys",
+    redelivery_storm => "redelivery-storm",
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
