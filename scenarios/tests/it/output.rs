@@ -46,11 +46,11 @@ fn every_line_of_a_real_tour_fits_100_columns_and_no_log_interleaves() {
     // proxy-down's dial failures are counted in its report instead.
     assert!(stdout.contains("upstream dial failed"), "{stdout}");
     // Each lesson's narrative is printed before its numbers.
-    let lesson = stdout.find("── 2/17. Resets and no retry").expect("lesson 2's header");
+    let lesson = stdout.find("── 2/23. Resets and no retry").expect("lesson 2's header");
     let numbers = stdout[lesson..].find("   verdict   ").expect("lesson 2's verdict") + lesson;
-    let next = stdout.find("── 3/17.").expect("lesson 3's header");
+    let next = stdout.find("── 3/23.").expect("lesson 3's header");
     assert!(lesson < numbers && numbers < next);
-    assert!(stdout.contains("17 of 17 scenarios behaved as their lesson says."));
+    assert!(stdout.contains("23 of 23 scenarios behaved as their lesson says."));
     assert!(stdout.contains("reproduce with: scenarios --payments 20 --seed 42\n"));
 }
 
@@ -94,7 +94,8 @@ fn table_rows(stdout: &str) -> Vec<(String, String, String)> {
         .map(|l| {
             let cells: Vec<&str> = l.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
             let n = cells.len();
-            (cells[0].to_owned(), cells[n - 3].to_owned(), cells[n - 2].to_owned())
+            // ..., moved, verdict, receipts, result
+            (cells[0].to_owned(), cells[n - 4].to_owned(), cells[n - 3].to_owned())
         })
         .collect()
 }
