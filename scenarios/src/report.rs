@@ -273,7 +273,7 @@ fn columns(outcomes: &[Outcome]) -> Vec<Column> {
 
 /// Columns left out, in this order, while the table is too wide (only
 /// with very long names or huge counts; the tour's table keeps them all).
-const DROPPABLE: &[&str] = &["faults ↑/↓", "attempts", "intended"];
+const DROPPABLE: &[&str] = &["attempts", "intended", "faults ↑/↓"];
 const GAP: &str = "  ";
 
 fn render_row(out: &mut String, columns: &[Column], cell: &dyn Fn(&Column) -> String) {

@@ -65,3 +65,47 @@ async fn a_batch_needs_per_payment_keys_and_a_size_within_the_limit() {
     });
     assert!(options.validate().unwrap_err().contains("--batch must be between 2"));
 }
+
+#[tokio::test]
+async fn derived_keys_pay_every_item_once_in_batches_through_lost_answers() {
+    let service = spawn_service(|_| {}).await;
+    // Every third answer is lost after the service committed: a batch's
+    // retry must replay the whole batch, not pay it again.
+    let proxy = crate::faults::spawn_proxy(service.addr, |i| {
+        if i % 3 == 1 {
+            crate::faults::Fault::LoseAnswer
+        } else {
+            crate::faults::Fault::Pass
+        }
+    })
+    .await;
+    let derived = Batch {
+        size: 4,
+        keys: BatchKeys::Derived,
+    };
+    let intents = batch::rekey(&varied(12), derived);
+    let mut options = Options::new(SEED);
+    options.concurrency = 2;
+    options.backoff = client::strategy::Backoff::None;
+    options.batch = Some(derived);
+    let mode = baseline(&service).await;
+    let report = runner::run(&proxy.url, intents.clone(), &options, Sinks::default())
+        .await
+        .expect("run");
+    assert_eq!(report.summary.confirmed, 12, "{:?}", report.summary);
+    assert!(report.summary.replays_seen > 0, "a lost answer came back as a replay");
+    let listed: Vec<_> = intents.iter().collect();
+    let r = judge(&service.url, mode, &listed, &report.attempts, KeyStrategy::PerPayment)
+        .await
+        .expect("reconcile");
+    assert_eq!(r.verdict, Verdict::ExactlyOnce, "{r:?}");
+    assert_eq!((r.exactly_once, r.payments, r.moved_minor), (12, 12, 3000));
+    // Each item is stored under its own key: the batch's key and its id.
+    let page: serde_json::Value = reqwest::get(format!("{}/payments?key={}:3", service.url, key_for(SEED, 0)))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["payments"][0]["amount"], "4.00", "{page}");
+}

@@ -10,3 +10,4 @@ mod live_page;
 mod lost_ack;
 mod output;
 mod outside;
+mod second_hop;

@@ -1,0 +1,114 @@
+//! The end-to-end check of both hops, as `client pay --receipts URL` runs
+//! it: payments through the payment service, events through its outbox and
+//! relay to a receipts service, then one verdict per hop.
+
+use std::time::Duration;
+
+use client::flow::{self, Ending, Expect, Settings};
+use client::intents::Intents;
+use client::receipts::ReceiptOutcome;
+use client::reconcile::Verdict;
+use client::strategy::Options;
+use scenarios::second_hop::{Receipts, ReceiptsSpec};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A payment service in this process that notifies `receipts_url`.
+async fn payment_service(dir: &std::path::Path, receipts_url: &str) -> (String, oneshot::Sender<()>) {
+    let mut config = payment_service::Config::new(dir.join("payments.db"));
+    config.synchronous = payment_service::Synchronous::Normal;
+    config.receipts_url = Some(receipts_url.to_owned());
+    config.notify = payment_service::NotifyMode::Outbox;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(payment_service::run(listener, config, async move {
+        let _ = stopped.await;
+    }));
+    (url, stop)
+}
+
+fn settings(service: &str, receipts: &str, deadline: Duration) -> Settings {
+    let mut options = Options::new(7);
+    options.concurrency = 8;
+    Settings {
+        targets: vec![service.to_owned()],
+        service: service.to_owned(),
+        options,
+        history: None,
+        progress: false,
+        reconcile_deadline: deadline,
+        stop: None,
+        receipts: Some(receipts.to_owned()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_payment_once_and_every_payment_receipted_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let receipts = Receipts::start(&ReceiptsSpec::default(), &dir.path().join("receipts.db"))
+        .await
+        .expect("receipts");
+    let (service, _stop) = payment_service(dir.path(), &receipts.url).await;
+    let run = settings(&service, &receipts.url, Duration::from_secs(20));
+    let ending = flow::pay(&run, Intents::repeat(200, "bianca", "marc", 100, 7), None)
+        .await
+        .expect("pays");
+    let Ending::Judged(judged) = &ending else {
+        panic!("not judged")
+    };
+    assert_eq!(
+        judged.judgement.as_ref().expect("a verdict").verdict,
+        Verdict::ExactlyOnce
+    );
+    let verdict = judged.receipts.as_ref().expect("the second hop was judged");
+    assert_eq!(
+        (verdict.outcome, verdict.checked, verdict.exact),
+        (ReceiptOutcome::Exact, 200, 200)
+    );
+    let expect = Expect {
+        payments: Some(Verdict::ExactlyOnce),
+        receipts: Some(ReceiptOutcome::Exact),
+    };
+    assert_eq!(flow::conclude(&ending, &run.options, true, expect), flow::EXIT_OK);
+    let wrong = Expect {
+        receipts: Some(ReceiptOutcome::Missing),
+        ..expect
+    };
+    assert_eq!(
+        flow::conclude(&ending, &run.options, true, wrong),
+        flow::EXIT_UNEXPECTED_VERDICT
+    );
+    receipts.stop().await.expect("stops");
+}
+
+/// With the receipts service gone, events stay pending: a receipt on its
+/// way is not a missing one, so the second hop has no verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_still_pending_at_the_deadline_make_the_second_hop_inconclusive() {
+    let dir = tempfile::tempdir().expect("dir");
+    let receipts = Receipts::start(&ReceiptsSpec::default(), &dir.path().join("receipts.db"))
+        .await
+        .expect("receipts");
+    let gone = receipts.url.clone();
+    receipts.stop().await.expect("stops");
+    let (service, _stop) = payment_service(dir.path(), &gone).await;
+    let run = settings(&service, &gone, Duration::from_millis(1500));
+    let ending = flow::pay(&run, Intents::repeat(20, "bianca", "marc", 100, 7), None)
+        .await
+        .expect("pays");
+    let Ending::Judged(judged) = &ending else {
+        panic!("not judged")
+    };
+    assert_eq!(
+        judged.judgement.as_ref().expect("a verdict").verdict,
+        Verdict::ExactlyOnce
+    );
+    let verdict = judged.receipts.as_ref().expect("the second hop was judged");
+    assert_eq!(verdict.outcome, ReceiptOutcome::Inconclusive, "{verdict}");
+    assert!(verdict.to_string().contains("still pending delivery"), "{verdict}");
+    assert_eq!(
+        flow::conclude(&ending, &run.options, true, Expect::default()),
+        flow::EXIT_INCONCLUSIVE
+    );
+}
