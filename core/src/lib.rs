@@ -6,6 +6,8 @@
 //!   second hop delivers, the wall clock.
 //! - [`retry`]: the retry rules the client and the outbox relay share: what a
 //!   status means, `Retry-After` (capped), seeded full-jitter backoff.
+//! - [`problem`]: errors as problem+json (each service lists its causes), the
+//!   `/problems/{type}` page, a JSON answer, a request run owning its in-flight permit.
 //! - [`seed`]: SplitMix64 and FNV-1a, to derive independent seeds from one.
 //! - [`serve`]: a bounded HTTP/1.1 server for an axum router (connection cap, header-read,
 //!   body-read and idle deadlines, graceful drain).
@@ -14,6 +16,7 @@
 
 pub mod logging;
 pub mod money;
+pub mod problem;
 pub mod retry;
 pub mod seed;
 pub mod serve;

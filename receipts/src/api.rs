@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::config::{Config, EVENT_BODY_BYTES_MAX, LOOKUP_BODY_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, WRITE_WAIT_MS_MAX};
 use crate::db_error::DbError;
-use crate::error::{ApiError, Problem};
+use crate::error::{ApiError, Problem, ProblemKind};
 use crate::event::{Body, Event};
 use crate::readers::Readers;
 use crate::reads;
@@ -86,25 +86,13 @@ async fn limit_in_flight(State(state): State<AppState>, request: Request, next: 
         let detail = format!("more than {REQUESTS_IN_FLIGHT_MAX} requests are in flight; nothing was stored");
         return ApiError::new(Problem::Overloaded, detail).into_response();
     };
-    let work = tokio::spawn(async move {
-        let response = next.run(request).await;
-        drop(permit);
-        response
-    });
-    match work.await {
+    match eo_core::problem::run_owning(permit, next.run(request)).await {
         Ok(response) => response,
-        Err(e) => ApiError::new(Problem::TemporarilyUnavailable, format!("the request failed: {e}")).into_response(),
+        Err(why) => ApiError::new(Problem::TemporarilyUnavailable, why).into_response(),
     }
 }
 
-pub(crate) fn json(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body,
-    )
-        .into_response()
-}
+pub(crate) use eo_core::problem::json;
 
 /// `POST /receipts`: one delivery of a payment event.
 async fn deliver(State(state): State<AppState>, body: Result<Body<Event>, ApiError>) -> Response {
@@ -227,15 +215,6 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 async fn problem_doc(Path(slug): Path<String>) -> Result<Response, ApiError> {
-    let problem = Problem::ALL
-        .into_iter()
-        .find(|p| p.slug() == slug)
-        .ok_or_else(|| ApiError::new(Problem::NotFound, format!("there is no problem type {slug:?}")))?;
-    let body = serde_json::json!({
-        "type": format!("/problems/{}", problem.slug()),
-        "title": problem.title(),
-        "status": problem.status().as_u16(),
-        "what_to_do": problem.advice(),
-    });
-    Ok(json(StatusCode::OK, body.to_string()))
+    eo_core::problem::document::<Problem>(&slug)
+        .ok_or_else(|| ApiError::new(Problem::NotFound, format!("there is no problem type {slug:?}")))
 }

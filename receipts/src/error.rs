@@ -4,9 +4,10 @@
 //! 4xx a permanent refusal (the event is not retried), so only what would
 //! fail again the same way is a 4xx.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+pub use eo_core::problem::ProblemKind;
+use eo_core::problem::{self, Members};
 
 use crate::config::{ACCOUNT_BYTES_MAX, EVENT_BODY_BYTES_MAX, PROPAGATED_KEY_BYTES_MAX};
 
@@ -32,8 +33,8 @@ pub enum Problem {
     TemporarilyUnavailable,
 }
 
-impl Problem {
-    pub const ALL: [Problem; 17] = [
+impl ProblemKind for Problem {
+    const ALL: &'static [Problem] = &[
         Problem::MalformedJson,
         Problem::InvalidEventId,
         Problem::InvalidAmount,
@@ -53,7 +54,7 @@ impl Problem {
         Problem::TemporarilyUnavailable,
     ];
 
-    pub fn slug(self) -> &'static str {
+    fn slug(self) -> &'static str {
         match self {
             Problem::MalformedJson => "malformed-json",
             Problem::InvalidEventId => "invalid-event-id",
@@ -75,7 +76,7 @@ impl Problem {
         }
     }
 
-    pub fn status(self) -> StatusCode {
+    fn status(self) -> StatusCode {
         match self {
             Problem::MalformedJson | Problem::InvalidEventId | Problem::InvalidQuery | Problem::InvalidLookup => {
                 StatusCode::BAD_REQUEST
@@ -96,7 +97,7 @@ impl Problem {
         }
     }
 
-    pub fn title(self) -> &'static str {
+    fn title(self) -> &'static str {
         match self {
             Problem::MalformedJson => "The body is not a payment event",
             Problem::InvalidEventId => "The event id is not valid",
@@ -119,7 +120,7 @@ impl Problem {
     }
 
     /// What a sender should do about it; served at `/problems/<slug>`.
-    pub fn advice(self) -> &'static str {
+    fn advice(self) -> &'static str {
         match self {
             Problem::MalformedJson => {
                 "Nothing was stored. Send one JSON object with exactly the fields event_id, payment_id, key, src, dest, amount_minor and paid_at_ms."
@@ -191,41 +192,16 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ProblemJson<'a> {
-    r#type: String,
-    title: &'static str,
-    status: u16,
-    detail: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event_id: Option<&'a str>,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.problem.status();
-        let body = ProblemJson {
-            r#type: format!("/problems/{}", self.problem.slug()),
-            title: self.problem.title(),
-            status: status.as_u16(),
-            detail: &self.detail,
+        let members = Members {
             field: self.field,
             event_id: self.event_id.as_deref(),
+            ..Members::default()
         };
-        let body = serde_json::to_string(&body).unwrap_or_default();
-        let mut response = (status, body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
         // Every 503 tells the relay when to come back.
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
-        }
-        response
+        let retry_after_s = (self.problem.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(1);
+        problem::response(self.problem, &self.detail, members, retry_after_s)
     }
 }
 
