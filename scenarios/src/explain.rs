@@ -47,8 +47,13 @@ pub async fn play_and_collect(
 
 async fn collect_when_judged(mut events: mpsc::Receiver<Event>, choice: Choice) -> anyhow::Result<Evidence> {
     while let Some(event) = events.recv().await {
-        if let Event::Judged { parts, release, .. } = event {
-            let evidence = collect(&parts, &choice).await;
+        if let Event::Judged {
+            parts,
+            outcome,
+            release,
+        } = event
+        {
+            let evidence = collect(&parts, &choice, &second_hop_keys(&outcome)).await;
             let _ = release.send(());
             return evidence;
         }
@@ -89,11 +94,27 @@ fn chosen_index(all: &[AttemptRecord], choice: &Choice) -> anyhow::Result<usize>
 /// Payments whose records are read when looking for the most telling story.
 const CANDIDATES_MAX: usize = 8;
 
-/// Everything the parts recorded about the chosen payment.
-pub async fn collect(parts: &Parts, choice: &Choice) -> anyhow::Result<Evidence> {
+/// The keys of payments the second hop's judge found without a receipt
+/// or with several: in a lesson about the second hop, their story tells it.
+fn second_hop_keys(outcome: &Outcome) -> Vec<String> {
+    let Some(receipts) = &outcome.receipts else {
+        return Vec::new();
+    };
+    let at_fault = receipts.lost.first.iter().chain(&receipts.duplicated.first);
+    at_fault.map(|(key, _)| key.clone()).take(CANDIDATES_MAX).collect()
+}
+
+/// Everything the parts recorded about the chosen payment; `at_fault`:
+/// keys of payments whose story is worth telling first (the second hop's).
+pub async fn collect(parts: &Parts, choice: &Choice, at_fault: &[String]) -> anyhow::Result<Evidence> {
     let all = history(&parts.dir).await?;
     let candidates = match choice {
-        Choice::Telling => story::candidates(&all, CANDIDATES_MAX),
+        Choice::Telling => {
+            let of_key = |key: &String| all.iter().find(|a| a.key.as_ref() == Some(key)).map(|a| a.intent);
+            let mut first: Vec<usize> = at_fault.iter().filter_map(of_key).collect();
+            first.extend(story::candidates(&all, CANDIDATES_MAX));
+            first
+        }
         other => vec![chosen_index(&all, other)?],
     };
     let mut best: Option<(u8, Evidence)> = None;
@@ -101,7 +122,10 @@ pub async fn collect(parts: &Parts, choice: &Choice) -> anyhow::Result<Evidence>
         let mut attempts: Vec<AttemptRecord> = all.iter().filter(|a| a.intent == index).cloned().collect();
         attempts.sort_by_key(|a| a.at_unix_us);
         let proxy = (parts.proxy_api.as_str(), parts.routes.as_slice());
-        let e = evidence_from(&parts.replica_urls, proxy, index + 1, attempts).await?;
+        let mut e = evidence_from(&parts.replica_urls, proxy, index + 1, attempts).await?;
+        if let Some(receipts) = &parts.receipts_url {
+            e.receipts = Some(receipts_of(&parts.service_url, receipts, &e.ledger).await?);
+        }
         let score = story::told(&e).0;
         if best.as_ref().is_none_or(|(s, _)| score > *s) {
             best = Some((score, e));
@@ -185,6 +209,35 @@ pub async fn evidence_from(
     e.ledger = ledger(&http, service, &attempts, &e.service).await?;
     e.attempts = attempts;
     Ok(e)
+}
+
+/// The receipts of each of `ledger`'s payments, by event id (`<ledger
+/// id>:<payment id>`), read after the judge waited for the outbox to drain.
+async fn receipts_of(service: &str, receipts: &str, ledger: &[(i64, String)]) -> anyhow::Result<Vec<(i64, u64)>> {
+    if ledger.is_empty() {
+        return Ok(Vec::new());
+    }
+    let http = parts::http()?;
+    let stats = get_json(&http, &format!("{service}/stats"), &[]).await?;
+    let ledger_id = stats["ledger_id"].as_str().context("/stats without a ledger_id")?;
+    let ids: Vec<String> = ledger.iter().map(|(id, _)| format!("{ledger_id}:{id}")).collect();
+    let response = http
+        .post(format!("{receipts}/receipts/lookup"))
+        .json(&serde_json::json!({ "event_ids": ids }))
+        .send()
+        .await
+        .context("POST /receipts/lookup")?;
+    let answer: Value = response.json().await.context("POST /receipts/lookup: not JSON")?;
+    let events = answer["events"].as_array().context("a lookup answer without events")?;
+    anyhow::ensure!(events.len() == ids.len(), "the lookup did not answer every event");
+    let mut counts = Vec::with_capacity(ids.len());
+    for ((id, _), (event, asked)) in ledger.iter().zip(events.iter().zip(&ids)) {
+        // A count not read is not a zero.
+        anyhow::ensure!(event["event_id"] == asked.as_str(), "the lookup answered out of order");
+        let n = event["receipts"].as_u64().context("a lookup answer without a count")?;
+        counts.push((*id, n));
+    }
+    Ok(counts)
 }
 
 /// The payments the ledger holds for this payment: under its keys, or (no

@@ -297,7 +297,7 @@ impl Feed {
         self.hub.update(&parts.lesson, fields);
         let Some(example) = &o.example else { return };
         let choice = crate::explain::Choice::Payment(example.payment);
-        if let Ok(evidence) = crate::explain::collect(parts, &choice).await {
+        if let Ok(evidence) = crate::explain::collect(parts, &choice, &[]).await {
             let steps = crate::story::steps(&evidence);
             let title = format!("payment {}: {}", evidence.payment, crate::story::told(&evidence).1);
             let lines: Vec<String> = crate::diagram::terminal(&steps, &title).into_iter().flatten().collect();

@@ -26,6 +26,8 @@ pub struct Parts {
     pub replica_urls: Vec<String>,
     /// The chaos proxy's control API.
     pub proxy_api: String,
+    /// The second hop's receipts service, in a lesson that has one.
+    pub receipts_url: Option<String>,
     /// The proxy's routes, one per replica (the first is `parts::PROXY_NAME`).
     pub routes: Vec<String>,
     /// The lesson's scratch directory (database, client history, parts.log).

@@ -210,6 +210,7 @@ pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> 
         service_url: service.url.clone(),
         replica_urls: replicas.iter().map(|r| r.url.clone()).collect(),
         proxy_api: proxy.api.clone(),
+        receipts_url: receipts.as_ref().map(|r| r.url.clone()),
         routes: proxy.names().to_vec(),
         dir: dir.clone(),
         payments,

@@ -62,6 +62,8 @@ pub struct Evidence {
     pub ledger: Vec<(i64, String)>,
     /// Events the service's bounded record had pushed out (it may have forgotten some).
     pub service_dropped: u64,
+    /// With a second hop: the receipts of each payment in `ledger` (id, receipts).
+    pub receipts: Option<Vec<(i64, u64)>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -126,6 +128,9 @@ pub fn steps(e: &Evidence) -> Vec<Step> {
         steps.push(note(Actor::Client, format!("… {more} more attempts not drawn")));
     }
     steps.push(ledger_note(e));
+    if let Some(receipts) = &e.receipts {
+        steps.push(receipts_note(receipts));
+    }
     steps
 }
 
@@ -293,6 +298,23 @@ fn ledger_note(e: &Evidence) -> Step {
     Step::Ledger { text }
 }
 
+/// The second hop's closing line: the receipts each payment got.
+fn receipts_note(receipts: &[(i64, u64)]) -> Step {
+    let each: Vec<String> = receipts
+        .iter()
+        .map(|(id, n)| match n {
+            0 => format!("NONE for #{id}: paid, not receipted"),
+            1 => format!("ONE for #{id}"),
+            n => format!("{n} for #{id}: receipted {n} times"),
+        })
+        .collect();
+    let text = match each.is_empty() {
+        true => "receipts: no payment, no receipt".to_owned(),
+        false => format!("receipts: {}", each.join(", ")),
+    };
+    Step::Ledger { text }
+}
+
 /// Why a payment's story is worth telling, and how much: a lost answer that
 /// was then replayed (or paid again) tells the whole lesson.
 pub fn interest(attempts: &[&AttemptRecord]) -> (u8, &'static str) {
@@ -349,6 +371,14 @@ pub fn candidates(attempts: &[AttemptRecord], max: usize) -> Vec<usize> {
 /// lost after a COMMIT, then a replay (exactly once) or a second COMMIT
 /// (paid twice), tells the whole lesson.
 pub fn told(e: &Evidence) -> (u8, &'static str) {
+    if let Some(receipts) = &e.receipts {
+        if receipts.iter().any(|&(_, n)| n == 0) {
+            return (8, "paid, but never receipted");
+        }
+        if receipts.iter().any(|&(_, n)| n > 1) {
+            return (8, "paid once, receipted more than once");
+        }
+    }
     let commits = e.service.iter().filter(|s| s.kind == "committed").count();
     let replays = e.service.iter().any(|s| s.kind == "replayed");
     let lost_after_commit = e

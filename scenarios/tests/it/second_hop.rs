@@ -112,3 +112,36 @@ async fn events_still_pending_at_the_deadline_make_the_second_hop_inconclusive()
         flow::EXIT_INCONCLUSIVE
     );
 }
+
+/// `scenarios explain` on the dual write: the story it picks ends with the
+/// payment in the ledger and no receipt for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_draws_a_payment_that_was_never_receipted() {
+    let all = scenarios::catalog::load(None).expect("catalog");
+    let lesson = all.iter().find(|s| s.name == "dual-write").expect("the lesson");
+    let settings = scenarios::play::Settings {
+        payments: 50,
+        seed: 42,
+        keep: None,
+        exe: env!("CARGO_BIN_EXE_scenarios").into(),
+        outside: None,
+        observer: None,
+    };
+    let choice = scenarios::explain::Choice::Telling;
+    let (outcome, evidence) = scenarios::explain::play_and_collect(lesson, settings, choice)
+        .await
+        .expect("plays");
+    assert!(outcome.pass, "{:?}", outcome.problems);
+    let receipts = evidence.receipts.clone().expect("the second hop was read");
+    assert_eq!(receipts.len(), 1, "one payment in the ledger: {receipts:?}");
+    assert_eq!(receipts[0].1, 0, "the story told is one without a receipt");
+    assert_eq!(scenarios::story::told(&evidence).1, "paid, but never receipted");
+    let last = scenarios::story::steps(&evidence).pop().expect("steps");
+    let scenarios::story::Step::Ledger { text } = last else {
+        panic!("{last:?}")
+    };
+    assert!(
+        text.starts_with("receipts: NONE for #") && text.ends_with("paid, not receipted"),
+        "{text}"
+    );
+}
