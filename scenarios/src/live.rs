@@ -293,6 +293,8 @@ impl Feed {
             "attempts": metric("attempts"), "replays": metric("replays"),
             "conflicts_409": metric("conflicts_409"),
             "faults_up": metric("faults_upstream"), "faults_down": metric("faults_downstream"),
+            "receipts": o.receipts.as_ref().map(|r| crate::play::receipt_headline(r.outcome)),
+            "expected_receipts": o.expected_receipts.map(crate::play::receipt_headline),
         });
         self.hub.update(&parts.lesson, fields);
         let Some(example) = &o.example else { return };

@@ -90,6 +90,7 @@ async fn the_page_in_chromium_shows_the_runners_numbers() {
         .args([
             "run",
             "exactly-once",
+            "dual-write",
             "--payments",
             "400",
             "--seed",
@@ -114,6 +115,7 @@ async fn the_page_in_chromium_shows_the_runners_numbers() {
     let mut stdout = BufReader::new(runner.stdout.take().expect("stdout")).lines();
     let verdict: Value = serde_json::from_str(&line_with(&mut stdout, "\"scenarios\"").await).expect("JSON");
     let seen = seen_by_page(&url, "exactly-once").await;
+    let second_hop = seen_by_page(&url, "dual-write").await;
     let _ = page.kill().await;
     let _ = runner.kill().await;
 
@@ -133,4 +135,10 @@ async fn the_page_in_chromium_shows_the_runners_numbers() {
         seen["story"].as_str().is_some_and(|s| s.contains("attempt 1")),
         "{seen}"
     );
+    // A lesson with a second hop shows the receipts' verdict next to the payments'.
+    assert_eq!(
+        second_hop["verdict"],
+        "EXACTLY ONCE (expected EXACTLY ONCE) · receipts MISSING (expected MISSING) PASS"
+    );
+    assert_eq!(second_hop["moved"], verdict["scenarios"][1]["moved"]);
 }
