@@ -17,9 +17,9 @@
 //! The function runs on the blocking pool: the helpers block on a reader or
 //! on the writer's answer, never on an async worker thread.
 
+use crate::db::{Connection, OptionalExtension};
 use axum::http::StatusCode;
 use axum::response::Response;
-use rusqlite::{Connection, OptionalExtension};
 use tokio::runtime::Handle;
 
 use crate::api::{AppState, json};

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use crate::db::Connection;
 use tokio::sync::Semaphore;
 
 use crate::audit;

@@ -11,7 +11,7 @@
 //! The figures are maintained, not proven: [`crate::audit`] recomputes them
 //! from the payments and compares.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{Connection, OptionalExtension, params};
 
 use crate::db_error::{DbError, DbResult};
 
@@ -180,7 +180,7 @@ pub(crate) fn read(conn: &Connection) -> DbResult<Maintained> {
                 audit_finished_at_ms, audit_verdict, audit_accounts_off_ledger
          FROM ledger_totals WHERE id = 1",
     )?
-    .query_row([], |r| {
+    .query_row((), |r| {
         let audit_at: Option<i64> = r.get(13)?;
         Ok(Maintained {
             ledger_uid: r.get(0)?,
@@ -215,7 +215,7 @@ pub(crate) fn read(conn: &Connection) -> DbResult<Maintained> {
 pub(crate) fn reset(conn: &Connection, f: &Figures) -> DbResult<()> {
     let (amount_hi, amount_lo) = split_i128(f.total_amount_minor)?;
     let (balance_hi, balance_lo) = split_i128(f.balance_sum_minor)?;
-    conn.execute("DELETE FROM ledger_totals", [])?;
+    conn.execute("DELETE FROM ledger_totals", ())?;
     conn.execute(
         "INSERT INTO ledger_totals (id, ledger_uid, payments, last_payment_id, amount_hi, amount_lo, keyed_payments,
              distinct_keys, duplicate_keys, accounts, balance_hi, balance_lo, stored_responses, keys_in_flight)
