@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::db::{Connection, OptionalExtension, params};
+use crate::db::{Connection, Dialect, OptionalExtension, params};
 use eo_core::wire::{AuditReport, AuditVerdict, Invariants};
 
 use crate::db_error::DbResult;
@@ -221,11 +221,13 @@ impl Pass {
 /// The maintained ledger's uid, or None when the database has no totals (an
 /// older version, read by the `audit` subcommand).
 fn ledger_uid(conn: &Connection) -> DbResult<Option<i64>> {
-    let has_totals: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'ledger_totals')",
-        (),
-        |r| r.get(0),
-    )?;
+    let has_totals_sql = match conn.dialect() {
+        Dialect::Sqlite => {
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'ledger_totals')"
+        }
+        Dialect::Postgres => "SELECT to_regclass('ledger_totals') IS NOT NULL",
+    };
+    let has_totals: bool = conn.query_row(has_totals_sql, (), |r| r.get(0))?;
     if !has_totals {
         return Ok(None);
     }
@@ -320,8 +322,9 @@ fn read_tail(conn: &Connection, last_id: i64, pass: &mut Pass) -> DbResult<()> {
             "more than {AUDIT_TAIL_ROWS_MAX} payments arrived while the audit ran; run it at a quieter time"
         ));
     }
-    let mut before =
-        conn.prepare_cached("SELECT count(*) FROM (SELECT 1 FROM payments WHERE idem_key = ?1 AND id <= ?2 LIMIT 2)")?;
+    let mut before = conn.prepare_cached(
+        "SELECT count(*) FROM (SELECT 1 FROM payments WHERE idem_key = ?1 AND id <= ?2 LIMIT 2) AS earlier",
+    )?;
     for (key, added) in tail_keys {
         let had: i64 = before.query_row(params![key, last_id], |r| r.get(0))?;
         pass.figures.distinct_keys += i64::from(had == 0);

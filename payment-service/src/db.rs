@@ -41,8 +41,49 @@ impl Dialect {
 /// needs `&mut` for every call; a connection is used by one thread at a
 /// time (moved between threads, never shared), so a `RefCell` suffices.
 pub(crate) struct PgConn {
-    client: RefCell<postgres::Client>,
+    client: RefCell<PgClient>,
     cache: RefCell<HashMap<String, postgres::Statement>>,
+}
+
+/// A `postgres::Client` that may be dropped anywhere. Its drop says goodbye
+/// to the server through its own runtime's `block_on`, which panics on a
+/// thread that drives async tasks (a pool's connections may be dropped
+/// with the service, in async code): there the client is dropped on a
+/// thread of its own.
+pub(crate) struct PgClient(Option<postgres::Client>);
+
+impl PgClient {
+    pub(crate) fn new(client: postgres::Client) -> PgClient {
+        PgClient(Some(client))
+    }
+}
+
+impl std::ops::Deref for PgClient {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a PgClient holds its client until dropped"))
+    }
+}
+
+impl std::ops::DerefMut for PgClient {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        self.0
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a PgClient holds its client until dropped"))
+    }
+}
+
+impl Drop for PgClient {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else { return };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            if let Err(e) = std::thread::Builder::new().spawn(move || drop(client)) {
+                tracing::warn!(error = %e, "cannot close a PostgreSQL connection cleanly");
+            }
+        }
+    }
 }
 
 /// Statements kept prepared per PostgreSQL connection; the service has a few
@@ -65,7 +106,7 @@ impl Connection {
     /// A PostgreSQL connection around a connected client.
     pub(crate) fn pg(client: postgres::Client) -> Connection {
         Connection::Pg(PgConn {
-            client: RefCell::new(client),
+            client: RefCell::new(PgClient(Some(client))),
             cache: RefCell::new(HashMap::new()),
         })
     }
@@ -94,7 +135,7 @@ impl Connection {
             // A failed goodbye leaves nothing to undo: the server ends the
             // session (and rolls back anything open) when the socket closes.
             Connection::Pg(pg) => {
-                let _ = pg.client.into_inner().close();
+                drop(pg);
                 Ok(())
             }
         }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::db::{Connection, OptionalExtension};
+use crate::db::{Connection, OptionalExtension, PgClient};
 use crate::db_error::{DbError, DbResult};
 use crate::db_lock::{DEAD_REPLICAS_PER_SCAN_MAX, REPLICA_ID_ATTEMPTS_MAX, ReplicaId, Sharing};
 use crate::schema;
@@ -192,7 +192,7 @@ const REPLICA_NAMESPACE: i32 = 0x4550_5250; // "EPRP"
 /// that dies (even by SIGKILL, or on another machine) releases them when
 /// the server notices the connection is gone.
 pub(crate) struct Presence {
-    client: postgres::Client,
+    client: PgClient,
     pub(crate) id: ReplicaId,
 }
 
@@ -204,21 +204,8 @@ impl Presence {
     /// Connects, takes the ownership lock as `sharing` says (or explains
     /// who holds it), then a new replica id with its liveness lock and row.
     pub(crate) fn take(url: &str, sharing: Sharing) -> anyhow::Result<Presence> {
-        let mut client = connect(url)?;
-        let taken: bool = match sharing {
-            Sharing::Exclusive => {
-                client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_NAMESPACE, &OWNER_LOCK])
-            }
-            Sharing::Replica => client.query_one(
-                "SELECT pg_try_advisory_lock_shared($1, $2)",
-                &[&LOCK_NAMESPACE, &OWNER_LOCK],
-            ),
-        }
-        .map_err(DbError::from)?
-        .get(0);
-        if !taken {
-            anyhow::bail!(refusal(url, sharing));
-        }
+        let mut client = PgClient::new(connect(url)?);
+        take_owner_lock(&mut client, sharing).map_err(|e| anyhow::anyhow!("{e}: {}", refusal(url, sharing)))?;
         for _ in 0..REPLICA_ID_ATTEMPTS_MAX {
             let id = ReplicaId::random();
             let locked: bool = client
@@ -316,6 +303,35 @@ impl Presence {
         {
             tracing::warn!(error = %e, "cannot remove this replica's row; the next replica to start will");
         }
+    }
+}
+
+/// How long a start waits for the ownership lock: a previous owner killed a
+/// moment ago holds it until the server has noticed its session is gone.
+const OWNER_LOCK_WAIT_MS_MAX: u64 = 3_000;
+
+/// Pause between two attempts at the ownership lock.
+const OWNER_LOCK_RETRY_MS: u64 = 50;
+
+/// Takes the ownership lock as `sharing` says, waiting a little for a dead
+/// owner's session to end; an error when another service holds it.
+fn take_owner_lock(client: &mut postgres::Client, sharing: Sharing) -> DbResult<()> {
+    let sql = match sharing {
+        Sharing::Exclusive => "SELECT pg_try_advisory_lock($1, $2)",
+        Sharing::Replica => "SELECT pg_try_advisory_lock_shared($1, $2)",
+    };
+    let deadline = std::time::Instant::now() + Duration::from_millis(OWNER_LOCK_WAIT_MS_MAX);
+    loop {
+        let taken: bool = client.query_one(sql, &[&LOCK_NAMESPACE, &OWNER_LOCK])?.get(0);
+        if taken {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(DbError::Busy(format!(
+                "the ledger's lock stayed taken for {OWNER_LOCK_WAIT_MS_MAX} ms"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(OWNER_LOCK_RETRY_MS));
     }
 }
 

@@ -596,7 +596,7 @@ pub(crate) fn insert_payment(
 /// need: is it new, does it become a duplicate).
 fn payments_with_key_up_to_two(conn: &Connection, key: &str) -> DbResult<i64> {
     Ok(conn
-        .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM payments WHERE idem_key = ?1 LIMIT 2)")?
+        .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM payments WHERE idem_key = ?1 LIMIT 2) AS earlier")?
         .query_row([key], |r| r.get(0))?)
 }
 

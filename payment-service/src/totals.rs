@@ -143,7 +143,7 @@ pub(crate) fn add(conn: &Connection, d: &Delta) -> DbResult<()> {
     let changed = conn
         .prepare_cached(
             "UPDATE ledger_totals SET
-                 payments = payments + ?1, last_payment_id = max(last_payment_id, ?2),
+                 payments = payments + ?1, last_payment_id = CASE WHEN ?2 > last_payment_id THEN ?2 ELSE last_payment_id END,
                  amount_hi = amount_hi + ?3 + ((amount_lo + ?4) >> 32), amount_lo = (amount_lo + ?4) & 4294967295,
                  keyed_payments = keyed_payments + ?5, distinct_keys = distinct_keys + ?6,
                  duplicate_keys = duplicate_keys + ?7, accounts = accounts + ?8,
