@@ -41,8 +41,9 @@ const CONNECT_TIMEOUT_MS: u64 = 5_000;
 const STATEMENT_TIMEOUT_MS: u64 = 60_000;
 
 /// How long a write transaction waits for the ledger's write lock (another
-/// replica's batch) before the batch fails with 503 + Retry-After.
-const LOCK_TIMEOUT_MS: u64 = 10_000;
+/// replica's batch) before the batch fails with 503 + Retry-After; as
+/// SQLite's busy timeout (`schema::BUSY_TIMEOUT_MS`).
+const LOCK_TIMEOUT_MS: u64 = 5_000;
 
 /// The tables of `schema.rs` in PostgreSQL's dialect: BIGINT everywhere, an
 /// identity column for payment ids, byte order ("C") for keys and account
@@ -205,7 +206,10 @@ impl Presence {
     /// who holds it), then a new replica id with its liveness lock and row.
     pub(crate) fn take(url: &str, sharing: Sharing) -> anyhow::Result<Presence> {
         let mut client = PgClient::new(connect(url)?);
-        take_owner_lock(&mut client, sharing).map_err(|e| anyhow::anyhow!("{e}: {}", refusal(url, sharing)))?;
+        if let Err(e) = take_owner_lock(&mut client, sharing) {
+            let replicas = sharing == Sharing::Exclusive && held_by_replicas(&mut client)?;
+            anyhow::bail!("{}; {e}", refusal(url, sharing, replicas));
+        }
         for _ in 0..REPLICA_ID_ATTEMPTS_MAX {
             let id = ReplicaId::random();
             let locked: bool = client
@@ -335,13 +339,28 @@ fn take_owner_lock(client: &mut postgres::Client, sharing: Sharing) -> DbResult<
     }
 }
 
+/// Whether the ownership lock is held shared (by replicas): a shared
+/// attempt succeeds then, and is let go at once.
+fn held_by_replicas(client: &mut postgres::Client) -> DbResult<bool> {
+    let shared: bool = client
+        .query_one("SELECT pg_try_advisory_lock_shared($1, $2)", &[&LOCK_NAMESPACE, &OWNER_LOCK])?
+        .get(0);
+    if shared {
+        client.execute("SELECT pg_advisory_unlock_shared($1, $2)", &[&LOCK_NAMESPACE, &OWNER_LOCK])?;
+    }
+    Ok(shared)
+}
+
 /// Why a service cannot have the database as `sharing` asks.
-fn refusal(url: &str, sharing: Sharing) -> String {
+fn refusal(url: &str, sharing: Sharing, replicas: bool) -> String {
     let db = redact(url);
     match sharing {
+        Sharing::Exclusive if replicas => format!(
+            "the database {db} is shared by payment-service replicas (started with --replica); an exclusive \
+             service would take over their payments. Start this one with --replica too, or stop the replicas first"
+        ),
         Sharing::Exclusive => format!(
-            "the database {db} is in use by another payment-service (or by replicas started with --replica); \
-             two services on one database would take over each other's payments. Stop the other service \
+            "the database {db} is in use by another payment-service; two services on one database would take over each other's payments. Stop the other service \
              first, give this one its own database, or run every service with --replica"
         ),
         Sharing::Replica => format!(
