@@ -224,6 +224,10 @@ fn duration_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration,
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
+/// What the error says when `--db postgres://...` cannot be reached (the
+/// binary exits 2 then, with the fix).
+pub const POSTGRES_UNREACHABLE: &str = "is the server running? try .ci/postgres.sh start";
+
 /// The PostgreSQL URL if `--db` is one (`postgres://` or
 /// `postgresql://`); anything else is the path of a SQLite file.
 pub fn postgres_url(db: &std::path::Path) -> Option<&str> {

@@ -141,6 +141,15 @@ impl Connection {
         }
     }
 
+    /// A PostgreSQL connection the server or the network closed: it must be
+    /// replaced, never pooled again. A SQLite connection never breaks so.
+    pub(crate) fn is_broken(&self) -> bool {
+        match self {
+            Connection::Sqlite(_) => false,
+            Connection::Pg(pg) => pg.client.borrow().is_closed(),
+        }
+    }
+
     /// Rows changed since the connection opened (SQLite; 0 on PostgreSQL,
     /// where the writer always runs each op in a savepoint instead).
     pub(crate) fn total_changes(&self) -> u64 {

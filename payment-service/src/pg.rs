@@ -87,20 +87,23 @@ CREATE TABLE IF NOT EXISTS replicas (
 
 /// Connects with the service's bounds: a connect timeout, and a statement
 /// and lock timeout for the session.
-pub(crate) fn connect(url: &str) -> DbResult<postgres::Client> {
+/// `role` names the connection in `pg_stat_activity` (`payment-service
+/// writer`, `reader`, `presence`).
+pub(crate) fn connect(url: &str, role: &str) -> DbResult<postgres::Client> {
     let mut config: postgres::Config = url
         .parse()
         .map_err(|e| DbError::Other(format!("--db {}: not a PostgreSQL URL ({e})", redact(url))))?;
     config
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .application_name("payment-service")
+        .application_name(&format!("payment-service {role}"))
         .options(&format!(
             "-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS} -c TimeZone=UTC"
         ));
     config.connect(postgres::NoTls).map_err(|e| {
         DbError::Io(format!(
-            "cannot connect to PostgreSQL at {} ({e}); is the server running? try .ci/postgres.sh start",
-            redact(url)
+            "cannot connect to PostgreSQL at {} ({e}); {}",
+            redact(url),
+            crate::config::POSTGRES_UNREACHABLE
         ))
     })
 }
@@ -119,14 +122,14 @@ pub(crate) fn redact(url: &str) -> String {
 
 /// The writer's connection, with the schema brought up to date.
 pub(crate) fn open_writer(url: &str) -> DbResult<Connection> {
-    let conn = Connection::pg(connect(url)?);
+    let conn = Connection::pg(connect(url, "writer")?);
     bring_up_to_date(&conn)?;
     Ok(conn)
 }
 
 /// A reader's connection (a pool's, the desk's, the audit's, the relay's).
 pub(crate) fn open_reader(url: &str) -> DbResult<Connection> {
-    Ok(Connection::pg(connect(url)?))
+    Ok(Connection::pg(connect(url, "reader")?))
 }
 
 /// A database at the current version: nothing to do but one read. Else, in
@@ -205,7 +208,7 @@ impl Presence {
     /// Connects, takes the ownership lock as `sharing` says (or explains
     /// who holds it), then a new replica id with its liveness lock and row.
     pub(crate) fn take(url: &str, sharing: Sharing) -> anyhow::Result<Presence> {
-        let mut client = PgClient::new(connect(url)?);
+        let mut client = PgClient::new(connect(url, "presence")?);
         if let Err(e) = take_owner_lock(&mut client, sharing) {
             let replicas = sharing == Sharing::Exclusive && held_by_replicas(&mut client)?;
             anyhow::bail!("{}; {e}", refusal(url, sharing, replicas));
@@ -343,10 +346,16 @@ fn take_owner_lock(client: &mut postgres::Client, sharing: Sharing) -> DbResult<
 /// attempt succeeds then, and is let go at once.
 fn held_by_replicas(client: &mut postgres::Client) -> DbResult<bool> {
     let shared: bool = client
-        .query_one("SELECT pg_try_advisory_lock_shared($1, $2)", &[&LOCK_NAMESPACE, &OWNER_LOCK])?
+        .query_one(
+            "SELECT pg_try_advisory_lock_shared($1, $2)",
+            &[&LOCK_NAMESPACE, &OWNER_LOCK],
+        )?
         .get(0);
     if shared {
-        client.execute("SELECT pg_advisory_unlock_shared($1, $2)", &[&LOCK_NAMESPACE, &OWNER_LOCK])?;
+        client.execute(
+            "SELECT pg_advisory_unlock_shared($1, $2)",
+            &[&LOCK_NAMESPACE, &OWNER_LOCK],
+        )?;
     }
     Ok(shared)
 }

@@ -93,7 +93,10 @@ impl Readers {
             }
         };
         let result = query(&mut conn);
-        if let Ok(mut idle) = self.idle.lock() {
+        // A broken PostgreSQL connection is dropped: the next read opens a new one.
+        if !conn.is_broken()
+            && let Ok(mut idle) = self.idle.lock()
+        {
             idle.push(conn);
         }
         drop(gate);

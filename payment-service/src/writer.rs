@@ -311,6 +311,7 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
+        self.reconnect_if_broken();
         let cpu_started = thread_cpu_ns();
         let clock = Clock {
             now_ms: clock::now_ms(),
@@ -403,6 +404,7 @@ impl Writer {
     /// Deletes the whole ledger: a fresh database file swapped in (O(1)),
     /// or, where that cannot be done, every row deleted in place.
     fn wipe(&mut self, reply: Reply<Wiped>, pools: &[Arc<Readers>]) {
+        self.reconnect_if_broken();
         // Replicas never swap: another one may open the file at any moment,
         // and would find its WAL gone under it. One transaction in place is
         // safe with any number of them (O(n): slow on a large ledger).
@@ -465,6 +467,24 @@ impl Writer {
                 let _ = generation::remove_leftovers(&self.db);
                 Err(e)
             }
+        }
+    }
+
+    /// PostgreSQL: a connection the server closed (a restart, the network)
+    /// is replaced before the next batch. The batch that met the break was
+    /// refused (503) and nothing of it committed; if the new connection
+    /// cannot be opened either, the next batch is refused the same way.
+    fn reconnect_if_broken(&mut self) {
+        if crate::config::postgres_url(&self.db).is_none() || self.conn.as_ref().is_some_and(|c| !c.is_broken()) {
+            return;
+        }
+        self.conn = None;
+        match store::open_writer(&self.db, self.synchronous) {
+            Ok(conn) => {
+                tracing::warn!("the connection to PostgreSQL was lost; the writer reconnected");
+                self.conn = Some(conn);
+            }
+            Err(e) => tracing::error!(error = %e, "the connection to PostgreSQL is lost; will try again"),
         }
     }
 

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use payment_service::{Config, DedupMode};
 use crate::raw::{Raw, no_mallory_trigger};
+use payment_service::{Config, DedupMode};
 use serde_json::{Value, json};
 
 use crate::{BODY, TestApp, WAIT, db_path, spawn_app, spawn_app_in};

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use payment_service::{Config, DedupMode};
 use crate::raw::{Raw, no_mallory_trigger};
+use payment_service::{Config, DedupMode};
 use serde_json::json;
 use tempfile::TempDir;
 

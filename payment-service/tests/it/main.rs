@@ -23,6 +23,7 @@ mod lookup;
 mod memory;
 mod metrics;
 mod outbox;
+mod pg_backend;
 mod raw;
 mod receiver;
 mod relay_rate;

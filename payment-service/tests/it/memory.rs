@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use payment_service::{Config, DedupMode};
 use crate::raw::Raw;
+use payment_service::{Config, DedupMode};
 use serde_json::json;
 
 use crate::audit::assert_agrees;

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use payment_service::{Config, NotifyMode};
 use crate::raw::{Raw, no_mallory_trigger};
+use payment_service::{Config, NotifyMode};
 use serde_json::{Value, json};
 
 use crate::receiver::{Answer, FakeReceiver, free_addr, outbox_until};

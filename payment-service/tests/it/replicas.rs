@@ -73,7 +73,11 @@ async fn replicas_share_a_file_each_with_its_id_and_an_exclusive_service_is_refu
 fn liveness_files(db: &Path) -> Vec<String> {
     if crate::postgres_admin().is_some() {
         let mut raw = crate::raw::Raw::open(db);
-        return raw.pairs("SELECT CAST(id AS TEXT), started_at_ms FROM replicas").into_iter().map(|(id, _)| id).collect();
+        return raw
+            .pairs("SELECT CAST(id AS TEXT), started_at_ms FROM replicas")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
     }
     std::fs::read_dir(db.parent().unwrap())
         .unwrap()

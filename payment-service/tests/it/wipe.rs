@@ -27,7 +27,9 @@ fn next_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn delete_swaps_in_a_fresh_file_and_the_service_goes_on_with_it() {
-    crate::sqlite_only!("the O(1) DELETE swaps SQLite files (PostgreSQL truncates in one transaction: wipe::reads_and_payments_during_deletes_never_fail_and_the_figures_agree)");
+    crate::sqlite_only!(
+        "the O(1) DELETE swaps SQLite files (PostgreSQL truncates in one transaction: wipe::reads_and_payments_during_deletes_never_fail_and_the_figures_agree)"
+    );
     let app = spawn_app(|_| {}).await;
     for key in ["a", "b"] {
         assert_eq!(app.pay(Some(key), BODY).await.status(), 201);
