@@ -231,9 +231,8 @@ fn ledger_uid(conn: &Connection) -> DbResult<Option<i64>> {
     if !has_totals {
         return Ok(None);
     }
-    Ok(conn
-        .query_row("SELECT ledger_uid FROM ledger_totals WHERE id = 1", (), |r| r.get(0))
-        .optional()?)
+    conn.query_row("SELECT ledger_uid FROM ledger_totals WHERE id = 1", (), |r| r.get(0))
+        .optional()
 }
 
 fn last_id(conn: &Connection) -> DbResult<i64> {

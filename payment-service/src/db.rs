@@ -78,10 +78,10 @@ impl std::ops::DerefMut for PgClient {
 impl Drop for PgClient {
     fn drop(&mut self) {
         let Some(client) = self.0.take() else { return };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            if let Err(e) = std::thread::Builder::new().spawn(move || drop(client)) {
-                tracing::warn!(error = %e, "cannot close a PostgreSQL connection cleanly");
-            }
+        if tokio::runtime::Handle::try_current().is_ok()
+            && let Err(e) = std::thread::Builder::new().spawn(move || drop(client))
+        {
+            tracing::warn!(error = %e, "cannot close a PostgreSQL connection cleanly");
         }
     }
 }
@@ -93,7 +93,7 @@ const PG_STATEMENTS_MAX: usize = 256;
 /// One database connection of either engine.
 pub(crate) enum Connection {
     Sqlite(rusqlite::Connection),
-    Pg(PgConn),
+    Pg(Box<PgConn>),
 }
 
 impl From<rusqlite::Connection> for Connection {
@@ -105,10 +105,10 @@ impl From<rusqlite::Connection> for Connection {
 impl Connection {
     /// A PostgreSQL connection around a connected client.
     pub(crate) fn pg(client: postgres::Client) -> Connection {
-        Connection::Pg(PgConn {
+        Connection::Pg(Box::new(PgConn {
             client: RefCell::new(PgClient(Some(client))),
             cache: RefCell::new(HashMap::new()),
-        })
+        }))
     }
 
     pub(crate) fn dialect(&self) -> Dialect {
@@ -129,9 +129,9 @@ impl Connection {
 
     /// Closes the connection; SQLite checkpoints its WAL when it closes the
     /// last connection of a file. On failure the connection is given back.
-    pub(crate) fn close(self) -> Result<(), (Connection, DbError)> {
+    pub(crate) fn close(self) -> Result<(), Box<(Connection, DbError)>> {
         match self {
-            Connection::Sqlite(c) => c.close().map_err(|(c, e)| (Connection::Sqlite(c), e.into())),
+            Connection::Sqlite(c) => c.close().map_err(|(c, e)| Box::new((Connection::Sqlite(c), e.into()))),
             // A failed goodbye leaves nothing to undo: the server ends the
             // session (and rolls back anything open) when the socket closes.
             Connection::Pg(pg) => {
@@ -252,7 +252,7 @@ impl Connection {
 
 /// Is `sql` transaction control, which PostgreSQL runs as a simple query?
 fn is_transaction_control(sql: &str) -> bool {
-    let word = sql.trim_start().split_whitespace().next().unwrap_or("");
+    let word = sql.split_whitespace().next().unwrap_or("");
     ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "END"]
         .iter()
         .any(|w| word.eq_ignore_ascii_case(w))
@@ -286,9 +286,8 @@ impl PgConn {
 /// String literals are copied untouched.
 pub(crate) fn translate(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
     let mut in_string = false;
-    while let Some(c) = chars.next() {
+    for c in sql.chars() {
         match c {
             '\'' => {
                 in_string = !in_string;

@@ -360,66 +360,6 @@ fn try_flock(_file: &File, _kind: Flock) -> std::io::Result<bool> {
     Ok(true)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_holder_at_a_time_and_released_on_drop() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("p.db");
-        let first = DbLock::acquire(&db, Sharing::Exclusive).expect("first");
-        let refused = DbLock::acquire(&db, Sharing::Exclusive)
-            .expect_err("second")
-            .to_string();
-        assert!(refused.contains(&db.display().to_string()), "{refused}");
-        assert!(refused.contains(&format!("pid {}", std::process::id())), "{refused}");
-        assert!(refused.contains("Stop the other service first"), "{refused}");
-        let replica = DbLock::acquire(&db, Sharing::Replica)
-            .expect_err("a replica")
-            .to_string();
-        assert!(replica.contains("started without --replica"), "{replica}");
-        drop(first);
-        DbLock::acquire(&db, Sharing::Exclusive).expect("free again");
-    }
-
-    #[test]
-    fn replicas_share_the_file_and_keep_an_exclusive_service_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("p.db");
-        let a = DbLock::acquire(&db, Sharing::Replica).expect("replica a");
-        let b = DbLock::acquire(&db, Sharing::Replica).expect("replica b");
-        let refused = DbLock::acquire(&db, Sharing::Exclusive)
-            .expect_err("exclusive")
-            .to_string();
-        assert!(refused.contains("shared by payment-service replicas"), "{refused}");
-        assert!(refused.contains("--replica"), "{refused}");
-        drop(a);
-        assert!(DbLock::acquire(&db, Sharing::Exclusive).is_err(), "b still runs");
-        drop(b);
-        DbLock::acquire(&db, Sharing::Exclusive).expect("no replica left");
-    }
-
-    #[test]
-    fn a_replica_is_dead_once_its_liveness_lock_is_free() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("p.db");
-        let (a, b) = (Liveness::take(&db).unwrap(), Liveness::take(&db).unwrap());
-        assert_ne!(a.id, b.id);
-        assert!(dead_replicas(&db, b.id).unwrap().is_empty(), "a is alive");
-        let a_id = a.id;
-        drop(a);
-        let dead = dead_replicas(&db, b.id).unwrap();
-        assert_eq!(dead.iter().map(|d| d.id).collect::<Vec<_>>(), vec![a_id]);
-        // Held by the finder until forgotten: another scan does not see it dead twice at once.
-        assert!(dead_replicas(&db, b.id).unwrap().is_empty());
-        dead.into_iter().for_each(DeadReplica::forget);
-        assert!(!liveness_path(&db, a_id).exists());
-        assert!(dead_replicas(&db, b.id).unwrap().is_empty());
-        assert!(liveness_path(&db, b.id).exists(), "the live one stays");
-    }
-}
-
 /// Who this service is on its database, and how it finds replicas that
 /// died: lock files for a SQLite file, a session of advisory locks for
 /// PostgreSQL (`pg::Presence`). The writer holds it for the service's life;
@@ -431,7 +371,7 @@ pub(crate) enum Presence {
         liveness: Liveness,
         _lock: DbLock,
     },
-    Pg(std::sync::Mutex<crate::pg::Presence>),
+    Pg(Box<std::sync::Mutex<crate::pg::Presence>>),
 }
 
 /// Replicas found dead, held so nobody takes them for alive until their
@@ -454,9 +394,8 @@ impl Presence {
     /// Takes the database as `sharing` says, and a new replica id.
     pub(crate) fn take(db: &Path, sharing: Sharing) -> anyhow::Result<Presence> {
         if let Some(url) = crate::config::postgres_url(db) {
-            return Ok(Presence::Pg(std::sync::Mutex::new(crate::pg::Presence::take(
-                url, sharing,
-            )?)));
+            let presence = crate::pg::Presence::take(url, sharing)?;
+            return Ok(Presence::Pg(Box::new(std::sync::Mutex::new(presence))));
         }
         let lock = DbLock::acquire(db, sharing)?;
         let liveness = Liveness::take(db)?;
@@ -521,5 +460,65 @@ impl Presence {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_at_a_time_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("p.db");
+        let first = DbLock::acquire(&db, Sharing::Exclusive).expect("first");
+        let refused = DbLock::acquire(&db, Sharing::Exclusive)
+            .expect_err("second")
+            .to_string();
+        assert!(refused.contains(&db.display().to_string()), "{refused}");
+        assert!(refused.contains(&format!("pid {}", std::process::id())), "{refused}");
+        assert!(refused.contains("Stop the other service first"), "{refused}");
+        let replica = DbLock::acquire(&db, Sharing::Replica)
+            .expect_err("a replica")
+            .to_string();
+        assert!(replica.contains("started without --replica"), "{replica}");
+        drop(first);
+        DbLock::acquire(&db, Sharing::Exclusive).expect("free again");
+    }
+
+    #[test]
+    fn replicas_share_the_file_and_keep_an_exclusive_service_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("p.db");
+        let a = DbLock::acquire(&db, Sharing::Replica).expect("replica a");
+        let b = DbLock::acquire(&db, Sharing::Replica).expect("replica b");
+        let refused = DbLock::acquire(&db, Sharing::Exclusive)
+            .expect_err("exclusive")
+            .to_string();
+        assert!(refused.contains("shared by payment-service replicas"), "{refused}");
+        assert!(refused.contains("--replica"), "{refused}");
+        drop(a);
+        assert!(DbLock::acquire(&db, Sharing::Exclusive).is_err(), "b still runs");
+        drop(b);
+        DbLock::acquire(&db, Sharing::Exclusive).expect("no replica left");
+    }
+
+    #[test]
+    fn a_replica_is_dead_once_its_liveness_lock_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("p.db");
+        let (a, b) = (Liveness::take(&db).unwrap(), Liveness::take(&db).unwrap());
+        assert_ne!(a.id, b.id);
+        assert!(dead_replicas(&db, b.id).unwrap().is_empty(), "a is alive");
+        let a_id = a.id;
+        drop(a);
+        let dead = dead_replicas(&db, b.id).unwrap();
+        assert_eq!(dead.iter().map(|d| d.id).collect::<Vec<_>>(), vec![a_id]);
+        // Held by the finder until forgotten: another scan does not see it dead twice at once.
+        assert!(dead_replicas(&db, b.id).unwrap().is_empty());
+        dead.into_iter().for_each(DeadReplica::forget);
+        assert!(!liveness_path(&db, a_id).exists());
+        assert!(dead_replicas(&db, b.id).unwrap().is_empty());
+        assert!(liveness_path(&db, b.id).exists(), "the live one stays");
     }
 }

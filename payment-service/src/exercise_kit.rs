@@ -166,10 +166,9 @@ fn booking(request: PaymentRequest, key: String, unique: bool) -> Work {
 
 /// The payment holding `key` in the UNIQUE column, if any.
 fn paid_under(conn: &Connection, key: &str) -> DbResult<Option<i64>> {
-    Ok(conn
-        .prepare_cached("SELECT id FROM payments WHERE dedup_key = ?1")?
+    conn.prepare_cached("SELECT id FROM payments WHERE dedup_key = ?1")?
         .query_row([key], |r| r.get(0))
-        .optional()?)
+        .optional()
 }
 
 /// The first answer given under a key, and which request it answered.

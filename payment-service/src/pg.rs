@@ -176,9 +176,8 @@ fn version(conn: &Connection) -> DbResult<Option<i64>> {
     if !exists {
         return Ok(None);
     }
-    Ok(conn
-        .query_row("SELECT version FROM schema_version WHERE id = 1", (), |r| r.get(0))
-        .optional()?)
+    conn.query_row("SELECT version FROM schema_version WHERE id = 1", (), |r| r.get(0))
+        .optional()
 }
 
 /// The second key of the ledger's ownership lock: held exclusively by a

@@ -138,7 +138,7 @@ fn bring_up_to_date(conn: &Connection) -> DbResult<()> {
         return Ok(());
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    let upgraded = upgrade(conn).and_then(|()| Ok(conn.execute_batch("COMMIT")?));
+    let upgraded = upgrade(conn).and_then(|()| conn.execute_batch("COMMIT"));
     if upgraded.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }

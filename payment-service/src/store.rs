@@ -604,10 +604,9 @@ fn payments_with_key_up_to_two(conn: &Connection, key: &str) -> DbResult<i64> {
 /// calls it, inside its transaction, so nothing changes between this read
 /// and the write that follows.
 fn balance(conn: &Connection, account: &str) -> DbResult<Option<i64>> {
-    Ok(conn
-        .prepare_cached("SELECT balance_minor FROM accounts WHERE name = ?1")?
+    conn.prepare_cached("SELECT balance_minor FROM accounts WHERE name = ?1")?
         .query_row([account], |r| r.get(0))
-        .optional()?)
+        .optional()
 }
 
 /// Stores a balance computed with checked arithmetic in Rust, so SQLite never
@@ -640,14 +639,12 @@ pub fn first_payment_with_key(conn: &Connection, key: &str) -> DbResult<Option<P
     ))?
     .query_row([key], payment_from_row)
     .optional()
-    .map_err(DbError::from)
 }
 
 pub fn payment(conn: &Connection, id: i64) -> DbResult<Option<Payment>> {
     conn.prepare_cached(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = ?1"))?
         .query_row([id], payment_from_row)
         .optional()
-        .map_err(DbError::from)
 }
 
 /// Payments in id order after `after_id`, at most `limit`, optionally only

@@ -492,10 +492,11 @@ impl Writer {
     /// file: SQLite checkpoints and removes the WAL).
     fn close(&mut self) -> DbResult<()> {
         if let Some(conn) = self.conn.take()
-            && let Err((conn, e)) = conn.close()
+            && let Err(failed) = conn.close()
         {
+            let (conn, e) = *failed;
             self.conn = Some(conn);
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
     }

@@ -122,7 +122,9 @@ fn fill(path: &Path, n: u64) -> anyhow::Result<()> {
             next_report += n / 10;
         }
     }
-    conn.close().map_err(|(_, e)| e).context("closing the filled ledger")?;
+    conn.close()
+        .map_err(|failed| failed.1)
+        .context("closing the filled ledger")?;
     Ok(())
 }
 
