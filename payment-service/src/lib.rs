@@ -89,6 +89,7 @@ pub use config::{Config, DedupMode, NotifyMode, RelayLimits, Settings, Synchrono
 pub use events::EVENTS_MAX;
 pub use exercise_kit::EXERCISE_FILE;
 pub use lookup::{LOOKUP_KEYS_MAX, LOOKUP_ROWS_MAX};
+pub use pg::fresh_database;
 /// The exercise's reference solutions' source text (0: the starting state).
 pub use solutions::SOURCES as EXERCISE_SOLUTIONS;
 

@@ -172,7 +172,15 @@ fn upgrade(tx: &Connection) -> DbResult<()> {
 
 /// The database's schema version; None for an empty database.
 fn version(conn: &Connection) -> DbResult<Option<i64>> {
-    let exists: bool = conn.query_row("SELECT to_regclass('schema_version') IS NOT NULL", (), |r| r.get(0))?;
+    // From pg_tables (an MVCC read, a fresh snapshot per statement), not
+    // to_regclass: its catalog snapshot may predate another replica's
+    // upgrade that committed while this one waited for the schema lock.
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables
+                        WHERE schemaname = current_schema() AND tablename = 'schema_version')",
+        (),
+        |r| r.get(0),
+    )?;
     if !exists {
         return Ok(None);
     }
@@ -376,4 +384,40 @@ fn refusal(url: &str, sharing: Sharing, replicas: bool) -> String {
              take over its payments. Stop it, then start every service on this database with --replica"
         ),
     }
+}
+
+/// Longest database name PostgreSQL keeps (NAMEDATALEN - 1).
+const DATABASE_NAME_BYTES_MAX: usize = 63;
+
+/// Creates a fresh, empty database named after `name` on the server of
+/// `admin_url` (dropping one of that name first: a re-run with the same seed
+/// starts clean) and returns its URL. What a scenario lesson on PostgreSQL
+/// plays on. Blocking, with a runtime of its own: call it off async workers.
+pub fn fresh_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(DATABASE_NAME_BYTES_MAX)
+        .collect();
+    let Some((base, _)) = admin_url.rsplit_once('/').filter(|(base, _)| base.contains("://")) else {
+        anyhow::bail!(
+            "{}: not a PostgreSQL URL with a database (postgres://USER@HOST:PORT/DB)",
+            redact(admin_url)
+        );
+    };
+    let mut admin = PgClient::new(connect(admin_url, "admin")?);
+    // Two simple queries: neither may run inside a transaction block.
+    for sql in [
+        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+        format!("CREATE DATABASE \"{name}\""),
+    ] {
+        admin.batch_execute(&sql).map_err(DbError::from)?;
+    }
+    Ok(format!("{base}/{name}"))
 }

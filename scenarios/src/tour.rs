@@ -46,6 +46,8 @@ pub struct Run {
     pub live: Option<std::net::SocketAddr>,
     /// A service this runner did not start (`--service-url`).
     pub outside: Option<Arc<Outside>>,
+    /// `--db-url`: every lesson on a fresh PostgreSQL database of that server.
+    pub db_url: Option<String>,
 }
 
 /// The settings every lesson of `run` shares.
@@ -60,6 +62,7 @@ pub fn settings(run: &Run, observer: Option<Observer>) -> anyhow::Result<Setting
         exe: std::env::current_exe()?,
         observer,
         outside: run.outside.clone(),
+        db_url: run.db_url.clone(),
     })
 }
 
@@ -275,6 +278,7 @@ mod tests {
             pause: true,
             live: None,
             outside: None,
+            db_url: None,
         }
     }
 

@@ -293,3 +293,18 @@ async fn delete_with_replicas_empties_the_shared_file_in_place() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn replicas_starting_together_on_a_new_database_all_start() {
+    // One of them creates the schema; the others wait for it and find it.
+    let (_dir, db) = shared_db();
+    let (a, b, c) = tokio::join!(replica(&db, |_| {}), replica(&db, |_| {}), replica(&db, |_| {}));
+    for (app, key) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        assert_eq!(app.pay(Some(key), BODY).await.status(), 201);
+    }
+    assert_eq!(c.stats().await["payments"], 3);
+    assert_agrees(&c.audit().await);
+    for app in [a, b, c] {
+        app.stop().await;
+    }
+}
