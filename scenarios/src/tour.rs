@@ -99,6 +99,9 @@ pub fn reproduce(run: &Run) -> String {
     if let Some(outside) = &run.outside {
         words.extend(outside.flags().iter().map(|w| shell_word(w)));
     }
+    if let Some(url) = &run.db_url {
+        words.extend(["--db-url".into(), shell_word(url)]);
+    }
     words.join(" ")
 }
 
@@ -296,6 +299,14 @@ mod tests {
         assert_eq!(
             reproduce(&run(names, Some("/tmp/cat"))),
             "scenarios run at-most-once exactly-once --payments 30 --seed 7 --catalog /tmp/cat"
+        );
+        let on_postgres = Run {
+            db_url: Some("postgres://u@127.0.0.1:5432/admin".into()),
+            ..run(Selection::All, None)
+        };
+        assert_eq!(
+            reproduce(&on_postgres),
+            "scenarios run --all --payments 30 --seed 7 --db-url postgres://u@127.0.0.1:5432/admin"
         );
     }
 }
