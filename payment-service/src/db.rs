@@ -421,7 +421,12 @@ impl Statement<'_> {
                 }
             }
             Statement::Pg { conn, stmt } => {
-                for r in conn.client.borrow_mut().query(&*stmt, &params.pg())? {
+                // Streamed, as SQLite's rows are: an audit's pass over every
+                // account holds one row at a time, not the whole table.
+                use postgres::fallible_iterator::FallibleIterator;
+                let mut client = conn.client.borrow_mut();
+                let mut rows = client.query_raw(&*stmt, params.pg())?;
+                while let Some(r) = rows.next()? {
                     out.push(f(&Row::Pg(&r))?);
                 }
             }
