@@ -42,6 +42,9 @@ impl Dialect {
 /// time (moved between threads, never shared), so a `RefCell` suffices.
 pub(crate) struct PgConn {
     client: RefCell<PgClient>,
+    /// Set while the writer reruns a batch with a savepoint per request:
+    /// then [`Connection::alone`] puts a statement in a savepoint of its own.
+    careful: std::cell::Cell<bool>,
     cache: RefCell<HashMap<String, postgres::Statement>>,
 }
 
@@ -107,6 +110,7 @@ impl Connection {
     pub(crate) fn pg(client: postgres::Client) -> Connection {
         Connection::Pg(Box::new(PgConn {
             client: RefCell::new(PgClient(Some(client))),
+            careful: std::cell::Cell::new(false),
             cache: RefCell::new(HashMap::new()),
         }))
     }
@@ -150,6 +154,13 @@ impl Connection {
         }
     }
 
+    /// PostgreSQL: whether [`Connection::alone`] uses a savepoint (see there).
+    pub(crate) fn set_careful(&self, careful: bool) {
+        if let Connection::Pg(pg) = self {
+            pg.careful.set(careful);
+        }
+    }
+
     /// Rows changed since the connection opened (SQLite; 0 on PostgreSQL,
     /// where the writer always runs each op in a savepoint instead).
     pub(crate) fn total_changes(&self) -> u64 {
@@ -171,9 +182,12 @@ impl Connection {
 
     /// Runs `statement` so that its failure undoes only itself, as every
     /// failed statement does in SQLite: on PostgreSQL inside a savepoint of
-    /// its own (a failed statement would abort the whole transaction).
+    /// its own (a failed statement would abort the whole transaction), when
+    /// the writer is careful (its rerun of a batch in which a request
+    /// failed). The first run needs none: a failure there reruns the batch.
     pub(crate) fn alone<T>(&self, statement: impl FnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
-        if !self.errors_abort_transaction() {
+        let careful = matches!(self, Connection::Pg(pg) if pg.careful.get());
+        if !careful {
             return statement(self);
         }
         self.prepare_cached("SAVEPOINT statement")?.execute(())?;

@@ -359,12 +359,13 @@ impl Writer {
     /// One transaction for the batch; again with a savepoint per request if
     /// a request failed halfway the first time.
     fn execute(&mut self, batch: &[Op], clock: Clock) -> Result<Vec<Result<Done, DbError>>, DbError> {
-        // PostgreSQL cannot tell a request that failed halfway (no change
-        // count): there every request runs in its own savepoint at once.
-        let savepoints = connection(&mut self.conn)?.errors_abort_transaction();
-        match self.run_batch(batch, clock, savepoints) {
+        match self.run_batch(batch, clock, false) {
             Err(Attempt::Partial) => {
-                tracing::warn!("a request failed after writing: the batch runs again with a savepoint per request");
+                if connection(&mut self.conn)?.errors_abort_transaction() {
+                    tracing::debug!("a request failed: the batch runs again with a savepoint per request");
+                } else {
+                    tracing::warn!("a request failed after writing: the batch runs again with a savepoint per request");
+                }
                 self.run_batch(batch, clock, true).map_err(Attempt::into_error)
             }
             other => other.map_err(Attempt::into_error),
@@ -380,6 +381,7 @@ impl Writer {
         savepoints: bool,
     ) -> Result<Vec<Result<Done, DbError>>, Attempt> {
         let tx = Tx::begin(connection(&mut self.conn)?)?;
+        tx.conn.set_careful(savepoints);
         let mut results = Vec::with_capacity(batch.len());
         let mut figures = Delta::default();
         for op in batch {
@@ -604,8 +606,12 @@ fn run_op(
         ));
     }
     match (&result, savepoints) {
-        // The caller drops the transaction: rolled back.
-        (Err(_), false) if conn.total_changes() != changes => return Err(Attempt::Partial),
+        // The caller drops the transaction: rolled back. On PostgreSQL any
+        // failure: the transaction may be aborted, and there is no change
+        // count to tell whether the request wrote before it failed.
+        (Err(_), false) if conn.errors_abort_transaction() || conn.total_changes() != changes => {
+            return Err(Attempt::Partial);
+        }
         (Err(_), true) => conn.prepare_cached("ROLLBACK TO op")?.execute(()).map(drop)?,
         (Ok(_), _) => *figures += delta,
         (Err(_), false) => {}
