@@ -537,12 +537,11 @@ pub(crate) fn insert_payment(
     let out_of_range = |account: &str| DbError::BalanceOutOfRange {
         account: account.to_owned(),
     };
-    let src = balance(conn, &request.src)?;
+    let (src, dest) = balances(conn, &request.src, &request.dest)?;
     let src_balance = src
         .unwrap_or(0)
         .checked_sub(request.amount_minor)
         .ok_or_else(|| out_of_range(&request.src))?;
-    let dest = balance(conn, &request.dest)?;
     let dest_balance = dest
         .unwrap_or(0)
         .checked_add(request.amount_minor)
@@ -565,8 +564,7 @@ pub(crate) fn insert_payment(
                 |r| r.get(0),
             )?)
     })?;
-    set_balance(conn, &request.src, src_balance)?;
-    set_balance(conn, &request.dest, dest_balance)?;
+    set_balances(conn, (&request.src, src_balance), (&request.dest, dest_balance))?;
     if book.outbox {
         outbox::add_event(conn, id, now_ms)?;
     }
@@ -600,23 +598,32 @@ fn payments_with_key_up_to_two(conn: &Connection, key: &str) -> DbResult<i64> {
         .query_row([key], |r| r.get(0))?)
 }
 
-/// An account's balance; None for an account not yet used. Only the writer
-/// calls it, inside its transaction, so nothing changes between this read
-/// and the write that follows.
-fn balance(conn: &Connection, account: &str) -> DbResult<Option<i64>> {
-    conn.prepare_cached("SELECT balance_minor FROM accounts WHERE name = ?1")?
-        .query_row([account], |r| r.get(0))
-        .optional()
+/// Two accounts' balances, in one statement; None for an account not yet
+/// used. Only the writer calls it, inside its transaction, so nothing
+/// changes between this read and the write that follows.
+fn balances(conn: &Connection, a: &str, b: &str) -> DbResult<(Option<i64>, Option<i64>)> {
+    let (mut balance_a, mut balance_b) = (None, None);
+    conn.prepare_cached("SELECT name, balance_minor FROM accounts WHERE name IN (?1, ?2)")?
+        .query_map(params![a, b], |r| {
+            let (name, balance): (String, i64) = (r.get(0)?, r.get(1)?);
+            match name.as_str() {
+                n if n == a => balance_a = Some(balance),
+                _ => balance_b = Some(balance),
+            }
+            Ok(())
+        })?;
+    Ok((balance_a, balance_b))
 }
 
-/// Stores a balance computed with checked arithmetic in Rust, so SQLite never
-/// does the sum (it would turn an overflow into a float).
-fn set_balance(conn: &Connection, account: &str, balance_minor: i64) -> DbResult<()> {
+/// Stores two balances computed with checked arithmetic in Rust, in one
+/// statement, so SQLite never does the sum (it would turn an overflow into
+/// a float). The accounts differ (`dest <> src` is checked before).
+fn set_balances(conn: &Connection, (a, balance_a): (&str, i64), (b, balance_b): (&str, i64)) -> DbResult<()> {
     conn.prepare_cached(
-        "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2)
+        "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2), (?3, ?4)
          ON CONFLICT (name) DO UPDATE SET balance_minor = excluded.balance_minor",
     )?
-    .execute(params![account, balance_minor])?;
+    .execute(params![a, balance_a, b, balance_b])?;
     Ok(())
 }
 
