@@ -74,8 +74,7 @@ pub fn postgres_admin() -> Option<String> {
 
 /// The database `name` of the test that owns `dir`: the file `dir/name`, or
 /// under [`POSTGRES_ENV`] a fresh PostgreSQL database named after both,
-/// created on first use (the throwaway cluster of `.ci/postgres.sh` goes,
-/// with them, at the end of the run).
+/// created on first use and dropped when the test binary exits.
 pub fn db_at(dir: &TempDir, name: &str) -> std::path::PathBuf {
     let Some(admin) = postgres_admin() else {
         return dir.path().join(name);
@@ -88,8 +87,12 @@ pub fn db_at(dir: &TempDir, name: &str) -> std::path::PathBuf {
     .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
     .collect();
     let db = format!("t{tag}");
-    static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+    if created.is_empty() {
+        // SAFETY: atexit(3) registers a function without arguments; it runs
+        // once, when the test binary exits.
+        unsafe { libc::atexit(drop_test_databases) };
+    }
     if !created.contains(&db) {
         let (url, name) = (admin.clone(), db.clone());
         // The synchronous client has a runtime of its own: not on a thread
@@ -107,6 +110,34 @@ pub fn db_at(dir: &TempDir, name: &str) -> std::path::PathBuf {
     }
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
     std::path::PathBuf::from(format!("{base}/{db}"))
+}
+
+/// The PostgreSQL databases this run created.
+static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Drops this run's databases when the test binary exits (`atexit`), so a
+/// run against a long-lived server leaves nothing behind. Best effort: a
+/// failure is reported, never a panic (which would abort in `atexit`).
+extern "C" fn drop_test_databases() {
+    let dropped = std::panic::catch_unwind(|| {
+        let (Some(admin), Ok(created)) = (postgres_admin(), CREATED.lock()) else {
+            return 0;
+        };
+        let Ok(mut client) = postgres::Client::connect(&admin, postgres::NoTls) else {
+            return 0;
+        };
+        created
+            .iter()
+            .filter(|db| {
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                    .is_ok()
+            })
+            .count()
+    });
+    if dropped.is_err() {
+        eprintln!("could not drop the test databases of {POSTGRES_ENV}");
+    }
 }
 
 /// Skips the rest of a test that is about SQLite by nature when the suite
