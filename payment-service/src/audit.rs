@@ -20,8 +20,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use crate::db::{Connection, Dialect, OptionalExtension, params};
 use eo_core::wire::{AuditReport, AuditVerdict, Invariants};
-use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::db_error::DbResult;
 use crate::totals::{self, Figures, Maintained};
@@ -44,10 +44,7 @@ pub(crate) trait Snapshots {
 /// One connection, a transaction per call (the `audit` subcommand).
 impl Snapshots for Connection {
     fn snapshot<T>(&mut self, read: impl FnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
-        let tx = self.transaction()?;
-        let result = read(&tx);
-        tx.finish()?;
-        result
+        Connection::snapshot(self, read)
     }
 }
 
@@ -224,21 +221,22 @@ impl Pass {
 /// The maintained ledger's uid, or None when the database has no totals (an
 /// older version, read by the `audit` subcommand).
 fn ledger_uid(conn: &Connection) -> DbResult<Option<i64>> {
-    let has_totals: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'ledger_totals')",
-        [],
-        |r| r.get(0),
-    )?;
+    let has_totals_sql = match conn.dialect() {
+        Dialect::Sqlite => {
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'ledger_totals')"
+        }
+        Dialect::Postgres => "SELECT to_regclass('ledger_totals') IS NOT NULL",
+    };
+    let has_totals: bool = conn.query_row(has_totals_sql, (), |r| r.get(0))?;
     if !has_totals {
         return Ok(None);
     }
-    Ok(conn
-        .query_row("SELECT ledger_uid FROM ledger_totals WHERE id = 1", [], |r| r.get(0))
-        .optional()?)
+    conn.query_row("SELECT ledger_uid FROM ledger_totals WHERE id = 1", (), |r| r.get(0))
+        .optional()
 }
 
 fn last_id(conn: &Connection) -> DbResult<i64> {
-    Ok(conn.query_row("SELECT COALESCE(MAX(id), 0) FROM payments", [], |r| r.get(0))?)
+    Ok(conn.query_row("SELECT COALESCE(MAX(id), 0) FROM payments", (), |r| r.get(0))?)
 }
 
 /// False when the ledger was replaced (deleted) since the audit started.
@@ -253,13 +251,13 @@ fn read_payments(conn: &Connection, after: i64, upto: i64, pass: &mut Pass) -> D
         "SELECT id, src, dest, amount_minor, idem_key IS NOT NULL FROM payments
          WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
     )?;
-    let mut rows = statement.query(params![after, upto, AUDIT_CHUNK_ROWS])?;
     let mut last = None;
-    while let Some(r) = rows.next()? {
+    statement.query_map(params![after, upto, AUDIT_CHUNK_ROWS], |r| {
         let id: i64 = r.get(0)?;
         pass.add(id, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
         last = Some(id);
-    }
+        Ok(())
+    })?;
     Ok(last)
 }
 
@@ -267,14 +265,14 @@ fn read_payments(conn: &Connection, after: i64, upto: i64, pass: &mut Pass) -> D
 /// walking the key index. Returns the last key counted, or None at the end.
 fn read_keys(conn: &Connection, after: &str, upto: i64, figures: &mut Figures) -> DbResult<Option<String>> {
     let mut statement = conn.prepare_cached(KEY_CHUNK_SQL)?;
-    let mut rows = statement.query(params![after, upto, AUDIT_CHUNK_ROWS])?;
     let mut last = None;
-    while let Some(r) = rows.next()? {
+    statement.query_map(params![after, upto, AUDIT_CHUNK_ROWS], |r| {
         let payments: i64 = r.get(1)?;
         figures.distinct_keys += 1;
         figures.duplicate_keys += i64::from(payments > 1);
         last = Some(r.get(0)?);
-    }
+        Ok(())
+    })?;
     Ok(last)
 }
 
@@ -291,7 +289,7 @@ fn finish(conn: &Connection, last_id: i64, pass: &mut Pass) -> DbResult<Option<M
     (f.stored_responses, f.keys_in_flight) = conn.query_row(
         "SELECT (SELECT count(*) FROM idempotency_keys INDEXED BY idempotency_keys_by_completion WHERE state = 'completed'),
                 (SELECT count(*) FROM idempotency_keys INDEXED BY idempotency_keys_in_flight WHERE state = 'in_progress')",
-        [],
+        (),
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     check_accounts(conn, pass)?;
@@ -309,22 +307,23 @@ fn read_tail(conn: &Connection, last_id: i64, pass: &mut Pass) -> DbResult<()> {
     let mut statement = conn.prepare_cached(
         "SELECT id, src, dest, amount_minor, idem_key FROM payments WHERE id > ?1 ORDER BY id LIMIT ?2",
     )?;
-    let mut rows = statement.query(params![last_id, AUDIT_TAIL_ROWS_MAX + 1])?;
-    while let Some(r) = rows.next()? {
+    statement.query_map(params![last_id, AUDIT_TAIL_ROWS_MAX + 1], |r| {
         let key: Option<String> = r.get(4)?;
         pass.add(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, key.is_some());
         pass.rows_after_start += 1;
         if let Some(key) = key {
             *tail_keys.entry(key).or_default() += 1;
         }
-    }
+        Ok(())
+    })?;
     if pass.rows_after_start > AUDIT_TAIL_ROWS_MAX {
         pass.inconclusive.push(format!(
             "more than {AUDIT_TAIL_ROWS_MAX} payments arrived while the audit ran; run it at a quieter time"
         ));
     }
-    let mut before =
-        conn.prepare_cached("SELECT count(*) FROM (SELECT 1 FROM payments WHERE idem_key = ?1 AND id <= ?2 LIMIT 2)")?;
+    let mut before = conn.prepare_cached(
+        "SELECT count(*) FROM (SELECT 1 FROM payments WHERE idem_key = ?1 AND id <= ?2 LIMIT 2) AS earlier",
+    )?;
     for (key, added) in tail_keys {
         let had: i64 = before.query_row(params![key, last_id], |r| r.get(0))?;
         pass.figures.distinct_keys += i64::from(had == 0);
@@ -338,9 +337,8 @@ fn read_tail(conn: &Connection, last_id: i64, pass: &mut Pass) -> DbResult<()> {
 /// `accounts` has balance 0.
 fn check_accounts(conn: &Connection, pass: &mut Pass) -> DbResult<()> {
     let mut statement = conn.prepare_cached("SELECT name, balance_minor FROM accounts")?;
-    let mut rows = statement.query([])?;
     let mut off_ledger = 0;
-    while let Some(r) = rows.next()? {
+    statement.query_map((), |r| {
         let name: String = r.get(0)?;
         let balance = i128::from(r.get::<_, i64>(1)?);
         pass.figures.accounts += 1;
@@ -348,7 +346,8 @@ fn check_accounts(conn: &Connection, pass: &mut Pass) -> DbResult<()> {
         if let Some(nets) = pass.nets.as_mut() {
             off_ledger += i64::from(nets.remove(&name).unwrap_or(0) != balance);
         }
-    }
+        Ok(())
+    })?;
     if let Some(nets) = pass.nets.take() {
         off_ledger += nets.values().filter(|net| **net != 0).count() as i64;
         pass.accounts_off_ledger = Some(off_ledger);
@@ -510,8 +509,6 @@ mod tests {
             .prepare(&format!("EXPLAIN QUERY PLAN {KEY_CHUNK_SQL}"))
             .unwrap()
             .query_map(params!["", 10, 10], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
             .unwrap();
         let text = plan.join("\n");
         assert!(text.contains("INDEX payments_by_idem_key (idem_key>?)"), "{text}");
@@ -532,16 +529,17 @@ mod tests {
             dest: format!("acct-{}", i % 7 + 1),
             amount_minor: 1 + i % 1000,
         };
-        let tx = writer.unchecked_transaction().unwrap();
+        writer.execute_batch("BEGIN").unwrap();
+        let tx = writer;
         let mut figures = totals::Delta::default();
         match key {
             Some(key) if i % 2 == 0 => {
-                drop(store::pay_keyed(&tx, &request, key, (store::Book::at(0), 1000), &mut figures).unwrap())
+                drop(store::pay_keyed(tx, &request, key, (store::Book::at(0), 1000), &mut figures).unwrap())
             }
-            _ => drop(store::insert_unchecked(&tx, &request, key, store::Book::at(0), &mut figures).unwrap()),
+            _ => drop(store::insert_unchecked(tx, &request, key, store::Book::at(0), &mut figures).unwrap()),
         }
-        totals::add(&tx, &figures).unwrap();
-        tx.commit().unwrap();
+        totals::add(tx, &figures).unwrap();
+        writer.execute_batch("COMMIT").unwrap();
     }
 
     /// Reads through `reader`, but lets `between` write before the n-th read:

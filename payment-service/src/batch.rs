@@ -22,9 +22,9 @@
 
 use std::sync::Arc;
 
+use crate::db::Connection;
 use axum::extract::State;
 use axum::response::Response;
-use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -261,7 +261,7 @@ fn execute(
     unique: bool,
     totals: &mut Delta,
 ) -> DbResult<Outcome> {
-    conn.prepare_cached("SAVEPOINT batch")?.execute([])?;
+    conn.prepare_cached("SAVEPOINT batch")?.execute(())?;
     let mut delta = Delta::default();
     let mut payments = Vec::with_capacity(batch.items.len());
     let inserted: DbResult<()> = batch.items.iter().try_for_each(|item| {
@@ -272,8 +272,8 @@ fn execute(
         Ok(())
     });
     if let Err(e) = inserted {
-        conn.prepare_cached("ROLLBACK TO batch")?.execute([])?;
-        conn.prepare_cached("RELEASE batch")?.execute([])?;
+        conn.prepare_cached("ROLLBACK TO batch")?.execute(())?;
+        conn.prepare_cached("RELEASE batch")?.execute(())?;
         return match e.is_permanent() {
             true => Ok(Outcome::Refused(e)),
             false => Err(e),
@@ -284,7 +284,7 @@ fn execute(
         store::store_answer(conn, (&batch.key, &batch.fingerprint()), None, &body, t.now_ms)?;
         delta += before.delta_to(false);
     }
-    conn.prepare_cached("RELEASE batch")?.execute([])?;
+    conn.prepare_cached("RELEASE batch")?.execute(())?;
     *totals += delta;
     Ok(Outcome::ExecutedBatch {
         payments,

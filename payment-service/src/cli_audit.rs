@@ -29,8 +29,11 @@ pub const EXIT_INCONCLUSIVE: i32 = 2;
 
 /// Audits `--db` and returns the exit status for its verdict.
 pub fn run(args: &AuditArgs) -> anyhow::Result<i32> {
-    let db = args.db.display();
-    anyhow::ensure!(args.db.is_file(), "there is no database file at {db}");
+    let db = crate::writer::describe(&args.db);
+    anyhow::ensure!(
+        crate::config::postgres_url(&args.db).is_some() || args.db.is_file(),
+        "there is no database file at {db}"
+    );
     let mut conn = schema::open_reader(&args.db).with_context(|| format!("cannot open {db}"))?;
     let mut last = Instant::now();
     let mut progress = |p: Progress| {

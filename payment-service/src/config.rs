@@ -156,7 +156,8 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// The configuration these settings give for the database file `db`.
+    /// The configuration these settings give for the database `db` (a
+    /// SQLite file, or a `postgres://` URL).
     pub fn config(&self, db: impl Into<PathBuf>) -> Config {
         Config {
             db: db.into(),
@@ -221,6 +222,17 @@ impl Settings {
 fn duration_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// What the error says when `--db postgres://...` cannot be reached (the
+/// binary exits 2 then, with the fix).
+pub const POSTGRES_UNREACHABLE: &str = "is the server running? try .ci/postgres.sh start";
+
+/// The PostgreSQL URL if `--db` is one (`postgres://` or
+/// `postgresql://`); anything else is the path of a SQLite file.
+pub fn postgres_url(db: &std::path::Path) -> Option<&str> {
+    let text = db.to_str()?;
+    (text.starts_with("postgres://") || text.starts_with("postgresql://")).then_some(text)
 }
 
 #[derive(Debug, Clone)]

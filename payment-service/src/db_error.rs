@@ -105,6 +105,35 @@ impl From<rusqlite::Error> for DbError {
     }
 }
 
+/// PostgreSQL's SQLSTATEs to the same causes: a rule of the schema or a
+/// number out of range is permanent; a serialization failure, a deadlock, a
+/// lock or statement timeout or a lost connection is of the moment.
+impl From<postgres::Error> for DbError {
+    fn from(e: postgres::Error) -> DbError {
+        let text = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        };
+        let Some(code) = e.code().map(|c| c.code().to_owned()) else {
+            // No SQLSTATE: the connection is gone or a value did not convert.
+            return match e.is_closed() || e.to_string().contains("connection") {
+                true => DbError::Io(text),
+                false => DbError::Other(text),
+            };
+        };
+        match code.as_str() {
+            "22003" => DbError::Overflow(text),
+            "40001" | "40P01" | "55P03" | "57014" => DbError::Busy(text),
+            "53100" => DbError::DiskFull(text),
+            c if c.starts_with("23") || c.starts_with("22") => DbError::Constraint(text),
+            c if c.starts_with("53") => DbError::Busy(text),
+            c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("58") => DbError::Io(text),
+            "XX001" | "XX002" => DbError::Corrupt(text),
+            _ => DbError::Other(text),
+        }
+    }
+}
+
 fn from_code(code: ErrorCode, text: String) -> DbError {
     match code {
         ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => DbError::Busy(text),
@@ -182,16 +211,16 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER CHECK (v > 0), pad BLOB)")
             .unwrap();
-        let constraint = conn.execute("INSERT INTO t (v) VALUES (0)", []).unwrap_err();
+        let constraint = conn.execute("INSERT INTO t (v) VALUES (0)", ()).unwrap_err();
         assert!(matches!(DbError::from(constraint), DbError::Constraint(_)));
         let sum = "SELECT SUM(v) FROM (SELECT 9223372036854775807 AS v UNION ALL SELECT 1)";
         let overflow = conn.query_row(sum, [], |r| r.get::<_, i64>(0)).unwrap_err();
         assert!(matches!(DbError::from(overflow), DbError::Overflow(_)));
         // A page limit makes the file "full" after a few rows.
-        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        let pages: i64 = conn.query_row("PRAGMA page_count", (), |r| r.get(0)).unwrap();
         conn.pragma_update(None, "max_page_count", pages + 2).unwrap();
         let full = (0..100)
-            .find_map(|_| conn.execute("INSERT INTO t VALUES (1, zeroblob(4000))", []).err())
+            .find_map(|_| conn.execute("INSERT INTO t VALUES (1, zeroblob(4000))", ()).err())
             .expect("the file fills up");
         assert!(matches!(DbError::from(full), DbError::DiskFull(_)));
         // Another connection holding the write lock: busy once the timeout passes.

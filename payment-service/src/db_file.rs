@@ -39,6 +39,8 @@ pub(crate) struct DbWatch {
     ids: RwLock<Ids>,
     /// Set once, on the first difference; never cleared (restart to recover).
     lost: OnceLock<String>,
+    /// False for a PostgreSQL database: no file of ours to watch.
+    watched: bool,
 }
 
 /// Held while a reader connection is in use: no swap happens meanwhile.
@@ -60,7 +62,23 @@ impl DbWatch {
             db: db.to_owned(),
             wal,
             lost: OnceLock::new(),
+            watched: true,
         })
+    }
+
+    /// For a database that is not a file (PostgreSQL): nothing to compare,
+    /// never lost; the gate still orders readers (no swap ever happens).
+    pub(crate) fn unwatched(db: &Path) -> DbWatch {
+        DbWatch {
+            ids: RwLock::new(Ids {
+                db: (0, 0),
+                wal: (0, 0),
+            }),
+            db: db.to_owned(),
+            wal: PathBuf::new(),
+            lost: OnceLock::new(),
+            watched: false,
+        }
     }
 
     /// The gate, shared: waits while the service swaps the file.
@@ -106,6 +124,9 @@ impl DbWatch {
     }
 
     fn difference(&self, ids: &Ids) -> Option<String> {
+        if !self.watched {
+            return None;
+        }
         for (path, expected) in [(&self.db, ids.db), (&self.wal, ids.wal)] {
             match file_id(path) {
                 Ok(id) if id == expected => {}

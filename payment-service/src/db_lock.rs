@@ -147,6 +147,20 @@ impl ReplicaId {
         i64::from(self.0)
     }
 
+    /// A new random id.
+    pub(crate) fn random() -> ReplicaId {
+        ReplicaId(rand::random::<u32>())
+    }
+
+    pub(crate) fn as_u32(self) -> u32 {
+        self.0
+    }
+
+    /// The id stored with a lease or in PostgreSQL's `replicas`.
+    pub(crate) fn from_i64(id: i64) -> Option<ReplicaId> {
+        u32::try_from(id).ok().map(ReplicaId)
+    }
+
     fn parse(hex: &str) -> Option<ReplicaId> {
         (hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| u32::from_str_radix(hex, 16).ok().map(ReplicaId))
@@ -172,7 +186,7 @@ fn liveness_path(db: &Path, id: ReplicaId) -> PathBuf {
 /// Attempts at a fresh replica id: each is a random 32-bit id whose file
 /// does not exist yet, so more than a few failures mean something else is
 /// wrong (a directory that cannot be written).
-const REPLICA_ID_ATTEMPTS_MAX: usize = 16;
+pub(crate) const REPLICA_ID_ATTEMPTS_MAX: usize = 16;
 
 /// This replica's id and the lock that says it is alive, held until drop.
 /// A replica that dies leaves the file behind: the next replica (or restart)
@@ -344,6 +358,109 @@ fn try_flock(file: &File, kind: Flock) -> std::io::Result<bool> {
 fn try_flock(_file: &File, _kind: Flock) -> std::io::Result<bool> {
     tracing::warn!("no advisory lock on this platform: make sure one service uses the database file");
     Ok(true)
+}
+
+/// Who this service is on its database, and how it finds replicas that
+/// died: lock files for a SQLite file, a session of advisory locks for
+/// PostgreSQL (`pg::Presence`). The writer holds it for the service's life;
+/// the replica watcher shares it.
+pub(crate) enum Presence {
+    Files {
+        db: PathBuf,
+        // Before the lock: released first.
+        liveness: Liveness,
+        _lock: DbLock,
+    },
+    Pg(Box<std::sync::Mutex<crate::pg::Presence>>),
+}
+
+/// Replicas found dead, held so nobody takes them for alive until their
+/// leases are expired.
+pub(crate) enum Dead {
+    Files(Vec<DeadReplica>),
+    Pg(Vec<ReplicaId>),
+}
+
+impl Dead {
+    pub(crate) fn ids(&self) -> Vec<ReplicaId> {
+        match self {
+            Dead::Files(dead) => dead.iter().map(|d| d.id).collect(),
+            Dead::Pg(ids) => ids.clone(),
+        }
+    }
+}
+
+impl Presence {
+    /// Takes the database as `sharing` says, and a new replica id.
+    pub(crate) fn take(db: &Path, sharing: Sharing) -> anyhow::Result<Presence> {
+        if let Some(url) = crate::config::postgres_url(db) {
+            let presence = crate::pg::Presence::take(url, sharing)?;
+            return Ok(Presence::Pg(Box::new(std::sync::Mutex::new(presence))));
+        }
+        let lock = DbLock::acquire(db, sharing)?;
+        let liveness = Liveness::take(db)?;
+        Ok(Presence::Files {
+            db: db.to_owned(),
+            liveness,
+            _lock: lock,
+        })
+    }
+
+    pub(crate) fn id(&self) -> ReplicaId {
+        match self {
+            Presence::Files { liveness, .. } => liveness.id,
+            Presence::Pg(pg) => pg.lock().map_or(ReplicaId(0), |pg| pg.id),
+        }
+    }
+
+    fn pg(&self) -> anyhow::Result<std::sync::MutexGuard<'_, crate::pg::Presence>> {
+        match self {
+            Presence::Pg(pg) => pg
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the replica session's lock is poisoned")),
+            Presence::Files { .. } => anyhow::bail!("not a PostgreSQL database"),
+        }
+    }
+
+    /// The replicas that died, except this one. Blocking.
+    pub(crate) fn dead(&self) -> anyhow::Result<Dead> {
+        match self {
+            Presence::Files { db, liveness, .. } => Ok(Dead::Files(dead_replicas(db, liveness.id)?)),
+            Presence::Pg(_) => Ok(Dead::Pg(self.pg()?.dead_replicas()?)),
+        }
+    }
+
+    /// Forgets dead replicas once their leases are expired. Blocking.
+    pub(crate) fn forget(&self, dead: Dead) {
+        match dead {
+            Dead::Files(dead) => dead.into_iter().for_each(DeadReplica::forget),
+            Dead::Pg(ids) => {
+                if let Ok(mut pg) = self.pg() {
+                    pg.forget(&ids);
+                }
+            }
+        }
+    }
+
+    /// Lets go of dead replicas whose leases were not expired: the next scan
+    /// finds them again. Blocking.
+    pub(crate) fn release(&self, dead: Dead) {
+        if let (Dead::Pg(ids), Ok(mut pg)) = (&dead, self.pg()) {
+            pg.release(ids);
+        }
+    }
+
+    /// A clean stop, after this replica's leases were expired.
+    pub(crate) fn remove(&self) {
+        match self {
+            Presence::Files { liveness, .. } => liveness.remove(),
+            Presence::Pg(_) => {
+                if let Ok(mut pg) = self.pg() {
+                    pg.remove();
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -96,19 +96,18 @@ impl Desk {
     /// that check (two `stat`s).
     fn lookup(&self, batch: &[Op]) -> DbResult<Vec<Option<Outcome>>> {
         let now_ms = clock::now_ms();
-        let answers = self.pool.run(|conn| {
-            let tx = conn.transaction()?;
-            let answers: DbResult<Vec<Option<Outcome>>> = batch
-                .iter()
-                .map(|op| match op {
-                    Op::PayKeyed { request, key, .. } | Op::Claim { request, key, .. } => {
-                        store::stored_answer(&tx, request, key, now_ms, self.retention_ms)
-                    }
-                    _ => Ok(None),
-                })
-                .collect();
-            tx.finish()?;
-            answers
+        let answers: Vec<Option<Outcome>> = self.pool.run(|conn| {
+            conn.snapshot(|tx| {
+                batch
+                    .iter()
+                    .map(|op| match op {
+                        Op::PayKeyed { request, key, .. } | Op::Claim { request, key, .. } => {
+                            store::stored_answer(tx, request, key, now_ms, self.retention_ms)
+                        }
+                        _ => Ok(None),
+                    })
+                    .collect()
+            })
         })?;
         if answers.iter().any(Option::is_some) {
             self.pool.check_file()?;

@@ -17,9 +17,9 @@
 //! The function runs on the blocking pool: the helpers block on a reader or
 //! on the writer's answer, never on an async worker thread.
 
+use crate::db::{Connection, OptionalExtension};
 use axum::http::StatusCode;
 use axum::response::Response;
-use rusqlite::{Connection, OptionalExtension};
 use tokio::runtime::Handle;
 
 use crate::api::{AppState, json};
@@ -166,10 +166,9 @@ fn booking(request: PaymentRequest, key: String, unique: bool) -> Work {
 
 /// The payment holding `key` in the UNIQUE column, if any.
 fn paid_under(conn: &Connection, key: &str) -> DbResult<Option<i64>> {
-    Ok(conn
-        .prepare_cached("SELECT id FROM payments WHERE dedup_key = ?1")?
+    conn.prepare_cached("SELECT id FROM payments WHERE dedup_key = ?1")?
         .query_row([key], |r| r.get(0))
-        .optional()?)
+        .optional()
 }
 
 /// The first answer given under a key, and which request it answered.

@@ -62,7 +62,7 @@ pub(crate) fn prepare_fresh(db: &Path, synchronous: Synchronous) -> DbResult<Pat
     let conn = schema::open_writer(&next, synchronous)?;
     // Closing the only connection checkpoints the WAL into the file and
     // removes it: the file is complete on its own.
-    conn.close().map_err(|(_, e)| DbError::from(e))?;
+    conn.close().map_err(|failed| failed.1)?;
     if sidecars_present(&next) {
         return Err(DbError::Io(format!("{} kept its WAL after closing", next.display())));
     }

@@ -45,6 +45,7 @@ pub mod cli_audit;
 mod clock;
 pub mod config;
 mod create;
+mod db;
 mod db_error;
 mod db_file;
 mod db_lock;
@@ -64,6 +65,7 @@ mod notify;
 mod ops;
 mod outbox;
 mod payment;
+mod pg;
 mod readers;
 mod reads;
 mod relay;
@@ -87,6 +89,7 @@ pub use config::{Config, DedupMode, NotifyMode, RelayLimits, Settings, Synchrono
 pub use events::EVENTS_MAX;
 pub use exercise_kit::EXERCISE_FILE;
 pub use lookup::{LOOKUP_KEYS_MAX, LOOKUP_ROWS_MAX};
+pub use pg::fresh_database;
 /// The exercise's reference solutions' source text (0: the starting state).
 pub use solutions::SOURCES as EXERCISE_SOLUTIONS;
 
@@ -163,7 +166,7 @@ impl Service {
         let reaper = AbortOnDrop(runtime.spawn(reap_periodically(writer.queue.clone(), config.key_retention)));
         // An exclusive service has no live peers to lose: its start-up did it.
         let watcher = config.replica.then(|| {
-            let watch = watch_replicas(writer.queue.clone(), config.db.clone(), writer.replica);
+            let watch = watch_replicas(writer.queue.clone(), Arc::clone(&writer.presence));
             AbortOnDrop(runtime.spawn(watch))
         });
         let queues = (writer.queue.clone(), desk.queue.clone());
@@ -267,15 +270,15 @@ const DEAD_REPLICA_SCAN_MS: u64 = 1_000;
 /// Every [`DEAD_REPLICA_SCAN_MS`], finds the replicas of `db` that died (their
 /// liveness lock is free) and has the writer expire their leases; then
 /// forgets them. The scan's file I/O runs on the blocking pool.
-async fn watch_replicas(writer: mpsc::Sender<writer::Op>, db: std::path::PathBuf, me: db_lock::ReplicaId) {
+async fn watch_replicas(writer: mpsc::Sender<writer::Op>, presence: Arc<db_lock::Presence>) {
     let every = Duration::from_millis(DEAD_REPLICA_SCAN_MS);
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let db = db.clone();
-        let dead = match tokio::task::spawn_blocking(move || db_lock::dead_replicas(&db, me)).await {
-            Ok(Ok(dead)) if !dead.is_empty() => dead,
+        let scan = Arc::clone(&presence);
+        let dead = match tokio::task::spawn_blocking(move || scan.dead()).await {
+            Ok(Ok(dead)) if !dead.ids().is_empty() => dead,
             Ok(Ok(_)) => continue,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot look for dead replicas; will try again");
@@ -284,7 +287,7 @@ async fn watch_replicas(writer: mpsc::Sender<writer::Op>, db: std::path::PathBuf
             Err(_) => return,
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let ids = dead.iter().map(|d| d.id.as_i64()).collect();
+        let ids = dead.ids().iter().map(|id| id.as_i64()).collect();
         if writer
             .send(writer::Op::ExpireLeases { dead: ids, reply })
             .await
@@ -294,16 +297,19 @@ async fn watch_replicas(writer: mpsc::Sender<writer::Op>, db: std::path::PathBuf
         }
         match answer.await {
             Ok(Ok(keys)) => {
-                let names: Vec<String> = dead.iter().map(|d| d.id.to_string()).collect();
+                let names: Vec<String> = dead.ids().iter().map(ToString::to_string).collect();
                 tracing::warn!(replicas = ?names, keys, "replicas died: the keys they held in flight are free for their retries");
-                // Unlinking is file I/O: off the async worker.
-                drop(tokio::task::spawn_blocking(move || {
-                    dead.into_iter().for_each(db_lock::DeadReplica::forget)
-                }));
+                // Unlinking (or a PostgreSQL round trip): off the async worker.
+                let presence = Arc::clone(&presence);
+                drop(tokio::task::spawn_blocking(move || presence.forget(dead)));
             }
-            // Not expired: the locks are released when `dead` drops, and the
-            // next scan finds them again.
-            _ => tracing::warn!("the leases of dead replicas were not expired; will try again"),
+            // Not expired: the locks are released, and the next scan finds
+            // them again.
+            _ => {
+                tracing::warn!("the leases of dead replicas were not expired; will try again");
+                let presence = Arc::clone(&presence);
+                drop(tokio::task::spawn_blocking(move || presence.release(dead)));
+            }
         }
     }
 }

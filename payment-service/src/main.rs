@@ -69,7 +69,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let shutdown = eo_core::shutdown::signal();
     // Open (lock, schema, writer) before announcing: "listening" means ready.
-    let service = payment_service::Service::open(config).await?;
+    let service = match payment_service::Service::open(config).await {
+        Ok(service) => service,
+        // A setup mistake, not a failure of the service: exit 2 with the fix.
+        Err(e) if format!("{e:#}").contains(payment_service::config::POSTGRES_UNREACHABLE) => {
+            eprintln!("Error: {e:#}");
+            std::process::exit(2)
+        }
+        Err(e) => return Err(e),
+    };
     // One plain line on stdout, for scripts and tests that bind port 0.
     println!("payment-service listening on http://{local}");
     tracing::info!(

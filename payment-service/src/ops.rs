@@ -115,7 +115,7 @@ impl Op {
     /// Runs the op on the writer's transaction, adding its change to the
     /// figures to `totals`. An error has written nothing unless the
     /// connection's change count moved (see `writer.rs`).
-    pub(crate) fn run(&self, conn: &rusqlite::Connection, t: Clock, totals: &mut Delta) -> Result<Done, DbError> {
+    pub(crate) fn run(&self, conn: &crate::db::Connection, t: Clock, totals: &mut Delta) -> Result<Done, DbError> {
         let outcome = match self {
             Op::PayKeyed { request, key, .. } => {
                 store::pay_keyed(conn, request, key, (t.book(), t.retention_ms), totals)?

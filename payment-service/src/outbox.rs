@@ -21,8 +21,8 @@
 //! The event's content is the payment row itself (accounts, amount, the key
 //! it was made under, when), so what is delivered is exactly what committed.
 
+use crate::db::{Connection, OptionalExtension, params};
 use eo_core::wire::PaymentEvent;
-use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::db_error::{DbError, DbResult};
 use crate::totals::{self, Delta};
@@ -65,7 +65,7 @@ pub(crate) fn new_ledger_id(conn: &Connection) -> DbResult<String> {
 
 pub(crate) fn ledger_id(conn: &Connection) -> DbResult<String> {
     conn.prepare_cached("SELECT ledger_id FROM ledger_meta WHERE id = 1")?
-        .query_row([], |r| r.get(0))
+        .query_row((), |r| r.get(0))
         .optional()?
         .ok_or_else(|| DbError::Corrupt("the ledger_meta row is missing".into()))
 }
@@ -122,14 +122,14 @@ pub(crate) fn figures(conn: &Connection) -> DbResult<OutboxFigures> {
             "SELECT outbox_pending, outbox_delivered, outbox_refused, outbox_attempts, outbox_redelivered
              FROM ledger_totals WHERE id = 1",
         )?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .query_row((), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
         .optional()?
         .ok_or_else(totals::missing_row)?;
     let oldest_pending_since_ms = conn
         .prepare_cached(
             "SELECT min(pending_since_ms) FROM outbox INDEXED BY outbox_pending_since WHERE state = 'pending'",
         )?
-        .query_row([], |r| r.get(0))?;
+        .query_row((), |r| r.get(0))?;
     Ok(OutboxFigures {
         ledger_id: ledger_id(conn)?,
         pending,
@@ -161,8 +161,11 @@ pub(crate) struct Due {
 
 pub(crate) fn due(conn: &mut Connection, now_ms: i64, limit: usize) -> DbResult<Due> {
     // One read transaction: the ledger id belongs to these events.
-    let tx = conn.transaction()?;
-    let ledger_id = ledger_id(&tx)?;
+    conn.snapshot(|tx| due_in(tx, now_ms, limit))
+}
+
+fn due_in(tx: &Connection, now_ms: i64, limit: usize) -> DbResult<Due> {
+    let ledger_id = ledger_id(tx)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let events = tx
         .prepare_cached(
@@ -184,11 +187,10 @@ pub(crate) fn due(conn: &mut Connection, now_ms: i64, limit: usize) -> DbResult<
                 },
                 attempts: r.get(1)?,
             })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        })?;
     let next_due_ms = tx
         .prepare_cached("SELECT min(next_attempt_ms) FROM outbox INDEXED BY outbox_due WHERE state = 'pending'")?
-        .query_row([], |r| r.get(0))?;
+        .query_row((), |r| r.get(0))?;
     Ok(Due {
         ledger_id,
         events,
@@ -235,7 +237,7 @@ pub(crate) fn apply(conn: &Connection, marks: &Marks, now_ms: i64, totals: &mut 
                      delivered_at_ms = CASE WHEN ?2 = 'delivered' THEN ?5 ELSE delivered_at_ms END
                  WHERE payment_id = ?1 AND state = 'pending'",
             )?
-            .execute(params![payment_id, state, next, status, now_ms])?;
+            .execute(params![payment_id, state, next, status.map(i64::from), now_ms])?;
         if n == 1 {
             changed += 1;
             totals.outbox_attempts += 1;
@@ -355,9 +357,7 @@ mod tests {
             let plan: Vec<String> = conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .unwrap()
-                .query_map([], |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<rusqlite::Result<_>>()
+                .query_map((), |r| r.get::<_, String>(3))
                 .unwrap();
             assert!(
                 plan.iter()

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use crate::db::Connection;
 use tokio::sync::Semaphore;
 
 use crate::audit;
@@ -93,7 +93,10 @@ impl Readers {
             }
         };
         let result = query(&mut conn);
-        if let Ok(mut idle) = self.idle.lock() {
+        // A broken PostgreSQL connection is dropped: the next read opens a new one.
+        if !conn.is_broken()
+            && let Ok(mut idle) = self.idle.lock()
+        {
             idle.push(conn);
         }
         drop(gate);

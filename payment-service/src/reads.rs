@@ -26,8 +26,7 @@ pub(crate) async fn stats(State(state): State<AppState>) -> Result<Response, Api
         .readers
         .read(|c| {
             // One snapshot for both rows.
-            let tx = c.transaction()?;
-            Ok((totals::read(&tx)?, outbox::figures(&tx)?))
+            c.snapshot(|tx| Ok((totals::read(tx)?, outbox::figures(tx)?)))
         })
         .await?;
     let config = &state.0.config;

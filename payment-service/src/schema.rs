@@ -23,12 +23,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::OpenFlags;
+
+use crate::db::{Connection, Dialect};
 
 use crate::audit;
 use crate::config::Synchronous;
 use crate::db_error::{DbError, DbResult};
-use crate::{outbox, totals};
+use crate::{outbox, pg, totals};
 
 /// How long a connection waits for a lock before giving up with SQLITE_BUSY.
 /// Readers never wait for writers (WAL); a writer waits for the one writer
@@ -38,7 +40,7 @@ const BUSY_TIMEOUT_MS: u64 = 5_000;
 /// The schema this version writes; 0 is a file of a version without
 /// `ledger_totals` (or a new, empty file), 1 one without the lease's
 /// replica, the ledger id and the outbox.
-const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// The writer's page cache, in KiB: keeps the upper levels of the key indexes
 /// of a ledger of millions of payments in memory.
@@ -85,11 +87,14 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_in_flight ON idempotency_keys(idem_k
 /// Opens (creating if needed) the database for the single writer, with every
 /// setting stated explicitly rather than left to defaults, and brings a file
 /// of an older version up to date.
-pub fn open_writer(path: &Path, synchronous: Synchronous) -> DbResult<Connection> {
-    let mut conn = Connection::open(path)?;
+pub(crate) fn open_writer(path: &Path, synchronous: Synchronous) -> DbResult<Connection> {
+    if let Some(url) = crate::config::postgres_url(path) {
+        return pg::open_writer(url);
+    }
+    let conn = rusqlite::Connection::open(path)?;
     // First: every statement below may have to wait for a lock.
     conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", (), |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(DbError::Io(format!(
             "journal_mode is {mode}, WAL is required (is the file on a network drive?)"
@@ -102,18 +107,22 @@ pub fn open_writer(path: &Path, synchronous: Synchronous) -> DbResult<Connection
     // CPU than the payment itself.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
-    bring_up_to_date(&mut conn)?;
+    let conn = Connection::from(conn);
+    bring_up_to_date(&conn)?;
     Ok(conn)
 }
 
 /// Opens a read-only connection; WAL lets it read a consistent snapshot while
 /// the writer commits.
-pub fn open_reader(path: &Path) -> DbResult<Connection> {
+pub(crate) fn open_reader(path: &Path) -> DbResult<Connection> {
+    if let Some(url) = crate::config::postgres_url(path) {
+        return pg::open_reader(url);
+    }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags)?;
+    let conn = rusqlite::Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    Ok(conn)
+    Ok(conn.into())
 }
 
 /// A current file: nothing to do (one header read). Else, in one
@@ -124,29 +133,37 @@ pub fn open_reader(path: &Path) -> DbResult<Connection> {
 /// ledger id, the outbox and its counts; payments made before it have no
 /// events: O(1)). The version is read again inside the write transaction:
 /// replicas may start together.
-fn bring_up_to_date(conn: &mut Connection) -> DbResult<()> {
+fn bring_up_to_date(conn: &Connection) -> DbResult<()> {
     if schema_version(conn)? == SCHEMA_VERSION {
         return Ok(());
     }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let version = schema_version(&tx)?;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let upgraded = upgrade(conn).and_then(|()| conn.execute_batch("COMMIT"));
+    if upgraded.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    upgraded
+}
+
+/// The steps from the file's version (read again in the write transaction).
+fn upgrade(tx: &Connection) -> DbResult<()> {
+    let version = schema_version(tx)?;
     if version == SCHEMA_VERSION {
         return Ok(());
     }
     if version < 1 {
-        to_version_1(&tx)?;
+        to_version_1(tx, SCHEMA)?;
     }
-    to_version_2(&tx)?;
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    tx.commit()?;
+    to_version_2(tx)?;
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     Ok(())
 }
 
 /// The tables of version 1 and their figures, computed from what the file holds.
-fn to_version_1(tx: &Connection) -> DbResult<()> {
+pub(crate) fn to_version_1(tx: &Connection, schema: &str) -> DbResult<()> {
     let started = Instant::now();
-    tx.execute_batch(SCHEMA)?;
-    tx.execute_batch(totals::TOTALS_SCHEMA)?;
+    tx.execute_batch(schema)?;
+    tx.execute_batch(&tx.dialect().ddl(totals::TOTALS_SCHEMA))?;
     let audited = audit::run(&mut audit::Within(tx), audit::Balances::Skip, &mut |_| {})?;
     let figures = audited.report.recomputed;
     totals::reset(tx, &figures)?;
@@ -161,19 +178,20 @@ fn to_version_1(tx: &Connection) -> DbResult<()> {
 }
 
 /// Version 2: leases owned by a replica, the ledger id and the outbox.
-fn to_version_2(tx: &Connection) -> DbResult<()> {
-    // A new file's table already has the column (`SCHEMA`).
-    if !has_column(tx, "idempotency_keys", "lease_replica")? {
+pub(crate) fn to_version_2(tx: &Connection) -> DbResult<()> {
+    // A new file's table already has the column (`SCHEMA`), and so has
+    // every PostgreSQL database (it starts at this version).
+    if tx.dialect() == Dialect::Sqlite && !has_column(tx, "idempotency_keys", "lease_replica")? {
         tx.execute_batch("ALTER TABLE idempotency_keys ADD COLUMN lease_replica INTEGER")?;
     }
-    tx.execute_batch(outbox::OUTBOX_SCHEMA)?;
+    tx.execute_batch(&tx.dialect().ddl(outbox::OUTBOX_SCHEMA))?;
     outbox::new_ledger_id(tx)?;
     Ok(())
 }
 
 /// The file's schema version; an error for one written by a newer version.
 fn schema_version(conn: &Connection) -> DbResult<i64> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", (), |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(DbError::Other(format!(
             "the database has schema version {version}, written by a newer payment-service (this one knows {SCHEMA_VERSION})"

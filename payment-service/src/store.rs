@@ -10,14 +10,14 @@
 //! checks before its first write: a write that is refused leaves nothing
 //! behind, so the writer needs no savepoint around it (see `writer.rs`).
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{Connection, Dialect, OptionalExtension, Row, params};
 
 use crate::db_error::{DbError, DbResult};
 use crate::outbox;
 use crate::payment::{Payment, PaymentRequest};
 use crate::totals::{self, Delta};
 
-pub use crate::schema::{open_reader, open_writer};
+pub(crate) use crate::schema::{open_reader, open_writer};
 
 /// When a payment is booked and whether its event goes to the outbox
 /// (`--notify outbox`): what every write that may insert a payment gets, so
@@ -57,13 +57,20 @@ pub struct Lease {
 /// Visits only the keys in flight (their own index).
 pub fn expire_leases_of(conn: &Connection, dead_replicas: &[i64]) -> DbResult<usize> {
     let dead = serde_json::to_string(dead_replicas).map_err(|e| DbError::Other(format!("ids not encodable: {e}")))?;
-    Ok(conn
-        .prepare_cached(
+    let sql = match conn.dialect() {
+        Dialect::Sqlite => {
             "UPDATE idempotency_keys INDEXED BY idempotency_keys_in_flight SET locked_until_ms = 0
              WHERE state = 'in_progress' AND locked_until_ms <> 0
-               AND (lease_replica IS NULL OR lease_replica IN (SELECT value FROM json_each(?1)))",
-        )?
-        .execute([dead])?)
+               AND (lease_replica IS NULL OR lease_replica IN (SELECT value FROM json_each(?1)))"
+        }
+        Dialect::Postgres => {
+            "UPDATE idempotency_keys SET locked_until_ms = 0
+             WHERE state = 'in_progress' AND locked_until_ms <> 0
+               AND (lease_replica IS NULL OR lease_replica IN
+                    (SELECT value::bigint FROM json_array_elements_text(CAST(?1 AS TEXT)::json)))"
+        }
+    };
+    conn.prepare_cached(sql)?.execute([dead])
 }
 
 /// What happened to a keyed request inside the writer's transaction.
@@ -144,7 +151,7 @@ struct KeyRow {
     completed_at_ms: Option<i64>,
 }
 
-fn key_row(conn: &Connection, key: &str) -> rusqlite::Result<Option<KeyRow>> {
+fn key_row(conn: &Connection, key: &str) -> DbResult<Option<KeyRow>> {
     conn.prepare_cached(
         "SELECT fingerprint, state, locked_until_ms, payment_id, response_status, response_body, completed_at_ms
          FROM idempotency_keys WHERE idem_key = ?1",
@@ -530,12 +537,11 @@ pub(crate) fn insert_payment(
     let out_of_range = |account: &str| DbError::BalanceOutOfRange {
         account: account.to_owned(),
     };
-    let src = balance(conn, &request.src)?;
+    let (src, dest) = balances(conn, &request.src, &request.dest)?;
     let src_balance = src
         .unwrap_or(0)
         .checked_sub(request.amount_minor)
         .ok_or_else(|| out_of_range(&request.src))?;
-    let dest = balance(conn, &request.dest)?;
     let dest_balance = dest
         .unwrap_or(0)
         .checked_add(request.amount_minor)
@@ -545,21 +551,20 @@ pub(crate) fn insert_payment(
         (Some(key), None) => payments_with_key_up_to_two(conn, key)?,
         (None, _) => 0,
     };
-    conn.prepare_cached(
-        "INSERT INTO payments (src, dest, amount_minor, idem_key, dedup_key, created_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        request.src,
-        request.dest,
-        request.amount_minor,
-        key,
-        dedup_key,
-        now_ms
-    ])?;
-    let id = conn.last_insert_rowid();
-    set_balance(conn, &request.src, src_balance)?;
-    set_balance(conn, &request.dest, dest_balance)?;
+    // The one statement that may be refused: alone, so a refusal leaves
+    // the transaction usable on both engines.
+    let id: i64 = conn.alone(|conn| {
+        Ok(conn
+            .prepare_cached(
+                "INSERT INTO payments (src, dest, amount_minor, idem_key, dedup_key, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+            )?
+            .query_row(
+                params![request.src, request.dest, request.amount_minor, key, dedup_key, now_ms],
+                |r| r.get(0),
+            )?)
+    })?;
+    set_balances(conn, (&request.src, src_balance), (&request.dest, dest_balance))?;
     if book.outbox {
         outbox::add_event(conn, id, now_ms)?;
     }
@@ -589,32 +594,40 @@ pub(crate) fn insert_payment(
 /// need: is it new, does it become a duplicate).
 fn payments_with_key_up_to_two(conn: &Connection, key: &str) -> DbResult<i64> {
     Ok(conn
-        .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM payments WHERE idem_key = ?1 LIMIT 2)")?
+        .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM payments WHERE idem_key = ?1 LIMIT 2) AS earlier")?
         .query_row([key], |r| r.get(0))?)
 }
 
-/// An account's balance; None for an account not yet used. Only the writer
-/// calls it, inside its transaction, so nothing changes between this read
-/// and the write that follows.
-fn balance(conn: &Connection, account: &str) -> DbResult<Option<i64>> {
-    Ok(conn
-        .prepare_cached("SELECT balance_minor FROM accounts WHERE name = ?1")?
-        .query_row([account], |r| r.get(0))
-        .optional()?)
+/// Two accounts' balances, in one statement; None for an account not yet
+/// used. Only the writer calls it, inside its transaction, so nothing
+/// changes between this read and the write that follows.
+fn balances(conn: &Connection, a: &str, b: &str) -> DbResult<(Option<i64>, Option<i64>)> {
+    let (mut balance_a, mut balance_b) = (None, None);
+    conn.prepare_cached("SELECT name, balance_minor FROM accounts WHERE name IN (?1, ?2)")?
+        .query_map(params![a, b], |r| {
+            let (name, balance): (String, i64) = (r.get(0)?, r.get(1)?);
+            match name.as_str() {
+                n if n == a => balance_a = Some(balance),
+                _ => balance_b = Some(balance),
+            }
+            Ok(())
+        })?;
+    Ok((balance_a, balance_b))
 }
 
-/// Stores a balance computed with checked arithmetic in Rust, so SQLite never
-/// does the sum (it would turn an overflow into a float).
-fn set_balance(conn: &Connection, account: &str, balance_minor: i64) -> DbResult<()> {
+/// Stores two balances computed with checked arithmetic in Rust, in one
+/// statement, so SQLite never does the sum (it would turn an overflow into
+/// a float). The accounts differ (`dest <> src` is checked before).
+fn set_balances(conn: &Connection, (a, balance_a): (&str, i64), (b, balance_b): (&str, i64)) -> DbResult<()> {
     conn.prepare_cached(
-        "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2)
+        "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2), (?3, ?4)
          ON CONFLICT (name) DO UPDATE SET balance_minor = excluded.balance_minor",
     )?
-    .execute(params![account, balance_minor])?;
+    .execute(params![a, balance_a, b, balance_b])?;
     Ok(())
 }
 
-fn payment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Payment> {
+fn payment_from_row(r: &Row<'_>) -> DbResult<Payment> {
     Ok(Payment {
         id: r.get(0)?,
         src: r.get(1)?,
@@ -633,14 +646,12 @@ pub fn first_payment_with_key(conn: &Connection, key: &str) -> DbResult<Option<P
     ))?
     .query_row([key], payment_from_row)
     .optional()
-    .map_err(DbError::from)
 }
 
 pub fn payment(conn: &Connection, id: i64) -> DbResult<Option<Payment>> {
     conn.prepare_cached(&format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = ?1"))?
         .query_row([id], payment_from_row)
         .optional()
-        .map_err(DbError::from)
 }
 
 /// Payments in id order after `after_id`, at most `limit`, optionally only
@@ -652,14 +663,12 @@ pub fn payments(conn: &Connection, after_id: i64, limit: usize, key: Option<&str
             .prepare_cached(&format!(
                 "SELECT {PAYMENT_COLUMNS} FROM payments WHERE idem_key = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
             ))?
-            .query_map(params![key, after_id, limit], payment_from_row)?
-            .collect::<rusqlite::Result<_>>()?,
+            .query_map(params![key, after_id, limit], payment_from_row)?,
         None => conn
             .prepare_cached(&format!(
                 "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id > ?1 ORDER BY id LIMIT ?2"
             ))?
-            .query_map(params![after_id, limit], payment_from_row)?
-            .collect::<rusqlite::Result<_>>()?,
+            .query_map(params![after_id, limit], payment_from_row)?,
     };
     Ok(page)
 }
@@ -672,16 +681,25 @@ pub fn payments(conn: &Connection, after_id: i64, limit: usize, key: Option<&str
 pub fn payments_by_keys(conn: &Connection, keys: &[String], after_id: i64, limit: usize) -> DbResult<Vec<Payment>> {
     let keys = serde_json::to_string(keys).map_err(|e| DbError::Other(format!("keys not encodable: {e}")))?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let sql = match conn.dialect() {
+        Dialect::Sqlite => LOOKUP_SQL,
+        Dialect::Postgres => LOOKUP_SQL_PG,
+    };
     let page = conn
-        .prepare_cached(LOOKUP_SQL)?
-        .query_map(params![keys, after_id, limit], payment_from_row)?
-        .collect::<rusqlite::Result<_>>()?;
+        .prepare_cached(sql)?
+        .query_map(params![keys, after_id, limit], payment_from_row)?;
     Ok(page)
 }
 
 const LOOKUP_SQL: &str = "SELECT id, src, dest, amount_minor, idem_key, created_at_ms
      FROM payments INDEXED BY payments_by_idem_key
      WHERE idem_key IN (SELECT value FROM json_each(?1)) AND id > ?2
+     ORDER BY id LIMIT ?3";
+
+/// PostgreSQL's form: the keys as the elements of a JSON array of text.
+const LOOKUP_SQL_PG: &str = "SELECT id, src, dest, amount_minor, idem_key, created_at_ms
+     FROM payments
+     WHERE idem_key IN (SELECT value FROM json_array_elements_text(CAST(?1 AS TEXT)::json)) AND id > ?2
      ORDER BY id LIMIT ?3";
 
 /// Counts of what `DELETE /payments` removed.
@@ -708,11 +726,20 @@ impl Wiped {
 /// figures (and the ledger uid) afresh. O(n): the writer uses it only when
 /// it cannot start a fresh database file instead (see `generation.rs`).
 pub fn wipe(conn: &Connection) -> DbResult<Wiped> {
-    let keys = conn.execute("DELETE FROM idempotency_keys", [])?;
+    if conn.dialect() == Dialect::Postgres {
+        // One statement, O(1), in the caller's transaction; ids start at 1
+        // again, as in a fresh SQLite file. The counts are the maintained ones.
+        let wiped = Wiped::of(&totals::read(conn)?.figures);
+        conn.execute_batch("TRUNCATE idempotency_keys, outbox, payments, accounts RESTART IDENTITY")?;
+        totals::reset(conn, &totals::Figures::default())?;
+        outbox::new_ledger_id(conn)?;
+        return Ok(wiped);
+    }
+    let keys = conn.execute("DELETE FROM idempotency_keys", ())?;
     // Events first: each refers to its payment.
-    conn.execute("DELETE FROM outbox", [])?;
-    let payments = conn.execute("DELETE FROM payments", [])?;
-    let accounts = conn.execute("DELETE FROM accounts", [])?;
+    conn.execute("DELETE FROM outbox", ())?;
+    let payments = conn.execute("DELETE FROM payments", ())?;
+    let accounts = conn.execute("DELETE FROM accounts", ())?;
     totals::reset(conn, &totals::Figures::default())?;
     // Payment ids start again at 1: the events of the new ledger need ids
     // of their own.
@@ -748,7 +775,8 @@ mod tests {
 
     /// The full audit of the database behind `conn`, on a connection of its own.
     fn audit(conn: &Connection) -> AuditReport {
-        let mut reader = Connection::open(conn.path().unwrap()).unwrap();
+        let path = conn.sqlite().unwrap().path().unwrap().to_owned();
+        let mut reader = Connection::open(path).unwrap();
         audit::run(&mut reader, Balances::Check, &mut |_| {}).unwrap().report
     }
 
@@ -898,8 +926,6 @@ mod tests {
             .prepare(&format!("EXPLAIN QUERY PLAN {LOOKUP_SQL}"))
             .unwrap()
             .query_map(params!["[\"a\",\"b\"]", 0, 10], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
             .unwrap();
         let text = plan.join("\n");
         assert!(

@@ -11,7 +11,7 @@
 //! The figures are maintained, not proven: [`crate::audit`] recomputes them
 //! from the payments and compares.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{Connection, OptionalExtension, params};
 
 use crate::db_error::{DbError, DbResult};
 
@@ -143,7 +143,7 @@ pub(crate) fn add(conn: &Connection, d: &Delta) -> DbResult<()> {
     let changed = conn
         .prepare_cached(
             "UPDATE ledger_totals SET
-                 payments = payments + ?1, last_payment_id = max(last_payment_id, ?2),
+                 payments = payments + ?1, last_payment_id = CASE WHEN ?2 > last_payment_id THEN ?2 ELSE last_payment_id END,
                  amount_hi = amount_hi + ?3 + ((amount_lo + ?4) >> 32), amount_lo = (amount_lo + ?4) & 4294967295,
                  keyed_payments = keyed_payments + ?5, distinct_keys = distinct_keys + ?6,
                  duplicate_keys = duplicate_keys + ?7, accounts = accounts + ?8,
@@ -180,7 +180,7 @@ pub(crate) fn read(conn: &Connection) -> DbResult<Maintained> {
                 audit_finished_at_ms, audit_verdict, audit_accounts_off_ledger
          FROM ledger_totals WHERE id = 1",
     )?
-    .query_row([], |r| {
+    .query_row((), |r| {
         let audit_at: Option<i64> = r.get(13)?;
         Ok(Maintained {
             ledger_uid: r.get(0)?,
@@ -215,7 +215,7 @@ pub(crate) fn read(conn: &Connection) -> DbResult<Maintained> {
 pub(crate) fn reset(conn: &Connection, f: &Figures) -> DbResult<()> {
     let (amount_hi, amount_lo) = split_i128(f.total_amount_minor)?;
     let (balance_hi, balance_lo) = split_i128(f.balance_sum_minor)?;
-    conn.execute("DELETE FROM ledger_totals", [])?;
+    conn.execute("DELETE FROM ledger_totals", ())?;
     conn.execute(
         "INSERT INTO ledger_totals (id, ledger_uid, payments, last_payment_id, amount_hi, amount_lo, keyed_payments,
              distinct_keys, duplicate_keys, accounts, balance_hi, balance_lo, stored_responses, keys_in_flight)

@@ -23,9 +23,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::db::{Connection, Dialect};
+use crate::pg;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
-use rusqlite::Connection;
 use tokio::sync::{Notify, mpsc};
 
 use crate::clock;
@@ -34,7 +35,7 @@ use crate::config::{Config, NotifyMode};
 use crate::db_error::DbError;
 use crate::db_error::DbResult;
 use crate::db_file::DbWatch;
-use crate::db_lock::{self, DbLock, Liveness, ReplicaId, Sharing};
+use crate::db_lock::{Presence, ReplicaId, Sharing};
 use crate::generation;
 use crate::ops::{Clock, Done};
 pub use crate::ops::{Op, Reply};
@@ -108,6 +109,8 @@ pub(crate) struct WriterHandle {
     pub(crate) watch: Arc<DbWatch>,
     /// This service's replica id: its leases carry it.
     pub(crate) replica: ReplicaId,
+    /// Shared with the replica watcher (`lib.rs`).
+    pub(crate) presence: Arc<Presence>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -126,14 +129,14 @@ pub(crate) fn spawn(config: &Config, counters: Arc<Counters>, relay: Arc<Notify>
         .name("payment-writer".into())
         .spawn(move || match Writer::open(&config, counters, thread_stop, relay) {
             Ok(mut writer) => {
-                let _ = ready_tx.send(Ok((Arc::clone(&writer.watch), writer.liveness.id)));
+                let _ = ready_tx.send(Ok((Arc::clone(&writer.watch), Arc::clone(&writer.presence))));
                 writer.run(rx);
             }
             // The writer (and with it the lock) is gone before this is sent.
             Err(e) => drop(ready_tx.send(Err(e))),
         })
         .context("cannot start the writer thread")?;
-    let (watch, replica) = ready_rx
+    let (watch, presence) = ready_rx
         .recv_timeout(Duration::from_millis(STARTUP_MS_MAX))
         .map_err(|e| {
             stop.store(true, Ordering::SeqCst);
@@ -145,7 +148,8 @@ pub(crate) fn spawn(config: &Config, counters: Arc<Counters>, relay: Arc<Notify>
     Ok(WriterHandle {
         queue,
         watch,
-        replica,
+        replica: presence.id(),
+        presence,
         stop,
         thread: Some(thread),
     })
@@ -202,9 +206,8 @@ struct Writer {
     outbox: bool,
     /// Woken after a COMMIT that made events pending, so the relay need not poll.
     relay: Arc<Notify>,
-    // Last, so they are released after the connection closes.
-    liveness: Liveness,
-    _lock: DbLock,
+    // Last, so it is released after the connection closes.
+    presence: Arc<Presence>,
 }
 
 impl Writer {
@@ -221,16 +224,10 @@ impl Writer {
         } else {
             Sharing::Exclusive
         };
-        let lock = DbLock::acquire(&config.db, sharing)?;
-        let liveness = Liveness::take(&config.db)?;
-        let db = config.db.display();
-        generation::remove_leftovers(&config.db)
-            .with_context(|| format!("cannot remove what an interrupted DELETE left next to {db}"))?;
-        let conn = store::open_writer(&config.db, config.synchronous)
-            .with_context(|| format!("cannot open the database {db}"))?;
-        let watch = DbWatch::record(&config.db).with_context(|| format!("cannot stat the database {db}"))?;
-        let expired = expire_dead_replicas(&conn, &config.db, liveness.id)
-            .with_context(|| format!("cannot update the database {db}"))?;
+        let (conn, watch, presence) = open_database(config, sharing)?;
+        let db = describe(&config.db);
+        let expired =
+            expire_dead_replicas(&conn, &presence).with_context(|| format!("cannot update the database {db}"))?;
         if expired > 0 {
             tracing::warn!(
                 keys = expired,
@@ -248,10 +245,9 @@ impl Writer {
             counters,
             stop,
             sharing,
-            liveness,
+            presence: Arc::new(presence),
             outbox: config.notify == NotifyMode::Outbox,
             relay,
-            _lock: lock,
         })
     }
 
@@ -296,14 +292,14 @@ impl Writer {
     /// dead later. If the leases cannot be expired, the file stays: the next
     /// replica to start (or a running one) finds it unlocked and does it.
     fn release_own_leases(&mut self) {
-        let me = self.liveness.id;
+        let me = self.presence.id();
         let expired = connection(&mut self.conn).and_then(|conn| store::expire_leases_of(conn, &[me.as_i64()]));
         match expired {
             Ok(keys) => {
                 if keys > 0 {
                     tracing::info!(keys, "keys this replica left in flight are free for their retries");
                 }
-                self.liveness.remove();
+                self.presence.remove();
             }
             Err(e) => tracing::warn!(error = %e, "cannot expire this replica's leases; the next start will"),
         }
@@ -315,6 +311,7 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
+        self.reconnect_if_broken();
         let cpu_started = thread_cpu_ns();
         let clock = Clock {
             now_ms: clock::now_ms(),
@@ -364,7 +361,11 @@ impl Writer {
     fn execute(&mut self, batch: &[Op], clock: Clock) -> Result<Vec<Result<Done, DbError>>, DbError> {
         match self.run_batch(batch, clock, false) {
             Err(Attempt::Partial) => {
-                tracing::warn!("a request failed after writing: the batch runs again with a savepoint per request");
+                if connection(&mut self.conn)?.errors_abort_transaction() {
+                    tracing::debug!("a request failed: the batch runs again with a savepoint per request");
+                } else {
+                    tracing::warn!("a request failed after writing: the batch runs again with a savepoint per request");
+                }
                 self.run_batch(batch, clock, true).map_err(Attempt::into_error)
             }
             other => other.map_err(Attempt::into_error),
@@ -380,6 +381,7 @@ impl Writer {
         savepoints: bool,
     ) -> Result<Vec<Result<Done, DbError>>, Attempt> {
         let tx = Tx::begin(connection(&mut self.conn)?)?;
+        tx.conn.set_careful(savepoints);
         let mut results = Vec::with_capacity(batch.len());
         let mut figures = Delta::default();
         for op in batch {
@@ -404,13 +406,14 @@ impl Writer {
     /// Deletes the whole ledger: a fresh database file swapped in (O(1)),
     /// or, where that cannot be done, every row deleted in place.
     fn wipe(&mut self, reply: Reply<Wiped>, pools: &[Arc<Readers>]) {
+        self.reconnect_if_broken();
         // Replicas never swap: another one may open the file at any moment,
         // and would find its WAL gone under it. One transaction in place is
         // safe with any number of them (O(n): slow on a large ledger).
         let result = self.watch.check().and_then(|()| {
-            let swapped = match self.sharing {
-                Sharing::Exclusive => self.swap_in_fresh_file(pools)?,
-                Sharing::Replica => None,
+            let swapped = match (self.sharing, self.conn.as_ref().map(Connection::dialect)) {
+                (Sharing::Exclusive, Some(Dialect::Sqlite)) => self.swap_in_fresh_file(pools)?,
+                _ => None,
             };
             match swapped {
                 Some(wiped) => Ok(wiped),
@@ -469,14 +472,33 @@ impl Writer {
         }
     }
 
+    /// PostgreSQL: a connection the server closed (a restart, the network)
+    /// is replaced before the next batch. The batch that met the break was
+    /// refused (503) and nothing of it committed; if the new connection
+    /// cannot be opened either, the next batch is refused the same way.
+    fn reconnect_if_broken(&mut self) {
+        if crate::config::postgres_url(&self.db).is_none() || self.conn.as_ref().is_some_and(|c| !c.is_broken()) {
+            return;
+        }
+        self.conn = None;
+        match store::open_writer(&self.db, self.synchronous) {
+            Ok(conn) => {
+                tracing::warn!("the connection to PostgreSQL was lost; the writer reconnected");
+                self.conn = Some(conn);
+            }
+            Err(e) => tracing::error!(error = %e, "the connection to PostgreSQL is lost; will try again"),
+        }
+    }
+
     /// Closes the writer's connection (the last one of this service on the
     /// file: SQLite checkpoints and removes the WAL).
     fn close(&mut self) -> DbResult<()> {
         if let Some(conn) = self.conn.take()
-            && let Err((conn, e)) = conn.close()
+            && let Err(failed) = conn.close()
         {
+            let (conn, e) = *failed;
             self.conn = Some(conn);
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
     }
@@ -508,12 +530,48 @@ impl Writer {
 /// Expires the leases of the replicas of `db` that are dead (nobody holds
 /// their liveness lock; leases without a replica too), then forgets them.
 /// Blocking: the writer thread at start-up. Returns the keys expired.
-fn expire_dead_replicas(conn: &Connection, db: &std::path::Path, me: ReplicaId) -> anyhow::Result<usize> {
-    let dead = db_lock::dead_replicas(db, me).context("cannot look for dead replicas")?;
-    let ids: Vec<i64> = dead.iter().map(|d| d.id.as_i64()).collect();
-    let expired = store::expire_leases_of(conn, &ids)?;
-    dead.into_iter().for_each(db_lock::DeadReplica::forget);
-    Ok(expired)
+fn expire_dead_replicas(conn: &Connection, presence: &Presence) -> anyhow::Result<usize> {
+    let dead = presence.dead().context("cannot look for dead replicas")?;
+    let ids: Vec<i64> = dead.ids().iter().map(|id| id.as_i64()).collect();
+    match store::expire_leases_of(conn, &ids) {
+        Ok(expired) => {
+            presence.forget(dead);
+            Ok(expired)
+        }
+        Err(e) => {
+            presence.release(dead);
+            Err(e.into())
+        }
+    }
+}
+
+/// The database as the writer needs it: its presence (the database's lock
+/// and this replica's liveness), its connection, and what watches the file
+/// (nothing for PostgreSQL). Blocking: the writer thread.
+fn open_database(config: &Config, sharing: Sharing) -> anyhow::Result<(Connection, DbWatch, Presence)> {
+    let db = describe(&config.db);
+    if crate::config::postgres_url(&config.db).is_some() {
+        // The schema first: the presence's row lives in `replicas`.
+        let conn = store::open_writer(&config.db, config.synchronous)
+            .with_context(|| format!("cannot open the database {db}"))?;
+        let presence = Presence::take(&config.db, sharing)?;
+        return Ok((conn, DbWatch::unwatched(&config.db), presence));
+    }
+    let presence = Presence::take(&config.db, sharing)?;
+    generation::remove_leftovers(&config.db)
+        .with_context(|| format!("cannot remove what an interrupted DELETE left next to {db}"))?;
+    let conn =
+        store::open_writer(&config.db, config.synchronous).with_context(|| format!("cannot open the database {db}"))?;
+    let watch = DbWatch::record(&config.db).with_context(|| format!("cannot stat the database {db}"))?;
+    Ok((conn, watch, presence))
+}
+
+/// The database for messages: a path, or a URL without its password.
+pub(crate) fn describe(db: &std::path::Path) -> String {
+    match crate::config::postgres_url(db) {
+        Some(url) => crate::pg::redact(url),
+        None => db.display().to_string(),
+    }
 }
 
 /// The writer's connection, unless a DELETE failed between closing the old
@@ -534,7 +592,7 @@ fn run_op(
 ) -> Result<Result<Done, DbError>, Attempt> {
     let changes = conn.total_changes();
     if savepoints {
-        conn.prepare_cached("SAVEPOINT op")?.execute([])?;
+        conn.prepare_cached("SAVEPOINT op")?.execute(())?;
     }
     let mut delta = Delta::default();
     let result = op.run(conn, clock, &mut delta);
@@ -548,14 +606,18 @@ fn run_op(
         ));
     }
     match (&result, savepoints) {
-        // The caller drops the transaction: rolled back.
-        (Err(_), false) if conn.total_changes() != changes => return Err(Attempt::Partial),
-        (Err(_), true) => conn.prepare_cached("ROLLBACK TO op")?.execute([]).map(drop)?,
+        // The caller drops the transaction: rolled back. On PostgreSQL any
+        // failure: the transaction may be aborted, and there is no change
+        // count to tell whether the request wrote before it failed.
+        (Err(_), false) if conn.errors_abort_transaction() || conn.total_changes() != changes => {
+            return Err(Attempt::Partial);
+        }
+        (Err(_), true) => conn.prepare_cached("ROLLBACK TO op")?.execute(()).map(drop)?,
         (Ok(_), _) => *figures += delta,
         (Err(_), false) => {}
     }
     if savepoints {
-        conn.prepare_cached("RELEASE op")?.execute([])?;
+        conn.prepare_cached("RELEASE op")?.execute(())?;
     }
     Ok(result)
 }
@@ -568,13 +630,24 @@ struct Tx<'c> {
 }
 
 impl<'c> Tx<'c> {
-    fn begin(conn: &'c Connection) -> rusqlite::Result<Tx<'c>> {
-        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    /// SQLite: `BEGIN IMMEDIATE` takes the file's write lock. PostgreSQL:
+    /// the ledger's write lock (see `pg::lock_ledger_for_write`), so writes
+    /// of replicas run one transaction at a time as on SQLite.
+    fn begin(conn: &'c Connection) -> DbResult<Tx<'c>> {
+        match conn.dialect() {
+            Dialect::Sqlite => conn.prepare_cached("BEGIN IMMEDIATE")?.execute(()).map(drop)?,
+            Dialect::Postgres => {
+                conn.prepare_cached("BEGIN")?.execute(())?;
+                let tx = Tx { conn, open: true };
+                pg::lock_ledger_for_write(conn)?;
+                return Ok(tx);
+            }
+        }
         Ok(Tx { conn, open: true })
     }
 
-    fn commit(mut self) -> rusqlite::Result<()> {
-        self.conn.prepare_cached("COMMIT")?.execute([])?;
+    fn commit(mut self) -> DbResult<()> {
+        self.conn.prepare_cached("COMMIT")?.execute(())?;
         self.open = false;
         Ok(())
     }
@@ -582,7 +655,7 @@ impl<'c> Tx<'c> {
 
 impl Drop for Tx<'_> {
     fn drop(&mut self) {
-        if self.open && !self.conn.is_autocommit() {
+        if self.open && (self.conn.errors_abort_transaction() || !self.conn.is_autocommit()) {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }

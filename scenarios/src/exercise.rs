@@ -161,6 +161,7 @@ pub async fn play_ladder(settings: &Settings, solution: Option<u8>) -> anyhow::R
         exe: settings.exe.clone(),
         observer: None,
         outside: settings.outside.clone(),
+        db_url: settings.db_url.clone(),
     };
     let mut results = Vec::new();
     let mut stopped = false;

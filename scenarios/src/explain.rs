@@ -312,6 +312,7 @@ pub async fn run(ask: Ask) -> anyhow::Result<bool> {
         exe: std::env::current_exe()?,
         observer: None,
         outside: None,
+        db_url: None,
     };
     let (outcome, evidence) = play_and_collect(&ask.lesson, settings, ask.choice).await?;
     let steps = story::steps(&evidence);

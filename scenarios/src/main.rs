@@ -62,6 +62,11 @@ struct PlayArgs {
     /// With --service-url: the shell command that starts it, so lessons that kill it can run
     #[arg(long, value_name = "CMD", global = true, requires = "service_url")]
     service_cmd: Option<String>,
+    /// Play every lesson against PostgreSQL: each lesson's service runs on a fresh
+    /// database of this server (postgres://USER@HOST:PORT/DB, a user that may create
+    /// databases; `.ci/postgres.sh start` prints one)
+    #[arg(long, value_name = "URL", global = true, conflicts_with = "service_url")]
+    db_url: Option<String>,
 }
 
 impl PlayArgs {
@@ -76,6 +81,7 @@ impl PlayArgs {
             pause: self.pause,
             live: self.live,
             outside: None,
+            db_url: self.db_url.clone(),
         }
     }
 

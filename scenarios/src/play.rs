@@ -5,7 +5,7 @@
 //! history and reconciliation. The runner never opens the database.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,9 @@ pub struct Settings {
     /// Told when a lesson's parts are up and when it is judged (progress
     /// line, `explain`, the live page).
     pub observer: Option<Observer>,
+    /// `--db-url`: a PostgreSQL server's admin URL; each lesson's service
+    /// then runs on a fresh database of its own there instead of a file.
+    pub db_url: Option<String>,
 }
 
 /// The time the judge may spend reading the service and the proxy,
@@ -197,6 +200,17 @@ impl Stage<'_> {
     }
 }
 
+/// The lesson's database: a file in its directory, or with `--db-url` a
+/// fresh PostgreSQL database named after the lesson and its seed.
+async fn lesson_database(settings: &Settings, dir: &Path, name: &str, seed: u64) -> anyhow::Result<PathBuf> {
+    let Some(admin) = settings.db_url.clone() else {
+        return Ok(dir.join("payments.db"));
+    };
+    let name = format!("lesson_{name}_{seed:x}");
+    let url = tokio::task::spawn_blocking(move || payment_service::fresh_database(&admin, &name)).await??;
+    Ok(PathBuf::from(url))
+}
+
 pub async fn play(s: &Scenario, settings: &Settings) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let seed = scenario_seed(settings.seed, &s.name);
@@ -263,7 +277,7 @@ async fn start_parts(
         }
         _ => None,
     };
-    let db = dir.join("payments.db");
+    let db = lesson_database(settings, dir, &s.name, seed).await?;
     let mut replicas = Vec::with_capacity(s.replicas);
     for n in 0..s.replicas {
         // Each replica its own crash dice.

@@ -46,6 +46,8 @@ pub struct Run {
     pub live: Option<std::net::SocketAddr>,
     /// A service this runner did not start (`--service-url`).
     pub outside: Option<Arc<Outside>>,
+    /// `--db-url`: every lesson on a fresh PostgreSQL database of that server.
+    pub db_url: Option<String>,
 }
 
 /// The settings every lesson of `run` shares.
@@ -60,6 +62,7 @@ pub fn settings(run: &Run, observer: Option<Observer>) -> anyhow::Result<Setting
         exe: std::env::current_exe()?,
         observer,
         outside: run.outside.clone(),
+        db_url: run.db_url.clone(),
     })
 }
 
@@ -95,6 +98,9 @@ pub fn reproduce(run: &Run) -> String {
     }
     if let Some(outside) = &run.outside {
         words.extend(outside.flags().iter().map(|w| shell_word(w)));
+    }
+    if let Some(url) = &run.db_url {
+        words.extend(["--db-url".into(), shell_word(url)]);
     }
     words.join(" ")
 }
@@ -275,6 +281,7 @@ mod tests {
             pause: true,
             live: None,
             outside: None,
+            db_url: None,
         }
     }
 
@@ -292,6 +299,14 @@ mod tests {
         assert_eq!(
             reproduce(&run(names, Some("/tmp/cat"))),
             "scenarios run at-most-once exactly-once --payments 30 --seed 7 --catalog /tmp/cat"
+        );
+        let on_postgres = Run {
+            db_url: Some("postgres://u@127.0.0.1:5432/admin".into()),
+            ..run(Selection::All, None)
+        };
+        assert_eq!(
+            reproduce(&on_postgres),
+            "scenarios run --all --payments 30 --seed 7 --db-url postgres://u@127.0.0.1:5432/admin"
         );
     }
 }

@@ -101,27 +101,30 @@ fn fill_request(i: u64) -> PaymentRequest {
 
 /// Writes `n` keyed payments (`fill-{i}`) through the writer's own code path.
 fn fill(path: &Path, n: u64) -> anyhow::Result<()> {
-    let mut conn = store::open_writer(path, Synchronous::Normal)?;
-    conn.pragma_update(None, "synchronous", "OFF")?;
+    let conn = store::open_writer(path, Synchronous::Normal)?;
+    conn.execute_batch("PRAGMA synchronous = OFF")?;
     let now_ms = clock::now_ms();
     let mut next_report = n / 10;
     let mut i = 0;
     while i < n {
-        let tx = conn.transaction()?;
+        conn.execute_batch("BEGIN")?;
+        let tx = &conn;
         let mut figures = totals::Delta::default();
         for j in i..(i + FILL_TX_ROWS).min(n) {
             let times = (store::Book::at(now_ms), FILL_RETENTION_MS);
-            store::pay_keyed(&tx, &fill_request(j), &format!("fill-{j}"), times, &mut figures)?;
+            store::pay_keyed(tx, &fill_request(j), &format!("fill-{j}"), times, &mut figures)?;
         }
-        totals::add(&tx, &figures)?;
-        tx.commit()?;
+        totals::add(tx, &figures)?;
+        conn.execute_batch("COMMIT")?;
         i = (i + FILL_TX_ROWS).min(n);
         if i >= next_report && i < n {
             eprintln!("  ... {i} of {n} payments written");
             next_report += n / 10;
         }
     }
-    conn.close().map_err(|(_, e)| e).context("closing the filled ledger")?;
+    conn.close()
+        .map_err(|failed| failed.1)
+        .context("closing the filled ledger")?;
     Ok(())
 }
 

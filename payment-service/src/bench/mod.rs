@@ -9,6 +9,7 @@
 //! (3) replays of answered keys; and, with `--ledger N`, (4) what the
 //! operations around the write path cost with N payments already stored.
 
+mod backends;
 mod http;
 mod ledger;
 
@@ -49,6 +50,11 @@ pub struct BenchArgs {
     /// GET /payments?key=, /audit and DELETE /payments at that size
     #[arg(long, value_name = "N")]
     ledger: Option<u64>,
+    /// Also measure PostgreSQL (an admin URL: fresh databases are created
+    /// there) next to SQLite, with one and three replicas, and pgbench's
+    /// single-row INSERT ceiling at the same concurrencies
+    #[arg(long, value_name = "URL")]
+    db_url: Option<String>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -78,6 +84,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     write_path(&args, scratch.path(), raw.per_s).await?;
     if let Some(n) = args.ledger {
         ledger::run(scratch.path(), n, args.synchronous).await?;
+    }
+    if let Some(url) = &args.db_url {
+        let load = (args.payments, args.concurrency.as_slice());
+        backends::run(url, scratch.path(), load, args.synchronous).await?;
     }
     println!();
     println!("machine at the end: {}", machine_load());

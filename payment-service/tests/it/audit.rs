@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::raw::{Raw, no_mallory_trigger};
 use payment_service::{Config, DedupMode};
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::{BODY, TestApp, WAIT, db_path, spawn_app, spawn_app_in};
@@ -14,10 +14,7 @@ use crate::{BODY, TestApp, WAIT, db_path, spawn_app, spawn_app_in};
 /// Stops the service, runs `sql` on its database, restarts it with `configure`.
 async fn restart_with(app: TestApp, sql: &str, configure: impl FnOnce(&mut Config)) -> TestApp {
     let dir = app.stop_keeping_dir().await;
-    Connection::open(db_path(&dir))
-        .expect("open")
-        .execute_batch(sql)
-        .expect("edit");
+    Raw::open(&db_path(&dir)).execute_batch(sql);
     spawn_app_in(dir, configure).await
 }
 
@@ -71,8 +68,7 @@ async fn maintained_figures_equal_the_audit_after_a_mixed_workload() {
     assert_eq!(app.pay(Some("a"), TO_CAROL).await.status(), 422); // key reused
     assert_eq!(app.pay(None, TO_CAROL).await.status(), 201);
     // A payment the ledger refuses (a rule added to the schema) changes nothing.
-    let trigger = "CREATE TRIGGER no_mallory BEFORE INSERT ON payments WHEN NEW.src = 'mallory'
-                   BEGIN SELECT RAISE(ABORT, 'mallory may not pay'); END;";
+    let trigger = no_mallory_trigger();
     let app = restart_with(app, trigger, |c| c.dedup = DedupMode::Off).await;
     assert_eq!(app.pay(Some("m"), MALLORY).await.status(), 422);
     // Dedup off: a retry pays again, and an old key gets a second payment.
@@ -186,11 +182,9 @@ INSERT INTO idempotency_keys (idem_key, fingerprint, state, lock_owner, locked_u
 
 #[tokio::test]
 async fn a_database_of_the_previous_version_is_brought_up_to_date_at_start() {
+    crate::sqlite_only!("a file of SQLite's older schema; a PostgreSQL database starts at the current one");
     let dir = tempfile::tempdir().expect("temp dir");
-    Connection::open(db_path(&dir))
-        .expect("open")
-        .execute_batch(PREVIOUS_SCHEMA)
-        .expect("an old database");
+    Raw::open(&db_path(&dir)).execute_batch(PREVIOUS_SCHEMA);
     let app = spawn_app_in(dir, |_| {}).await;
     let stats = app.stats().await;
     let expected = json!({
@@ -233,10 +227,7 @@ async fn the_audit_subcommand_audits_a_file_and_exits_with_its_verdict() {
     let dir = app.stop_keeping_dir().await;
     let (status, report) = audit_command(&db_path(&dir));
     assert_eq!((status, report["recomputed"]["payments"].as_i64()), (0, Some(2)));
-    Connection::open(db_path(&dir))
-        .unwrap()
-        .execute_batch("UPDATE ledger_totals SET duplicate_keys = 1")
-        .unwrap();
+    Raw::open(&db_path(&dir)).execute_batch("UPDATE ledger_totals SET duplicate_keys = 1");
     let (status, report) = audit_command(&db_path(&dir));
     assert_eq!((status, &report["verdict"]), (1, &json!("disagree")), "{report:#}");
     let (status, _) = audit_command(&dir.path().join("missing.db"));

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use payment_service::DedupMode;
-use rusqlite::Connection;
 use serde_json::Value;
 
 use crate::outbox::{events_and_payments, outbox_to};
@@ -89,13 +88,7 @@ async fn one_refused_item_stores_nothing_of_the_batch() {
     let receiver = FakeReceiver::start().await;
     let app = spawn_app(outbox_to(&receiver.url())).await;
     let dir = app.stop_keeping_dir().await;
-    Connection::open(db_path(&dir))
-        .unwrap()
-        .execute_batch(
-            "CREATE TRIGGER no_mallory BEFORE INSERT ON payments WHEN NEW.src = 'mallory'
-             BEGIN SELECT RAISE(ABORT, 'mallory may not pay'); END;",
-        )
-        .unwrap();
+    crate::raw::Raw::open(&db_path(&dir)).execute_batch(crate::raw::no_mallory_trigger());
     let app = spawn_app_in(dir, outbox_to(&receiver.url())).await;
     let items = [("a", "bianca", "1"), ("b", "mallory", "1"), ("c", "carol", "1")];
     for _ in 0..2 {

@@ -89,7 +89,7 @@ impl Drop for ServiceProcess {
 #[tokio::test]
 async fn crash_after_commit_then_restart_the_retry_replays() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crash.db");
+    let db = crate::db_at(&dir, "crash.db");
     let mut doomed = start(&db, &["--crash-after-commit", "1"]);
     let lost_ack = doomed.pay("crash-1").await;
     assert!(lost_ack.is_err(), "the process must die before answering: {lost_ack:?}");
@@ -118,7 +118,7 @@ async fn crash_after_commit_then_restart_the_retry_replays() {
 #[tokio::test]
 async fn crash_before_commit_then_restart_the_retry_executes() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crash.db");
+    let db = crate::db_at(&dir, "crash.db");
     let mut doomed = start(&db, &["--crash-before-commit", "1"]);
     assert!(doomed.pay("crash-2").await.is_err());
     assert!(!doomed.wait_exit().success());
@@ -135,7 +135,7 @@ async fn crash_before_commit_then_restart_the_retry_executes() {
 #[tokio::test]
 async fn a_key_left_in_flight_by_a_dead_process_is_taken_over_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crash.db");
+    let db = crate::db_at(&dir, "crash.db");
     // With a processing delay the key is claimed (committed) first; the crash
     // then hits the second commit, leaving the key in flight on disk.
     let mut doomed = start(
@@ -176,7 +176,7 @@ async fn crash_injection_is_replayable_with_a_seed() {
     let mut crashed_at = Vec::new();
     for _ in 0..2 {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("seeded.db");
+        let db = crate::db_at(&dir, "seeded.db");
         let mut service = start(&db, &["--crash-after-commit", "0.3", "--seed", "42"]);
         let mut n = 0;
         loop {
@@ -210,7 +210,7 @@ async fn outbox_until(service: &ServiceProcess, done: impl Fn(&serde_json::Value
 async fn the_relay_killed_between_send_and_mark_sends_again_after_restart() {
     let receiver = FakeReceiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("relay.db");
+    let db = crate::db_at(&dir, "relay.db");
     let url = receiver.url();
     let mut doomed = start(&db, &["--receipts-url", &url, "--crash-relay-after-send", "1"]);
     // The answer may or may not beat the crash: the payment committed either way.
@@ -243,7 +243,7 @@ async fn with_the_outbox_a_crash_at_either_commit_point_keeps_payment_and_event_
     let receiver = FakeReceiver::start().await;
     let url = receiver.url();
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("outbox.db");
+    let db = crate::db_at(&dir, "outbox.db");
     let mut doomed = start(&db, &["--receipts-url", &url, "--crash-before-commit", "1"]);
     assert!(doomed.pay("before").await.is_err());
     assert!(!doomed.wait_exit().success());
@@ -271,7 +271,7 @@ async fn after_commit_loses_the_receipt_when_the_process_dies_between_commit_and
     let receiver = FakeReceiver::start().await;
     let url = receiver.url();
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("dual.db");
+    let db = crate::db_at(&dir, "dual.db");
     let notify = ["--receipts-url", url.as_str(), "--notify", "after-commit"];
     let mut doomed = start(&db, &[&notify[..], &["--crash-after-commit", "1"]].concat());
     assert!(doomed.pay("dual").await.is_err());

@@ -10,6 +10,7 @@ use crate::{BODY, WAIT, assert_problem, db_path, spawn_app};
 
 #[tokio::test]
 async fn a_database_file_removed_or_renamed_under_the_service_is_never_acknowledged_again() {
+    crate::sqlite_only!("a SQLite file removed or renamed under the service (PostgreSQL has no file of ours)");
     for (change, writes_first) in [("rename", true), ("remove", true), ("rename", false)] {
         let app = spawn_app(|_| {}).await;
         assert_eq!(app.pay(Some("before"), BODY).await.status(), 201);
@@ -77,6 +78,7 @@ async fn a_second_service_on_the_same_database_refuses_to_start_and_says_why() {
 
 #[tokio::test]
 async fn a_failed_start_leaves_no_writer_behind() {
+    crate::sqlite_only!("a SQLite file that is not a database, and its lock file");
     let dir = tempfile::tempdir().expect("dir");
     let db = db_path(&dir);
     std::fs::write(&db, vec![b'x'; 4096]).expect("garbage");

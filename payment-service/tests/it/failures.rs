@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use crate::raw::{Raw, no_mallory_trigger};
 use payment_service::{Config, DedupMode};
-use rusqlite::Connection;
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -15,22 +15,12 @@ use crate::{BODY, TestApp, assert_problem, db_path, header, spawn_app, spawn_app
 /// Stops the service, changes its database behind its back, restarts it.
 async fn edit_offline(app: TestApp, sql: &str, configure: impl FnOnce(&mut Config)) -> TestApp {
     let dir = app.stop_keeping_dir().await;
-    Connection::open(db_path(&dir))
-        .expect("open")
-        .execute_batch(sql)
-        .expect("edit");
+    Raw::open(&db_path(&dir)).execute_batch(sql);
     spawn_app_in(dir, configure).await
 }
 
 fn balances(dir: &TempDir) -> Vec<(String, i64)> {
-    Connection::open(db_path(dir))
-        .expect("open")
-        .prepare("SELECT name, balance_minor FROM accounts ORDER BY name")
-        .expect("prepare")
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("query")
-        .collect::<rusqlite::Result<_>>()
-        .expect("rows")
+    Raw::open(&db_path(dir)).pairs("SELECT name, balance_minor FROM accounts ORDER BY name")
 }
 
 /// A refusal that would repeat: 422 with the given type, no Retry-After.
@@ -95,8 +85,7 @@ async fn a_payment_that_would_overflow_a_balance_is_a_422_every_time_and_stores_
 async fn a_payment_the_ledger_refuses_is_a_422_that_repeats_and_stores_nothing() {
     let app = spawn_app(|_| {}).await;
     assert_eq!(app.pay(Some("first"), BODY).await.status(), 201);
-    let trigger = "CREATE TRIGGER no_mallory BEFORE INSERT ON payments WHEN NEW.src = 'mallory'
-                   BEGIN SELECT RAISE(ABORT, 'mallory may not pay'); END;";
+    let trigger = no_mallory_trigger();
     let mallory = r#"{"src": "mallory", "dest": "marc", "amount": "1"}"#;
     let app = edit_offline(app, trigger, |c| c.dedup = DedupMode::Off).await;
     for key in [Some("m"), Some("m"), None] {
@@ -133,8 +122,8 @@ async fn a_payment_the_ledger_refuses_is_a_422_that_repeats_and_stores_nothing()
 async fn a_busy_database_is_a_503_with_retry_after_and_the_retry_succeeds() {
     let app = spawn_app(|_| {}).await;
     // Another connection holds the write lock past the writer's busy timeout.
-    let holder = Connection::open(db_path(&app.dir)).expect("open");
-    holder.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let mut holder = Raw::open(&db_path(&app.dir));
+    holder.hold_write_lock();
     let response = app.pay(Some("busy"), BODY).await;
     assert_eq!(header(&response, "retry-after"), Some("1"));
     let problem = assert_problem(response, 503, "temporarily-unavailable").await;
@@ -142,7 +131,7 @@ async fn a_busy_database_is_a_503_with_retry_after_and_the_retry_succeeds() {
         problem["detail"].as_str().is_some_and(|d| d.contains("busy")),
         "{problem}"
     );
-    holder.execute_batch("ROLLBACK").expect("unlock");
+    holder.release_write_lock();
     let retry = app.pay(Some("busy"), BODY).await;
     assert_eq!(retry.status(), 201);
     assert_eq!(header(&retry, "idempotent-replayed"), Some("false"));

@@ -117,7 +117,7 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test]
 async fn the_in_flight_bound_holds_until_the_work_is_done_even_when_clients_leave() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut config = Config::new(dir.path().join("p.db"));
+    let mut config = Config::new(crate::db_at(&dir, "p.db"));
     // Long enough that the clients are long gone before the work ends.
     config.processing_delay = Duration::from_millis(2000);
     let service = Service::open(config).await.expect("service");

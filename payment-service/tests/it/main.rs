@@ -1,6 +1,12 @@
 //! Integration tests: the real service on a real port (127.0.0.1:0) with a
 //! real SQLite file in a temporary directory, driven by reqwest. One test
 //! binary with modules, so the crate is linked once.
+//!
+//! With `EO_TEST_POSTGRES_URL` set (a server's admin URL, as
+//! `.ci/postgres.sh start` prints), the same tests run against PostgreSQL:
+//! every database a test names ([`db_at`], [`db_path`]) is a fresh database
+//! of its own on that server, and the tests that are about SQLite by nature
+//! (its file, its locks, its WAL) skip themselves with the reason.
 
 mod audit;
 mod bad_input;
@@ -17,6 +23,8 @@ mod lookup;
 mod memory;
 mod metrics;
 mod outbox;
+mod pg_backend;
+mod raw;
 mod receiver;
 mod relay_rate;
 mod replays;
@@ -53,7 +61,95 @@ pub async fn spawn_app(configure: impl FnOnce(&mut Config)) -> TestApp {
 
 /// The database file of a test service in `dir`.
 pub fn db_path(dir: &TempDir) -> std::path::PathBuf {
-    dir.path().join("payments.db")
+    db_at(dir, "payments.db")
+}
+
+/// The environment variable that selects PostgreSQL for the suite.
+pub const POSTGRES_ENV: &str = "EO_TEST_POSTGRES_URL";
+
+/// The PostgreSQL server's admin URL when the suite runs against PostgreSQL.
+pub fn postgres_admin() -> Option<String> {
+    std::env::var(POSTGRES_ENV).ok().filter(|url| !url.is_empty())
+}
+
+/// The database `name` of the test that owns `dir`: the file `dir/name`, or
+/// under [`POSTGRES_ENV`] a fresh PostgreSQL database named after both,
+/// created on first use and dropped when the test binary exits.
+pub fn db_at(dir: &TempDir, name: &str) -> std::path::PathBuf {
+    let Some(admin) = postgres_admin() else {
+        return dir.path().join(name);
+    };
+    let tag: String = format!(
+        "{}_{name}",
+        dir.path().file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    )
+    .chars()
+    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+    .collect();
+    let db = format!("t{tag}");
+    let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
+    if created.is_empty() {
+        // SAFETY: atexit(3) registers a function without arguments; it runs
+        // once, when the test binary exits.
+        unsafe { libc::atexit(drop_test_databases) };
+    }
+    if !created.contains(&db) {
+        let (url, name) = (admin.clone(), db.clone());
+        // The synchronous client has a runtime of its own: not on a thread
+        // that drives async tasks.
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls)
+                .expect("the PostgreSQL server of EO_TEST_POSTGRES_URL");
+            client
+                .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                .expect("CREATE DATABASE");
+        })
+        .join()
+        .expect("database created");
+        created.push(db.clone());
+    }
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+    std::path::PathBuf::from(format!("{base}/{db}"))
+}
+
+/// The PostgreSQL databases this run created.
+static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Drops this run's databases when the test binary exits (`atexit`), so a
+/// run against a long-lived server leaves nothing behind. Best effort: a
+/// failure is reported, never a panic (which would abort in `atexit`).
+extern "C" fn drop_test_databases() {
+    let dropped = std::panic::catch_unwind(|| {
+        let (Some(admin), Ok(created)) = (postgres_admin(), CREATED.lock()) else {
+            return 0;
+        };
+        let Ok(mut client) = postgres::Client::connect(&admin, postgres::NoTls) else {
+            return 0;
+        };
+        created
+            .iter()
+            .filter(|db| {
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                    .is_ok()
+            })
+            .count()
+    });
+    if dropped.is_err() {
+        eprintln!("could not drop the test databases of {POSTGRES_ENV}");
+    }
+}
+
+/// Skips the rest of a test that is about SQLite by nature when the suite
+/// runs against PostgreSQL, saying why.
+#[macro_export]
+macro_rules! sqlite_only {
+    ($why:expr) => {
+        if $crate::postgres_admin().is_some() {
+            eprintln!("skipped on PostgreSQL: {}", $why);
+            return;
+        }
+    };
 }
 
 /// Starts the service on the database in `dir` (a restart when it exists).

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::raw::Raw;
 use payment_service::{Config, DedupMode};
-use rusqlite::Connection;
 use serde_json::json;
 
 use crate::audit::assert_agrees;
@@ -19,8 +19,8 @@ fn memory(c: &mut Config) {
 /// The database never learned about keys: no key rows, no UNIQUE key column;
 /// the key is on each payment, for the judge.
 fn assert_no_key_rows(db: &Path, payments: i64) {
-    let conn = Connection::open(db).unwrap();
-    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    let mut conn = Raw::open(db);
+    let mut count = |sql: &str| conn.count(sql);
     assert_eq!(count("SELECT count(*) FROM idempotency_keys"), 0);
     assert_eq!(count("SELECT count(*) FROM payments WHERE dedup_key IS NOT NULL"), 0);
     assert_eq!(

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::raw::{Raw, no_mallory_trigger};
 use payment_service::{Config, NotifyMode};
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::receiver::{Answer, FakeReceiver, free_addr, outbox_until};
@@ -29,8 +29,8 @@ fn body(src: &str, amount: &str) -> String {
 /// Events and payments of the file, read after the service stopped:
 /// (payments, events, payments without an event, events without a payment).
 pub fn events_and_payments(dir: &tempfile::TempDir) -> (i64, i64, i64, i64) {
-    let conn = Connection::open(db_path(dir)).expect("open");
-    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+    let mut conn = Raw::open(&db_path(dir));
+    let mut count = |sql: &str| conn.count(sql);
     (
         count("SELECT count(*) FROM payments"),
         count("SELECT count(*) FROM outbox"),
@@ -272,13 +272,7 @@ async fn an_event_exists_if_and_only_if_its_payment_does() {
     let dir = app.stop_keeping_dir().await;
     assert_eq!(events_and_payments(&dir), (2, 2, 0, 0));
     // A payment the ledger refuses leaves no event either.
-    Connection::open(db_path(&dir))
-        .unwrap()
-        .execute_batch(
-            "CREATE TRIGGER no_mallory BEFORE INSERT ON payments WHEN NEW.src = 'mallory'
-             BEGIN SELECT RAISE(ABORT, 'mallory may not pay'); END;",
-        )
-        .unwrap();
+    Raw::open(&db_path(&dir)).execute_batch(no_mallory_trigger());
     let app = spawn_app_in(dir, outbox_to(&receiver.url())).await;
     assert_eq!(app.pay(Some("m"), &body("mallory", "1")).await.status(), 422);
     // A DELETE starts a new ledger (and ledger id) with no events.
@@ -345,14 +339,12 @@ PRAGMA user_version = 1;
 
 #[tokio::test]
 async fn a_file_of_schema_1_gets_a_ledger_id_and_an_outbox_at_start() {
+    crate::sqlite_only!("a file of SQLite's schema 1; a PostgreSQL database starts at the current schema");
     let app = spawn_app(|_| {}).await;
     assert_eq!(app.pay(Some("old-1"), BODY).await.status(), 201);
     assert_eq!(app.pay(Some("old-2"), BODY).await.status(), 201);
     let dir = app.stop_keeping_dir().await;
-    Connection::open(db_path(&dir))
-        .unwrap()
-        .execute_batch(TO_VERSION_1)
-        .unwrap();
+    Raw::open(&db_path(&dir)).execute_batch(TO_VERSION_1);
     let receiver = FakeReceiver::start().await;
     let app = spawn_app_in(dir, outbox_to(&receiver.url())).await;
     let stats = app.stats().await;

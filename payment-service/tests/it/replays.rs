@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use crate::raw::Raw;
 
 use crate::{BODY, WAIT, assert_problem, db_path, header, spawn_app};
 
@@ -14,8 +14,8 @@ async fn a_replay_is_answered_while_the_writer_is_blocked() {
     assert_eq!(first.status(), 201);
     let first_body = first.text().await.unwrap();
     // Another connection holds SQLite's write lock: the writer cannot begin.
-    let holder = Connection::open(db_path(&app.dir)).expect("open");
-    holder.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let mut holder = Raw::open(&db_path(&app.dir));
+    holder.hold_write_lock();
     let started = Instant::now();
     let replay = app.pay(Some("r"), BODY).await;
     let took = started.elapsed();
@@ -30,7 +30,7 @@ async fn a_replay_is_answered_while_the_writer_is_blocked() {
         .pay(Some("r"), r#"{"src": "bianca", "dest": "marc", "amount": "2"}"#)
         .await;
     assert_problem(mismatch, 503, "temporarily-unavailable").await;
-    holder.execute_batch("ROLLBACK").expect("unlock");
+    holder.release_write_lock();
     let stats = app.stats().await;
     assert_eq!(
         (stats["replayed"].as_u64(), stats["executed"].as_u64()),
@@ -42,8 +42,8 @@ async fn a_replay_is_answered_while_the_writer_is_blocked() {
 #[tokio::test]
 async fn a_payment_committed_after_its_request_gave_up_is_counted() {
     let app = spawn_app(|c| c.write_wait = Duration::from_millis(100)).await;
-    let holder = Connection::open(db_path(&app.dir)).expect("open");
-    holder.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let mut holder = Raw::open(&db_path(&app.dir));
+    holder.hold_write_lock();
     let response = app.pay(Some("late"), BODY).await;
     let problem = assert_problem(response, 503, "temporarily-unavailable").await;
     assert!(
@@ -51,7 +51,7 @@ async fn a_payment_committed_after_its_request_gave_up_is_counted() {
         "{problem}"
     );
     // The writer was still waiting for the lock: now it commits.
-    holder.execute_batch("ROLLBACK").expect("unlock");
+    holder.release_write_lock();
     let deadline = Instant::now() + WAIT;
     let mut stats = app.stats().await;
     while stats["payments"] != 1 && Instant::now() < deadline {

@@ -69,8 +69,16 @@ async fn replicas_share_a_file_each_with_its_id_and_an_exclusive_service_is_refu
     );
 }
 
-/// The liveness files next to `db`.
+/// The liveness files next to `db` (on PostgreSQL: the replicas' rows).
 fn liveness_files(db: &Path) -> Vec<String> {
+    if crate::postgres_admin().is_some() {
+        let mut raw = crate::raw::Raw::open(db);
+        return raw
+            .pairs("SELECT CAST(id AS TEXT), started_at_ms FROM replicas")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+    }
     std::fs::read_dir(db.parent().unwrap())
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -259,7 +267,11 @@ async fn delete_with_replicas_empties_the_shared_file_in_place() {
     for (app, key) in [(&a, "x"), (&b, "y"), (&a, "z")] {
         assert_eq!(app.pay(Some(key), BODY).await.status(), 201);
     }
-    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&db).unwrap());
+    // A file's identity; PostgreSQL has no file of ours (always the same).
+    let inode = || match crate::postgres_admin() {
+        Some(_) => 0,
+        None => std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&db).unwrap()),
+    };
     let before = inode();
     let deleted = a.client.delete(b.url("/payments")).send().await.unwrap();
     assert_eq!(deleted.status(), 200);
@@ -280,4 +292,19 @@ async fn delete_with_replicas_empties_the_shared_file_in_place() {
     assert_agrees(&b.audit().await);
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn replicas_starting_together_on_a_new_database_all_start() {
+    // One of them creates the schema; the others wait for it and find it.
+    let (_dir, db) = shared_db();
+    let (a, b, c) = tokio::join!(replica(&db, |_| {}), replica(&db, |_| {}), replica(&db, |_| {}));
+    for (app, key) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        assert_eq!(app.pay(Some(key), BODY).await.status(), 201);
+    }
+    assert_eq!(c.stats().await["payments"], 3);
+    assert_agrees(&c.audit().await);
+    for app in [a, b, c] {
+        app.stop().await;
+    }
 }

@@ -27,6 +27,9 @@ fn next_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn delete_swaps_in_a_fresh_file_and_the_service_goes_on_with_it() {
+    crate::sqlite_only!(
+        "the O(1) DELETE swaps SQLite files (PostgreSQL truncates in one transaction: wipe::reads_and_payments_during_deletes_never_fail_and_the_figures_agree)"
+    );
     let app = spawn_app(|_| {}).await;
     for key in ["a", "b"] {
         assert_eq!(app.pay(Some(key), BODY).await.status(), 201);
@@ -68,6 +71,7 @@ async fn delete_swaps_in_a_fresh_file_and_the_service_goes_on_with_it() {
 
 #[tokio::test]
 async fn the_file_watch_follows_the_fresh_file() {
+    crate::sqlite_only!("the file watch of SQLite's swap");
     let app = spawn_app(|_| {}).await;
     assert_eq!(app.pay(Some("a"), BODY).await.status(), 201);
     delete(&app).await;
@@ -81,6 +85,7 @@ async fn the_file_watch_follows_the_fresh_file() {
 
 #[tokio::test]
 async fn with_another_process_on_the_file_the_ledger_is_deleted_in_place() {
+    crate::sqlite_only!("another process on the SQLite file (its -wal and -shm)");
     let app = spawn_app(|_| {}).await;
     for key in ["a", "b", "c"] {
         assert_eq!(app.pay(Some(key), BODY).await.status(), 201);
@@ -105,6 +110,7 @@ async fn with_another_process_on_the_file_the_ledger_is_deleted_in_place() {
 
 #[tokio::test]
 async fn leftovers_of_an_interrupted_delete_are_removed_at_start() {
+    crate::sqlite_only!("the leftovers of SQLite's file swap");
     let app = spawn_app(|_| {}).await;
     assert_eq!(app.pay(Some("a"), BODY).await.status(), 201);
     let dir = app.stop_keeping_dir().await;

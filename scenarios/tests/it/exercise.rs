@@ -15,6 +15,7 @@ fn settings() -> Settings {
         exe: env!("CARGO_BIN_EXE_scenarios").into(),
         observer: None,
         outside: None,
+        db_url: None,
     }
 }
 

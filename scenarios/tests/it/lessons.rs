@@ -12,6 +12,7 @@ fn settings() -> Settings {
         keep: None,
         exe: env!("CARGO_BIN_EXE_scenarios").into(),
         outside: None,
+        db_url: None,
         observer: None,
     }
 }

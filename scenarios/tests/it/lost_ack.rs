@@ -162,6 +162,7 @@ async fn explain_finds_a_lost_ack_in_the_exactly_once_lesson() {
         exe: env!("CARGO_BIN_EXE_scenarios").into(),
         observer: None,
         outside: None,
+        db_url: None,
     };
     let (outcome, evidence) = explain::play_and_collect(lesson, settings, Choice::Telling)
         .await

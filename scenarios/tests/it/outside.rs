@@ -33,6 +33,7 @@ fn settings(outside: Outside) -> Settings {
         exe: EXE.into(),
         observer: None,
         outside: Some(Arc::new(outside)),
+        db_url: None,
     }
 }
 

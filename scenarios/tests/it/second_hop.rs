@@ -126,6 +126,7 @@ async fn explain_draws_a_payment_that_was_never_receipted() {
         exe: env!("CARGO_BIN_EXE_scenarios").into(),
         outside: None,
         observer: None,
+        db_url: None,
     };
     let choice = scenarios::explain::Choice::Telling;
     let (outcome, evidence) = scenarios::explain::play_and_collect(lesson, settings, choice)
