@@ -91,10 +91,35 @@ pub(crate) fn open_writer(path: &Path, synchronous: Synchronous) -> DbResult<Con
     if let Some(url) = crate::config::postgres_url(path) {
         return pg::open_writer(url);
     }
+    // Replicas starting next to running ones: some steps of opening a file
+    // in WAL mode answer SQLITE_BUSY at once instead of waiting for the busy
+    // timeout (seen under load, at a replica's start). Each try is a fresh
+    // connection; bounded by the busy timeout.
+    let started = Instant::now();
+    loop {
+        match open_sqlite_writer(path, synchronous) {
+            Err(DbError::Busy(why)) if started.elapsed() < Duration::from_millis(BUSY_TIMEOUT_MS) => {
+                tracing::debug!(why, "the database was busy while opening it; trying again");
+                std::thread::sleep(Duration::from_millis(OPEN_RETRY_MS));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// The wait between two tries of opening a busy database.
+const OPEN_RETRY_MS: u64 = 20;
+
+fn open_sqlite_writer(path: &Path, synchronous: Synchronous) -> DbResult<Connection> {
     let conn = rusqlite::Connection::open(path)?;
     // First: every statement below may have to wait for a lock.
     conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", (), |r| r.get(0))?;
+    // Asked first: switching (even to the mode the file already has) takes
+    // the write lock, which other replicas' writers hold in turn.
+    let mut mode: String = conn.query_row("PRAGMA journal_mode", (), |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        mode = conn.query_row("PRAGMA journal_mode = WAL", (), |r| r.get(0))?;
+    }
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(DbError::Io(format!(
             "journal_mode is {mode}, WAL is required (is the file on a network drive?)"
