@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicI64;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -227,25 +227,13 @@ async fn limit_in_flight(State(state): State<AppState>, request: Request, next: 
         )
         .into_response();
     };
-    let work = tokio::spawn(async move {
-        let response = next.run(request).await;
-        drop(permit);
-        response
-    });
-    match work.await {
+    match eo_core::problem::run_owning(permit, next.run(request)).await {
         Ok(response) => response,
-        Err(e) => ApiError::new(Problem::TemporarilyUnavailable, format!("the request failed: {e}")).into_response(),
+        Err(why) => ApiError::new(Problem::TemporarilyUnavailable, why).into_response(),
     }
 }
 
-pub(crate) fn json(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body,
-    )
-        .into_response()
-}
+pub(crate) use eo_core::problem::json;
 
 async fn index(State(state): State<AppState>) -> Response {
     let c = &state.0.config;
@@ -307,15 +295,6 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 async fn problem_doc(Path(slug): Path<String>) -> Result<Response, ApiError> {
-    let problem = Problem::ALL
-        .into_iter()
-        .find(|p| p.slug() == slug)
-        .ok_or_else(|| ApiError::new(Problem::NotFound, format!("there is no problem type {slug:?}")))?;
-    let body = serde_json::json!({
-        "type": format!("/problems/{}", problem.slug()),
-        "title": problem.title(),
-        "status": problem.status().as_u16(),
-        "what_to_do": problem.advice(),
-    });
-    Ok(json(StatusCode::OK, body.to_string()))
+    eo_core::problem::document::<Problem>(&slug)
+        .ok_or_else(|| ApiError::new(Problem::NotFound, format!("there is no problem type {slug:?}")))
 }

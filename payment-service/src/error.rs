@@ -2,9 +2,9 @@
 //! `application/problem+json`. Each cause has its own problem `type`, so
 //! clients dispatch on the type rather than on the status alone.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use eo_core::problem::{self, Members, ProblemKind};
 
 /// Every problem this service reports. `type` is `/problems/<slug>`, served
 /// by the service itself with a one-paragraph explanation.
@@ -259,39 +259,30 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ProblemJson<'a> {
-    r#type: String,
-    title: &'static str,
-    status: u16,
-    detail: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    idempotency_key: Option<&'a str>,
+/// The shared rendering (`eo_core::problem`) of this service's causes.
+impl ProblemKind for Problem {
+    const ALL: &'static [Problem] = &Problem::ALL;
+    fn slug(self) -> &'static str {
+        Problem::slug(self)
+    }
+    fn title(self) -> &'static str {
+        Problem::title(self)
+    }
+    fn status(self) -> StatusCode {
+        Problem::status(self)
+    }
+    fn advice(self) -> &'static str {
+        Problem::advice(self)
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.problem.status();
-        let body = ProblemJson {
-            r#type: format!("/problems/{}", self.problem.slug()),
-            title: self.problem.title(),
-            status: status.as_u16(),
-            detail: &self.detail,
+        let members = Members {
             field: self.field,
             idempotency_key: self.idempotency_key.as_deref(),
+            ..Members::default()
         };
-        let body = serde_json::to_string(&body).unwrap_or_default();
-        let mut response = (status, body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let Some(seconds) = self.retry_after_s {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+        problem::response(self.problem, &self.detail, members, self.retry_after_s)
     }
 }
