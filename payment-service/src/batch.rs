@@ -30,15 +30,14 @@ use serde_json::value::RawValue;
 
 use crate::api::AppState;
 use crate::config::DedupMode;
-use crate::create::{answer_or_refuse, respond, submit};
+use crate::create::{respond, submit};
 use crate::db_error::DbResult;
 use crate::error::{ApiError, Problem};
-use crate::events::{RequestId, Trace};
+use crate::events::RequestId;
 use crate::extract::{Body, IdempotencyKey, JsonBody};
 use crate::key::KEY_BYTES_MAX;
 use crate::ops::Clock;
 use crate::payment::{Payment, PaymentRequest};
-use crate::stats::Counters;
 use crate::store::{self, Decision, KeyBefore, Keyed, Lease, Outcome};
 use crate::totals::Delta;
 use crate::writer::Op;
@@ -300,21 +299,9 @@ pub(crate) async fn create_batch(
     key: Result<IdempotencyKey, ApiError>,
     body: Result<Body<BatchBody>, ApiError>,
 ) -> Response {
-    Counters::bump(&state.0.counters.received);
-    let key_for_errors = key.as_ref().ok().and_then(|k| k.0.clone());
-    let trace = Trace {
-        key: key_for_errors.clone(),
-        request_id,
-    };
-    state.0.events.received(&trace);
-    let result = match (body, key) {
-        (Err(e), _) | (_, Err(e)) => Err(e),
-        (Ok(Body(items)), Ok(IdempotencyKey(key))) => create(&state, items, key).await,
-    };
-    let problem = result.as_ref().err().map(|e| e.problem);
-    let response = answer_or_refuse(&state, result, key_for_errors.as_deref());
-    state.0.events.answered(&trace, &response, problem);
-    response
+    let worker = state.clone();
+    let work = |Body(items), key| async move { create(&worker, items, key).await };
+    crate::create::traced(&state, request_id, (key, body), work).await
 }
 
 async fn create(state: &AppState, items: BatchBody, key: Option<String>) -> Result<Response, ApiError> {

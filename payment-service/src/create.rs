@@ -82,8 +82,25 @@ pub(crate) async fn create_payment(
     key: Result<IdempotencyKey, ApiError>,
     body: Result<Body<PaymentRequest>, ApiError>,
 ) -> Response {
-    let counters = &state.0.counters;
-    Counters::bump(&counters.received);
+    let worker = state.clone();
+    let work = |Body(request), key| async move { create(&worker, request, key).await };
+    traced(&state, request_id, (key, body), work).await
+}
+
+/// A keyed write from arrival to answer (a payment, a batch): counted,
+/// recorded in `/events` (received, then its outcome), and answered from
+/// `work` or refused.
+pub(crate) async fn traced<B, Work, Done>(
+    state: &AppState,
+    request_id: Option<String>,
+    (key, body): (Result<IdempotencyKey, ApiError>, Result<B, ApiError>),
+    work: Work,
+) -> Response
+where
+    Work: FnOnce(B, Option<String>) -> Done,
+    Done: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    Counters::bump(&state.0.counters.received);
     let key_for_errors = key.as_ref().ok().and_then(|k| k.0.clone());
     let trace = Trace {
         key: key_for_errors.clone(),
@@ -92,15 +109,14 @@ pub(crate) async fn create_payment(
     state.0.events.received(&trace);
     let result = match (body, key) {
         (Err(e), _) | (_, Err(e)) => Err(e),
-        (Ok(Body(request)), Ok(IdempotencyKey(key))) => create(&state, request, key).await,
+        (Ok(body), Ok(IdempotencyKey(key))) => work(body, key).await,
     };
     let problem = result.as_ref().err().map(|e| e.problem);
-    let response = answer_or_refuse(&state, result, key_for_errors.as_deref());
+    let response = answer_or_refuse(state, result, key_for_errors.as_deref());
     state.0.events.answered(&trace, &response, problem);
     response
 }
 
-/// The response, counting refusals by cause.
 pub(crate) fn answer_or_refuse(
     state: &AppState,
     result: Result<Response, ApiError>,
