@@ -408,6 +408,11 @@ pub async fn check_run(service: &str, receipts: &str, baseline_id: i64, budget: 
         Err(e) => return ReceiptVerdict::inconclusive(e.reason, Tally::default()),
     };
     let hop = match settle(&service).await {
+        Ok(hop) if hop.notify == "none" => {
+            let why =
+                "the payment service notifies no receipts service (notify: none): start it with --receipts-url URL";
+            return ReceiptVerdict::inconclusive(why, Tally::default());
+        }
         Ok(hop) => hop,
         Err(e) => return ReceiptVerdict::inconclusive(e.reason, Tally::default()),
     };

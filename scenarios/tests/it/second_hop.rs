@@ -146,3 +146,32 @@ async fn explain_draws_a_payment_that_was_never_receipted() {
         "{text}"
     );
 }
+
+/// Asking for the second hop of a service that notifies nobody is a setup
+/// mistake, said as such, not a verdict of missing receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_notifies_nobody_has_no_second_hop_verdict() {
+    let dir = tempfile::tempdir().expect("dir");
+    let receipts = Receipts::start(&ReceiptsSpec::default(), &dir.path().join("receipts.db"))
+        .await
+        .expect("receipts");
+    let mut config = payment_service::Config::new(dir.path().join("payments.db"));
+    config.synchronous = payment_service::Synchronous::Normal;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let service = format!("http://{}", listener.local_addr().expect("addr"));
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(payment_service::run(listener, config, async move {
+        let _ = stopped.await;
+    }));
+    let run = settings(&service, &receipts.url, Duration::from_secs(5));
+    let ending = flow::pay(&run, Intents::repeat(5, "bianca", "marc", 100, 7), None)
+        .await
+        .expect("pays");
+    let Ending::Judged(judged) = &ending else {
+        panic!("not judged")
+    };
+    let verdict = judged.receipts.as_ref().expect("the second hop was judged");
+    assert_eq!(verdict.outcome, ReceiptOutcome::Inconclusive);
+    assert!(verdict.to_string().contains("--receipts-url"), "{verdict}");
+    receipts.stop().await.expect("stops");
+}
