@@ -13,12 +13,15 @@ use scenarios::second_hop::{Receipts, ReceiptsSpec};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-/// A payment service in this process that notifies `receipts_url`.
-async fn payment_service(dir: &std::path::Path, receipts_url: &str) -> (String, oneshot::Sender<()>) {
+/// A payment service in this process that notifies `receipts_url` through
+/// its outbox (or nobody, without one).
+async fn payment_service(dir: &std::path::Path, receipts_url: Option<&str>) -> (String, oneshot::Sender<()>) {
     let mut config = payment_service::Config::new(dir.join("payments.db"));
     config.synchronous = payment_service::Synchronous::Normal;
-    config.receipts_url = Some(receipts_url.to_owned());
-    config.notify = payment_service::NotifyMode::Outbox;
+    if let Some(url) = receipts_url {
+        config.receipts_url = Some(url.to_owned());
+        config.notify = payment_service::NotifyMode::Outbox;
+    }
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop, stopped) = oneshot::channel::<()>();
@@ -26,6 +29,28 @@ async fn payment_service(dir: &std::path::Path, receipts_url: &str) -> (String, 
         let _ = stopped.await;
     }));
     (url, stop)
+}
+
+/// `count` payments through `run`, judged on both hops.
+async fn pay(run: &Settings, count: usize) -> Ending {
+    flow::pay(run, Intents::repeat(count, "bianca", "marc", 100, 7), None)
+        .await
+        .expect("pays")
+}
+
+/// The judgement of a run that [`pay`] made.
+fn judged(ending: &Ending) -> &flow::Judged {
+    match ending {
+        Ending::Judged(judged) => judged,
+        Ending::Interrupted { .. } => panic!("not judged"),
+    }
+}
+
+/// A receipts service on its own file in `dir`.
+async fn receipts(dir: &std::path::Path) -> Receipts {
+    Receipts::start(&ReceiptsSpec::default(), &dir.join("receipts.db"))
+        .await
+        .expect("receipts")
 }
 
 fn settings(service: &str, receipts: &str, deadline: Duration) -> Settings {
@@ -46,17 +71,11 @@ fn settings(service: &str, receipts: &str, deadline: Duration) -> Settings {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_payment_once_and_every_payment_receipted_once() {
     let dir = tempfile::tempdir().expect("dir");
-    let receipts = Receipts::start(&ReceiptsSpec::default(), &dir.path().join("receipts.db"))
-        .await
-        .expect("receipts");
-    let (service, _stop) = payment_service(dir.path(), &receipts.url).await;
+    let receipts = receipts(dir.path()).await;
+    let (service, _stop) = payment_service(dir.path(), Some(&receipts.url)).await;
     let run = settings(&service, &receipts.url, Duration::from_secs(20));
-    let ending = flow::pay(&run, Intents::repeat(200, "bianca", "marc", 100, 7), None)
-        .await
-        .expect("pays");
-    let Ending::Judged(judged) = &ending else {
-        panic!("not judged")
-    };
+    let ending = pay(&run, 200).await;
+    let judged = judged(&ending);
     assert_eq!(
         judged.judgement.as_ref().expect("a verdict").verdict,
         Verdict::ExactlyOnce
@@ -87,19 +106,13 @@ async fn every_payment_once_and_every_payment_receipted_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_still_pending_at_the_deadline_make_the_second_hop_inconclusive() {
     let dir = tempfile::tempdir().expect("dir");
-    let receipts = Receipts::start(&ReceiptsSpec::default(), &dir.path().join("receipts.db"))
-        .await
-        .expect("receipts");
+    let receipts = receipts(dir.path()).await;
     let gone = receipts.url.clone();
     receipts.stop().await.expect("stops");
-    let (service, _stop) = payment_service(dir.path(), &gone).await;
+    let (service, _stop) = payment_service(dir.path(), Some(&gone)).await;
     let run = settings(&service, &gone, Duration::from_millis(1500));
-    let ending = flow::pay(&run, Intents::repeat(20, "bianca", "marc", 100, 7), None)
-        .await
-        .expect("pays");
-    let Ending::Judged(judged) = &ending else {
-        panic!("not judged")
-    };
+    let ending = pay(&run, 20).await;
+    let judged = judged(&ending);
     assert_eq!(
         judged.judgement.as_ref().expect("a verdict").verdict,
         Verdict::ExactlyOnce
@@ -152,24 +165,11 @@ async fn explain_draws_a_payment_that_was_never_receipted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_that_notifies_nobody_has_no_second_hop_verdict() {
     let dir = tempfile::tempdir().expect("dir");
-    let receipts = Receipts::start(&ReceiptsSpec::default(), &dir.path().join("receipts.db"))
-        .await
-        .expect("receipts");
-    let mut config = payment_service::Config::new(dir.path().join("payments.db"));
-    config.synchronous = payment_service::Synchronous::Normal;
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let service = format!("http://{}", listener.local_addr().expect("addr"));
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(payment_service::run(listener, config, async move {
-        let _ = stopped.await;
-    }));
+    let receipts = receipts(dir.path()).await;
+    let (service, _stop) = payment_service(dir.path(), None).await;
     let run = settings(&service, &receipts.url, Duration::from_secs(5));
-    let ending = flow::pay(&run, Intents::repeat(5, "bianca", "marc", 100, 7), None)
-        .await
-        .expect("pays");
-    let Ending::Judged(judged) = &ending else {
-        panic!("not judged")
-    };
+    let ending = pay(&run, 5).await;
+    let judged = judged(&ending);
     let verdict = judged.receipts.as_ref().expect("the second hop was judged");
     assert_eq!(verdict.outcome, ReceiptOutcome::Inconclusive);
     assert!(verdict.to_string().contains("--receipts-url"), "{verdict}");
