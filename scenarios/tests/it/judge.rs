@@ -6,9 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use client::reconcile::{Evidence, Mode};
+use client::flow::Reading;
+use client::history::AttemptRecord;
+use client::reconcile::{Evidence, Mode, Reconciliation};
 use client::runner::{self, Intent, Sinks};
-use client::service::ServiceReader;
+use client::service::{Inconclusive, ServiceReader};
 use client::strategy::Options;
 use scenarios::catalog::Scenario;
 use scenarios::parts::Service;
@@ -51,22 +53,33 @@ async fn stub(status: u16, body: String) -> String {
     url
 }
 
+/// The client's reconciliation of `intents` (keyed per payment, a fresh run
+/// from id 0) from `attempts`, read from `service` within `deadline`.
+async fn reconcile(
+    service: &str,
+    intents: &[Intent],
+    attempts: &[AttemptRecord],
+    deadline: Duration,
+) -> (Result<Reconciliation, Inconclusive>, Reading) {
+    let mode = Mode::Fresh { baseline_id: 0 };
+    let table = client::runner::Intents::from(intents);
+    let evidence = Evidence {
+        intents: &table,
+        attempts: attempts.into(),
+        strategy: client::strategy::KeyStrategy::PerPayment,
+        mode: &mode,
+    };
+    client::flow::judge(service, deadline, &evidence).await
+}
+
 /// Pays `intents` through `target`, then judges them against `service`.
 async fn pay_and_judge(s: &Scenario, target: &str, service: &str, stats_from: &str, intents: Vec<Intent>) -> Outcome {
     let options = Options::new(8);
     let report = runner::run(target, intents.clone(), &options, Sinks::default())
         .await
         .expect("run");
-    let mode = Mode::Fresh { baseline_id: 0 };
-    let table = client::runner::Intents::from(&intents);
-    let evidence = Evidence {
-        intents: &table,
-        attempts: (&report.attempts).into(),
-        strategy: options.key,
-        mode: &mode,
-    };
     let deadline = Duration::from_millis(400);
-    let (judgement, _) = client::flow::judge(service, deadline, &evidence).await;
+    let (judgement, _) = reconcile(service, &intents, &report.attempts, deadline).await;
     let stats = ServiceReader::new(stats_from, deadline).expect("reader").stats().await;
     play::assess(s, &intents, judgement, stats, BTreeMap::new())
 }
@@ -103,16 +116,8 @@ async fn a_stopped_service_makes_the_lesson_inconclusive() {
         .expect("run");
     assert_eq!(report.summary.confirmed, 3);
     service.stop().await.expect("stops");
-    let mode = Mode::Fresh { baseline_id: 0 };
-    let table = client::runner::Intents::from(&intents);
-    let evidence = Evidence {
-        intents: &table,
-        attempts: (&report.attempts).into(),
-        strategy: client::strategy::KeyStrategy::PerPayment,
-        mode: &mode,
-    };
     let deadline = Duration::from_millis(400);
-    let (judgement, reading) = client::flow::judge(&url, deadline, &evidence).await;
+    let (judgement, reading) = reconcile(&url, &intents, &report.attempts, deadline).await;
     assert!(reading.requests > 1, "retried before giving up");
     let stats = ServiceReader::new(&url, deadline).expect("reader").stats().await;
     let outcome = play::assess(&s, &intents, judgement, stats, BTreeMap::new());
@@ -196,16 +201,8 @@ async fn maintained_figures_that_disagree_with_the_audit_fail_the_lesson() {
         .expect("update");
     assert_eq!(changed, 1);
     drop(tamper);
-    let mode = Mode::Fresh { baseline_id: 0 };
-    let table = client::runner::Intents::from(&intents);
-    let evidence = Evidence {
-        intents: &table,
-        attempts: (&report.attempts).into(),
-        strategy: client::strategy::KeyStrategy::PerPayment,
-        mode: &mode,
-    };
     let deadline = Duration::from_secs(10);
-    let (judgement, _) = client::flow::judge(&service.url, deadline, &evidence).await;
+    let (judgement, _) = reconcile(&service.url, &intents, &report.attempts, deadline).await;
     let reader = ServiceReader::new(&service.url, deadline).expect("reader");
     let shown = reader.stats().await.expect("stats");
     assert_eq!(shown.total_amount_minor, 301, "/stats shows the maintained row");
@@ -246,16 +243,8 @@ async fn an_inconclusive_audit_makes_the_lesson_inconclusive() {
     let run = runner::run(&service.url, intents.clone(), &Options::new(8), Sinks::default())
         .await
         .expect("run");
-    let mode = Mode::Fresh { baseline_id: 0 };
-    let table = client::runner::Intents::from(&intents);
-    let evidence = Evidence {
-        intents: &table,
-        attempts: (&run.attempts).into(),
-        strategy: client::strategy::KeyStrategy::PerPayment,
-        mode: &mode,
-    };
     let deadline = Duration::from_millis(400);
-    let (judgement, _) = client::flow::judge(&service.url, deadline, &evidence).await;
+    let (judgement, _) = reconcile(&service.url, &intents, &run.attempts, deadline).await;
     let proof = ServiceReader::new(&audit, deadline).expect("reader").audit().await;
     let outcome = play::assess(&s, &intents, judgement, proof, BTreeMap::new());
     assert_inconclusive(&outcome, "deleted while the audit ran");
