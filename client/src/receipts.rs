@@ -226,6 +226,21 @@ impl Tally {
         }
     }
 
+    /// Looks up `chunk` (1 to [`LOOKUP_KEYS_MAX`] payments: event id,
+    /// propagated key) and counts each payment's receipts.
+    async fn look_up(
+        &mut self,
+        reader: &ReceiptsReader,
+        chunk: &[(String, Option<String>)],
+    ) -> Result<(), Inconclusive> {
+        let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+        let answers = reader.lookup(&ids).await?;
+        for ((id, key), answer) in chunk.iter().zip(answers) {
+            self.add(label(id, key.as_deref()), answer.receipts);
+        }
+        Ok(())
+    }
+
     fn verdict(self) -> ReceiptVerdict {
         let outcome = match (self.lost.count > 0, self.duplicated.count > 0) {
             (false, false) => ReceiptOutcome::Exact,
@@ -284,14 +299,8 @@ pub async fn check(reader: &ReceiptsReader, payments: &[(String, Option<String>)
         return ReceiptVerdict::inconclusive(format!("event id {id:?} was given twice"), tally);
     }
     for chunk in payments.chunks(LOOKUP_KEYS_MAX) {
-        let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
-        match reader.lookup(&ids).await {
-            Ok(answers) => {
-                for ((event_id, key), answer) in chunk.iter().zip(answers) {
-                    tally.add(label(event_id, key.as_deref()), answer.receipts);
-                }
-            }
-            Err(e) => return ReceiptVerdict::inconclusive(e.reason, tally),
+        if let Err(e) = tally.look_up(reader, chunk).await {
+            return ReceiptVerdict::inconclusive(e.reason, tally);
         }
     }
     tally.verdict()
@@ -373,16 +382,10 @@ pub async fn check_window(
             Ok(next) => next,
             Err(e) => return ReceiptVerdict::inconclusive(e.reason, tally),
         };
-        if !page.is_empty() {
-            let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
-            match receipts.lookup(&ids).await {
-                Ok(answers) => {
-                    for ((id, key), answer) in page.iter().zip(answers) {
-                        tally.add(label(id, key.as_deref()), answer.receipts);
-                    }
-                }
-                Err(e) => return ReceiptVerdict::inconclusive(e.reason, tally),
-            }
+        if !page.is_empty()
+            && let Err(e) = tally.look_up(receipts, &page).await
+        {
+            return ReceiptVerdict::inconclusive(e.reason, tally);
         }
         match next {
             Some(next) if next > cursor => cursor = next,
