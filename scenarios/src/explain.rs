@@ -217,27 +217,18 @@ async fn receipts_of(service: &str, receipts: &str, ledger: &[(i64, String)]) ->
     if ledger.is_empty() {
         return Ok(Vec::new());
     }
-    let http = parts::http()?;
-    let stats = get_json(&http, &format!("{service}/stats"), &[]).await?;
-    let ledger_id = stats["ledger_id"].as_str().context("/stats without a ledger_id")?;
-    let ids: Vec<String> = ledger.iter().map(|(id, _)| format!("{ledger_id}:{id}")).collect();
-    let response = http
-        .post(format!("{receipts}/receipts/lookup"))
-        .json(&serde_json::json!({ "event_ids": ids }))
-        .send()
-        .await
-        .context("POST /receipts/lookup")?;
-    let answer: Value = response.json().await.context("POST /receipts/lookup: not JSON")?;
-    let events = answer["events"].as_array().context("a lookup answer without events")?;
-    anyhow::ensure!(events.len() == ids.len(), "the lookup did not answer every event");
-    let mut counts = Vec::with_capacity(ids.len());
-    for ((id, _), (event, asked)) in ledger.iter().zip(events.iter().zip(&ids)) {
-        // A count not read is not a zero.
-        anyhow::ensure!(event["event_id"] == asked.as_str(), "the lookup answered out of order");
-        let n = event["receipts"].as_u64().context("a lookup answer without a count")?;
-        counts.push((*id, n));
-    }
-    Ok(counts)
+    let deadline = std::time::Duration::from_millis(parts::STEP_TIMEOUT_MS);
+    let hop = client::receipts::second_hop(&client::service::ServiceReader::new(service, deadline)?).await?;
+    let ids: Vec<String> = ledger.iter().map(|(id, _)| format!("{}:{id}", hop.ledger_id)).collect();
+    // The judge's reader: retried, and every answer checked (each id asked, in order).
+    let answers = client::receipts::ReceiptsReader::new(receipts, deadline)?
+        .lookup(&ids)
+        .await?;
+    Ok(ledger
+        .iter()
+        .zip(answers)
+        .map(|((id, _), a)| (*id, a.receipts))
+        .collect())
 }
 
 /// The payments the ledger holds for this payment: under its keys, or (no
