@@ -108,11 +108,11 @@ async fn deliver(State(state): State<AppState>, body: Result<Body<Event>, ApiErr
         Ok(Delivered::Mismatch { receipt, differs }) => {
             let detail = format!(
                 "event {:?} already has receipt {} for a payment that differs in {}",
-                receipt.event_id,
+                receipt.event.event_id,
                 receipt.id,
                 differs.join(", ")
             );
-            let error = ApiError::new(Problem::EventMismatch, detail).with_event(&receipt.event_id);
+            let error = ApiError::new(Problem::EventMismatch, detail).with_event(&receipt.event.event_id);
             (&counters.mismatches, error.into_response())
         }
         Err(e) if e.problem.status() == StatusCode::SERVICE_UNAVAILABLE => (&counters.unavailable, e.into_response()),

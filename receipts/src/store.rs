@@ -9,17 +9,13 @@ use serde::Serialize;
 use crate::config::{DedupMode, RECEIPT_IDS_PER_EVENT_MAX};
 use crate::db_error::{DbError, DbResult};
 
-/// One receipt, as stored and as answered.
+/// One receipt, as stored and as answered: the event it was issued for,
+/// between its id and when it was issued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Receipt {
     pub id: i64,
-    pub event_id: String,
-    pub payment_id: i64,
-    pub key: Option<String>,
-    pub src: String,
-    pub dest: String,
-    pub amount_minor: i64,
-    pub paid_at_ms: i64,
+    #[serde(flatten)]
+    pub event: PaymentEvent,
     pub issued_at_ms: i64,
 }
 
@@ -98,7 +94,7 @@ pub(crate) fn deliver(
         delta.events += 1;
     }
     delta.receipts += 1;
-    delta.amount_minor += i128::from(receipt.amount_minor);
+    delta.amount_minor += i128::from(receipt.event.amount_minor);
     delta.last_receipt_id = delta.last_receipt_id.max(receipt.id);
     Ok(Delivered::Created(receipt))
 }
@@ -107,6 +103,7 @@ pub(crate) fn deliver(
 /// `paid_at_ms` is not among them: it is when the payment committed, not what
 /// was paid, and a sender may render it anew on a redelivery.
 fn differences(receipt: &Receipt, event: &PaymentEvent) -> Vec<&'static str> {
+    let receipt = &receipt.event;
     let mut differs = Vec::new();
     if receipt.payment_id != event.payment_id {
         differs.push("payment_id");
@@ -149,13 +146,7 @@ fn insert_receipt(conn: &Connection, event: &PaymentEvent, now_ms: i64) -> DbRes
     ])?;
     Ok(Receipt {
         id: conn.last_insert_rowid(),
-        event_id: e.event_id.clone(),
-        payment_id: e.payment_id,
-        key: e.key.clone(),
-        src: e.src.clone(),
-        dest: e.dest.clone(),
-        amount_minor: e.amount_minor,
-        paid_at_ms: e.paid_at_ms,
+        event: e.clone(),
         issued_at_ms: now_ms,
     })
 }
@@ -165,13 +156,15 @@ const RECEIPT_COLUMNS: &str = "id, event_id, payment_id, idem_key, src, dest, am
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Receipt> {
     Ok(Receipt {
         id: r.get(0)?,
-        event_id: r.get(1)?,
-        payment_id: r.get(2)?,
-        key: r.get(3)?,
-        src: r.get(4)?,
-        dest: r.get(5)?,
-        amount_minor: r.get(6)?,
-        paid_at_ms: r.get(7)?,
+        event: PaymentEvent {
+            event_id: r.get(1)?,
+            payment_id: r.get(2)?,
+            key: r.get(3)?,
+            src: r.get(4)?,
+            dest: r.get(5)?,
+            amount_minor: r.get(6)?,
+            paid_at_ms: r.get(7)?,
+        },
         issued_at_ms: r.get(8)?,
     })
 }
