@@ -375,7 +375,7 @@ pub async fn check_window(
         let read = service.page_after(cursor, |p| {
             if p.id <= last {
                 let key = p.idempotency_key.as_deref().map(str::to_owned);
-                page.push((format!("{ledger_id}:{}", p.id), key));
+                page.push((eo_core::wire::event_id(ledger_id, p.id), key));
             }
         });
         let next = match read.await {

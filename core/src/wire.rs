@@ -126,6 +126,12 @@ pub const RECEIPTS_PATH: &str = "/receipts";
 /// (`<ledger>:<payment id>`) with room to spare; bounds the inbox's index.
 pub const EVENT_ID_BYTES_MAX: usize = 128;
 
+/// The event id of payment `payment_id` of ledger `ledger_id`:
+/// `<ledger id>:<payment id>` (see [`PaymentEvent::event_id`]).
+pub fn event_id(ledger_id: &str, payment_id: i64) -> String {
+    format!("{ledger_id}:{payment_id}")
+}
+
 /// One executed payment, as the payment service's outbox delivers it (at
 /// least once) to the receipts service, which must issue exactly one receipt
 /// per `event_id`. An event exists if and only if its payment does: both

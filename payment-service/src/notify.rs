@@ -69,7 +69,7 @@ pub(crate) async fn after_commit(state: &AppState, payments: &[Payment]) {
     };
     for payment in payments {
         let event = PaymentEvent {
-            event_id: format!("{ledger_id}:{}", payment.id),
+            event_id: eo_core::wire::event_id(&ledger_id, payment.id),
             payment_id: payment.id,
             key: payment.idempotency_key.clone(),
             src: payment.src.clone(),

@@ -177,7 +177,7 @@ fn due_in(tx: &Connection, now_ms: i64, limit: usize) -> DbResult<Due> {
             let payment_id: i64 = r.get(0)?;
             Ok(Pending {
                 event: PaymentEvent {
-                    event_id: format!("{ledger_id}:{payment_id}"),
+                    event_id: eo_core::wire::event_id(&ledger_id, payment_id),
                     payment_id,
                     key: r.get(5)?,
                     src: r.get(2)?,

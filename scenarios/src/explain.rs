@@ -219,7 +219,10 @@ async fn receipts_of(service: &str, receipts: &str, ledger: &[(i64, String)]) ->
     }
     let deadline = std::time::Duration::from_millis(parts::STEP_TIMEOUT_MS);
     let hop = client::receipts::second_hop(&client::service::ServiceReader::new(service, deadline)?).await?;
-    let ids: Vec<String> = ledger.iter().map(|(id, _)| format!("{}:{id}", hop.ledger_id)).collect();
+    let ids: Vec<String> = ledger
+        .iter()
+        .map(|(id, _)| eo_core::wire::event_id(&hop.ledger_id, *id))
+        .collect();
     // The judge's reader: retried, and every answer checked (each id asked, in order).
     let answers = client::receipts::ReceiptsReader::new(receipts, deadline)?
         .lookup(&ids)
