@@ -335,6 +335,10 @@ pub async fn second_hop(service: &ServiceReader) -> Result<SecondHop, Inconclusi
 
 /// How often the outbox is read while waiting for it to drain.
 const SETTLE_POLL_MS: u64 = 50;
+/// Time kept back for the next read of the outbox: a read cut short by the
+/// deadline would say only "no answer", where the last one said how many
+/// events were still pending.
+const SETTLE_READ_MS_RESERVE: u64 = 1_000;
 
 /// Waits, within the service reader's deadline, until the payment service
 /// has no event pending delivery, and returns its second hop's figures.
@@ -347,7 +351,7 @@ pub async fn settle(service: &ServiceReader) -> Result<SecondHop, Inconclusive> 
         if hop.outbox.pending == 0 {
             return Ok(hop);
         }
-        if service.time_left() <= poll {
+        if service.time_left() <= poll + Duration::from_millis(SETTLE_READ_MS_RESERVE) {
             return Err(inconclusive(format!(
                 "{} events were still pending delivery at the reading deadline (the oldest waited {} ms)",
                 hop.outbox.pending, hop.outbox.oldest_pending_age_ms
