@@ -184,6 +184,30 @@ impl Drop for WriterHandle {
     }
 }
 
+/// The writer without its thread and queue, for the benchmark: opened as
+/// the service opens it, committing the batches it is given on the calling
+/// thread through the same code ([`Writer::commit_batch`]), so its CPU time
+/// per payment can be measured (and profiled) apart from HTTP.
+pub(crate) struct Alone(Writer);
+
+impl Alone {
+    pub(crate) fn open(config: &Config, counters: Arc<Counters>) -> anyhow::Result<Alone> {
+        let stop = Arc::new(AtomicBool::new(false));
+        Writer::open(config, counters, stop, Arc::new(Notify::new())).map(Alone)
+    }
+
+    /// Runs `batch` as one transaction and answers its ops.
+    pub(crate) fn commit(&mut self, batch: &mut Vec<Op>) {
+        self.0.commit_batch(batch);
+    }
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        self.0.release_own_leases();
+    }
+}
+
 pub(crate) fn duration_ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -23,15 +23,38 @@ pub(crate) struct Measured {
     pub per_s: f64,
     pub p50_us: u128,
     pub p99_us: u128,
+    /// CPU time of the whole process (service and load, every thread, user
+    /// and kernel) per request: what one request costs the machine's cores.
+    pub cpu_us_per_request: f64,
 }
 
-pub(crate) fn summarize(count: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Measured {
+/// `cpu_us`: the process's CPU time over the round ([`process_cpu_us`]).
+pub(crate) fn summarize(count: usize, elapsed: Duration, mut latencies: Vec<Duration>, cpu_us: u64) -> Measured {
     latencies.sort_unstable();
     Measured {
         per_s: count as f64 / elapsed.as_secs_f64(),
         p50_us: quantile(&latencies, 0.50).as_micros(),
         p99_us: quantile(&latencies, 0.99).as_micros(),
+        cpu_us_per_request: cpu_us as f64 / count.max(1) as f64,
     }
+}
+
+/// CPU time this process has used so far (all threads, user and kernel),
+/// in microseconds; 0 where it cannot be read.
+pub(crate) fn process_cpu_us() -> u64 {
+    // SAFETY: getrusage writes into the struct we own; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer has no other precondition.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    let us = |t: libc::timeval| {
+        u64::try_from(t.tv_sec)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    us(usage.ru_utime).saturating_add(us(usage.ru_stime))
 }
 
 /// The `q` quantile of sorted latencies (zero when there are none).
@@ -56,7 +79,7 @@ pub(crate) enum Load {
 /// `count` requests of `load` from `concurrency` keep-alive connections.
 pub(crate) async fn round(addr: SocketAddr, load: Load, count: usize, concurrency: usize) -> anyhow::Result<Measured> {
     let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
+    let (started, cpu_started) = (Instant::now(), process_cpu_us());
     let mut tasks = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         let next = Arc::clone(&next);
@@ -78,7 +101,8 @@ pub(crate) async fn round(addr: SocketAddr, load: Load, count: usize, concurrenc
     for task in tasks {
         latencies.extend(task.await??);
     }
-    Ok(summarize(count, started.elapsed(), latencies))
+    let cpu_us = process_cpu_us().saturating_sub(cpu_started);
+    Ok(summarize(count, started.elapsed(), latencies, cpu_us))
 }
 
 async fn one_request(conn: &mut Conn, load: Load, i: usize) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@
 mod backends;
 mod http;
 mod ledger;
+mod writer;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,16 @@ pub struct BenchArgs {
     /// single-row INSERT ceiling at the same concurrencies
     #[arg(long, value_name = "URL")]
     db_url: Option<String>,
+    /// Run only this part (for a profiler): `writer`, the writer's batch
+    /// code alone in groups of each --concurrency, no HTTP
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+}
+
+/// A part of the benchmark that runs on its own.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    Writer,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -72,6 +83,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         scratch.path().display()
     );
     println!("machine: {}", machine_load());
+    if args.only == Some(Part::Writer) {
+        return writer_alone(&args, scratch.path()).await;
+    }
     let raw_path = scratch.path().join("raw.db");
     let (payments, synchronous) = (args.payments, args.synchronous);
     let raw = tokio::task::spawn_blocking(move || raw_commits(&raw_path, payments, synchronous)).await??;
@@ -82,6 +96,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         raw.per_s, raw.p50_us, raw.p99_us
     );
     write_path(&args, scratch.path(), raw.per_s).await?;
+    writer_alone(&args, scratch.path()).await?;
     if let Some(n) = args.ledger {
         ledger::run(scratch.path(), n, args.synchronous).await?;
     }
@@ -92,6 +107,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!();
     println!("machine at the end: {}", machine_load());
     Ok(())
+}
+
+/// The writer's batch code alone at each group size (see `writer.rs`).
+async fn writer_alone(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
+    let (dir, count, groups, synchronous) = (
+        dir.to_path_buf(),
+        args.payments,
+        args.concurrency.clone(),
+        args.synchronous,
+    );
+    tokio::task::spawn_blocking(move || writer::report(&dir, count, &groups, synchronous)).await?
 }
 
 /// The write path: durable POSTs and the no-op route at each concurrency,
@@ -105,10 +131,20 @@ async fn write_path(args: &BenchArgs, dir: &Path, raw_per_s: f64) -> anyhow::Res
     println!(
         "payment-service over HTTP/1.1 keep-alive: keyed POST /payments, each acknowledged after its durable COMMIT;"
     );
-    println!("no-op: GET {NOOP_PATH} of the same server; writer CPU: the writer thread's CPU time per payment");
+    println!("no-op: GET {NOOP_PATH} of the same server; writer CPU: the writer thread's CPU time per payment;");
+    println!("CPU: the whole process's (service and load, every thread) per payment and per no-op request");
     println!(
-        "  {:>11}  {:>10}  {:>7}  {:>7}  {:>9}  {:>7}  {:>6}  {:>12}  {:>9}",
-        "concurrency", "payments/s", "p50 µs", "p99 µs", "no-op/s", "÷ no-op", "÷ raw", "writer µs/pay", "pay/commit"
+        "  {:>11}  {:>10}  {:>7}  {:>7}  {:>9}  {:>7}  {:>6}  {:>12}  {:>9}  {:>13}",
+        "concurrency",
+        "payments/s",
+        "p50 µs",
+        "p99 µs",
+        "no-op/s",
+        "÷ no-op",
+        "÷ raw",
+        "writer µs/pay",
+        "pay/commit",
+        "CPU µs pay/no-op"
     );
     let mut top = (0.0, 0.0);
     for (round, &concurrency) in args.concurrency.iter().enumerate() {
@@ -118,7 +154,7 @@ async fn write_path(args: &BenchArgs, dir: &Path, raw_per_s: f64) -> anyhow::Res
         let noop = http::round(addr, Load::Get(NOOP_PATH), args.payments, concurrency).await?;
         top = (m.per_s / noop.per_s, m.per_s / raw_per_s);
         println!(
-            "  {concurrency:>11}  {:>10.0}  {:>7}  {:>7}  {:>9.0}  {:>7.2}  {:>6.1}  {:>12.1}  {:>9.1}",
+            "  {concurrency:>11}  {:>10.0}  {:>7}  {:>7}  {:>9.0}  {:>7.2}  {:>6.1}  {:>12.1}  {:>9.1}  {:>7.0} / {:<5.0}",
             m.per_s,
             m.p50_us,
             m.p99_us,
@@ -126,7 +162,9 @@ async fn write_path(args: &BenchArgs, dir: &Path, raw_per_s: f64) -> anyhow::Res
             top.0,
             top.1,
             writer.cpu_us_per_payment(),
-            writer.per_commit()
+            writer.per_commit(),
+            m.cpu_us_per_request,
+            noop.cpu_us_per_request
         );
     }
     let last_round = args.concurrency.len() - 1;
@@ -263,7 +301,7 @@ fn raw_commits(path: &Path, count: usize, synchronous: Synchronous) -> anyhow::R
         "CREATE TABLE raw (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, amount_minor INTEGER NOT NULL)",
     )?;
     let mut latencies = Vec::with_capacity(count);
-    let started = Instant::now();
+    let (started, cpu_started) = (Instant::now(), http::process_cpu_us());
     for i in 0..count {
         let t = Instant::now();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -272,7 +310,8 @@ fn raw_commits(path: &Path, count: usize, synchronous: Synchronous) -> anyhow::R
         tx.commit()?;
         latencies.push(t.elapsed());
     }
-    Ok(http::summarize(count, started.elapsed(), latencies))
+    let cpu_us = http::process_cpu_us().saturating_sub(cpu_started);
+    Ok(http::summarize(count, started.elapsed(), latencies, cpu_us))
 }
 
 /// The load average and core count, so a reader can judge the figures.
