@@ -280,7 +280,12 @@ fn execute(
     }
     let body = batch.render(&payments);
     if unique {
-        store::store_answer(conn, (&batch.key, &batch.fingerprint()), None, &body, t.now_ms)?;
+        store::store_answer(
+            conn,
+            (&batch.key, &batch.fingerprint()),
+            (None, &body),
+            (t.now_ms, before),
+        )?;
         delta += before.delta_to(false);
     }
     conn.prepare_cached("RELEASE batch")?.execute(())?;

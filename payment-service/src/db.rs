@@ -225,6 +225,22 @@ impl Connection {
         self.prepare_cached(sql)
     }
 
+    /// Inserts one row with `sql` (an `INSERT` without `RETURNING`) and
+    /// returns its `id`: on SQLite the connection's last rowid, since a
+    /// `RETURNING` clause makes SQLite buffer the row in a temporary b-tree
+    /// and open a statement journal for every row; on PostgreSQL `RETURNING id`.
+    pub(crate) fn insert_returning_id(&self, sql: &str, params: impl Params) -> DbResult<i64> {
+        match self {
+            Connection::Sqlite(c) => {
+                c.prepare_cached(sql)?.execute(&*params.sqlite())?;
+                Ok(c.last_insert_rowid())
+            }
+            Connection::Pg(_) => Ok(self
+                .prepare_cached(&format!("{sql} RETURNING id"))?
+                .query_row(params, |r| r.get(0))?),
+        }
+    }
+
     /// Runs statements without parameters (schema, transaction control).
     pub(crate) fn execute_batch(&self, sql: &str) -> DbResult<()> {
         match self {

@@ -469,9 +469,8 @@ fn execute_with_answer(
     store_answer(
         conn,
         (key, &request.fingerprint()),
-        Some(payment.id),
-        &body,
-        book.now_ms,
+        (Some(payment.id), &body),
+        (book.now_ms, before),
     )?;
     *totals += delta;
     *totals += before.delta_to(false);
@@ -482,26 +481,36 @@ fn execute_with_answer(
     })
 }
 
-/// Stores the answer (a 201 with `body`) under `key`, completing it.
+/// Stores the answer (a 201 with `body`) under `key`, completing it. A key
+/// that had no row (`before`) gets a plain `INSERT`: an upsert makes SQLite
+/// open a statement journal for every payment (its update part checks the
+/// foreign key on `payment_id`).
 pub(crate) fn store_answer(
     conn: &Connection,
     (key, fingerprint): (&str, &str),
-    payment_id: Option<i64>,
-    body: &str,
-    now_ms: i64,
+    (payment_id, body): (Option<i64>, &str),
+    (now_ms, before): (i64, KeyBefore),
 ) -> DbResult<()> {
-    conn.prepare_cached(
-        "INSERT INTO idempotency_keys
-             (idem_key, fingerprint, state, lock_owner, locked_until_ms, payment_id, response_status, response_body, created_at_ms, completed_at_ms)
-         VALUES (?1, ?2, 'completed', NULL, NULL, ?3, 201, ?4, ?5, ?5)
-         ON CONFLICT (idem_key) DO UPDATE SET
-             fingerprint = excluded.fingerprint, state = 'completed', lock_owner = NULL, lease_replica = NULL,
-             locked_until_ms = NULL, payment_id = excluded.payment_id, response_status = 201,
-             response_body = excluded.response_body, completed_at_ms = excluded.completed_at_ms",
-    )?
-    .execute(params![key, fingerprint, payment_id, body, now_ms])?;
+    let sql = match before {
+        KeyBefore::Absent => INSERT_ANSWER,
+        KeyBefore::InFlight | KeyBefore::Completed => UPSERT_ANSWER,
+    };
+    conn.prepare_cached(sql)?
+        .execute(params![key, fingerprint, payment_id, body, now_ms])?;
     Ok(())
 }
+
+const INSERT_ANSWER: &str = "INSERT INTO idempotency_keys
+     (idem_key, fingerprint, state, lock_owner, locked_until_ms, payment_id, response_status, response_body, created_at_ms, completed_at_ms)
+     VALUES (?1, ?2, 'completed', NULL, NULL, ?3, 201, ?4, ?5, ?5)";
+
+const UPSERT_ANSWER: &str = "INSERT INTO idempotency_keys
+     (idem_key, fingerprint, state, lock_owner, locked_until_ms, payment_id, response_status, response_body, created_at_ms, completed_at_ms)
+     VALUES (?1, ?2, 'completed', NULL, NULL, ?3, 201, ?4, ?5, ?5)
+     ON CONFLICT (idem_key) DO UPDATE SET
+         fingerprint = excluded.fingerprint, state = 'completed', lock_owner = NULL, lease_replica = NULL,
+         locked_until_ms = NULL, payment_id = excluded.payment_id, response_status = 201,
+         response_body = excluded.response_body, completed_at_ms = excluded.completed_at_ms";
 
 /// Inserts a payment without any key check: keyless requests, `--dedup off`,
 /// and the insert step of `check-then-insert`.
@@ -554,17 +563,17 @@ pub(crate) fn insert_payment(
     // The one statement that may be refused: alone, so a refusal leaves
     // the transaction usable on both engines.
     let id: i64 = conn.alone(|conn| {
-        Ok(conn
-            .prepare_cached(
-                "INSERT INTO payments (src, dest, amount_minor, idem_key, dedup_key, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-            )?
-            .query_row(
-                params![request.src, request.dest, request.amount_minor, key, dedup_key, now_ms],
-                |r| r.get(0),
-            )?)
+        conn.insert_returning_id(
+            "INSERT INTO payments (src, dest, amount_minor, idem_key, dedup_key, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![request.src, request.dest, request.amount_minor, key, dedup_key, now_ms],
+        )
     })?;
-    set_balances(conn, (&request.src, src_balance), (&request.dest, dest_balance))?;
+    set_balances(
+        conn,
+        (&request.src, src_balance, src.is_some()),
+        (&request.dest, dest_balance, dest.is_some()),
+    )?;
     if book.outbox {
         outbox::add_event(conn, id, now_ms)?;
     }
@@ -600,30 +609,43 @@ fn payments_with_key_up_to_two(conn: &Connection, key: &str) -> DbResult<i64> {
 
 /// Two accounts' balances, in one statement; None for an account not yet
 /// used. Only the writer calls it, inside its transaction, so nothing
-/// changes between this read and the write that follows.
+/// changes between this read and the write that follows. Two scalar
+/// subqueries, each one search of the primary key (`name IN (?1, ?2)`
+/// would build a temporary b-tree of the two names for every payment).
 fn balances(conn: &Connection, a: &str, b: &str) -> DbResult<(Option<i64>, Option<i64>)> {
-    let (mut balance_a, mut balance_b) = (None, None);
-    conn.prepare_cached("SELECT name, balance_minor FROM accounts WHERE name IN (?1, ?2)")?
-        .query_map(params![a, b], |r| {
-            let (name, balance): (String, i64) = (r.get(0)?, r.get(1)?);
-            match name.as_str() {
-                n if n == a => balance_a = Some(balance),
-                _ => balance_b = Some(balance),
-            }
-            Ok(())
-        })?;
-    Ok((balance_a, balance_b))
+    Ok(conn
+        .prepare_cached(
+            "SELECT (SELECT balance_minor FROM accounts WHERE name = ?1),
+                    (SELECT balance_minor FROM accounts WHERE name = ?2)",
+        )?
+        .query_row(params![a, b], |r| Ok((r.get(0)?, r.get(1)?)))?)
 }
 
-/// Stores two balances computed with checked arithmetic in Rust, in one
-/// statement, so SQLite never does the sum (it would turn an overflow into
-/// a float). The accounts differ (`dest <> src` is checked before).
-fn set_balances(conn: &Connection, (a, balance_a): (&str, i64), (b, balance_b): (&str, i64)) -> DbResult<()> {
-    conn.prepare_cached(
-        "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2), (?3, ?4)
-         ON CONFLICT (name) DO UPDATE SET balance_minor = excluded.balance_minor",
-    )?
-    .execute(params![a, balance_a, b, balance_b])?;
+/// Stores two balances computed with checked arithmetic in Rust, so the
+/// database never does the sum (SQLite would turn an overflow into a
+/// float). The accounts differ (`dest <> src` is checked before); each comes
+/// with whether it existed. SQLite: one single-row statement per account
+/// (an `UPDATE` or an `INSERT`), which needs no statement journal, where a
+/// two-row upsert opens one for every payment. PostgreSQL: one two-row
+/// upsert, one round trip.
+fn set_balances(conn: &Connection, a: (&str, i64, bool), b: (&str, i64, bool)) -> DbResult<()> {
+    if conn.dialect() == Dialect::Postgres {
+        conn.prepare_cached(
+            "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2), (?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET balance_minor = excluded.balance_minor",
+        )?
+        .execute(params![a.0, a.1, b.0, b.1])?;
+        return Ok(());
+    }
+    for (name, balance, existed) in [a, b] {
+        let sql = match existed {
+            true => "UPDATE accounts SET balance_minor = ?2 WHERE name = ?1",
+            false => "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2)",
+        };
+        if conn.prepare_cached(sql)?.execute(params![name, balance])? != 1 {
+            return Err(DbError::Corrupt(format!("the balance of {name} was not written")));
+        }
+    }
     Ok(())
 }
 
