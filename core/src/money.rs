@@ -79,7 +79,12 @@ pub fn format_minor(minor: impl Into<i128>) -> String {
     let minor: i128 = minor.into();
     let sign = if minor < 0 { "-" } else { "" };
     let abs = minor.unsigned_abs();
-    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+    // Division in 128 bits is a library call; every single amount (and most
+    // sums) fits in 64.
+    match u64::try_from(abs) {
+        Ok(abs) => format!("{sign}{}.{:02}", abs / 100, abs % 100),
+        Err(_) => format!("{sign}{}.{:02}", abs / 100, abs % 100),
+    }
 }
 
 /// Sums amounts in 128 bits: 1e8 payments of [`AMOUNT_MINOR_MAX`] are 1e19,
