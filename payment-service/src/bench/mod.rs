@@ -12,6 +12,7 @@
 mod backends;
 mod http;
 mod ledger;
+mod threads;
 mod writer;
 
 use std::net::SocketAddr;
@@ -127,46 +128,16 @@ async fn write_path(args: &BenchArgs, dir: &Path, raw_per_s: f64) -> anyhow::Res
     config.synchronous = args.synchronous;
     let (service, _) = Running::start(config).await?;
     let addr = service.addr;
-    println!();
-    println!(
-        "payment-service over HTTP/1.1 keep-alive: keyed POST /payments, each acknowledged after its durable COMMIT;"
-    );
-    println!("no-op: GET {NOOP_PATH} of the same server; writer CPU: the writer thread's CPU time per payment;");
-    println!("CPU: the whole process's (service and load, every thread) per payment and per no-op request");
-    println!(
-        "  {:>11}  {:>10}  {:>7}  {:>7}  {:>9}  {:>7}  {:>6}  {:>12}  {:>9}  {:>13}",
-        "concurrency",
-        "payments/s",
-        "p50 µs",
-        "p99 µs",
-        "no-op/s",
-        "÷ no-op",
-        "÷ raw",
-        "writer µs/pay",
-        "pay/commit",
-        "CPU µs pay/no-op"
-    );
-    let mut top = (0.0, 0.0);
+    print_header();
+    let (mut top, mut by_thread) = ((0.0, 0.0), Vec::new());
     for (round, &concurrency) in args.concurrency.iter().enumerate() {
-        let before = WriterFigures::read(addr).await?;
-        let m = http::round(addr, Load::Pay { round, replay: false }, args.payments, concurrency).await?;
-        let writer = WriterFigures::read(addr).await?.since(&before);
-        let noop = http::round(addr, Load::Get(NOOP_PATH), args.payments, concurrency).await?;
-        top = (m.per_s / noop.per_s, m.per_s / raw_per_s);
-        println!(
-            "  {concurrency:>11}  {:>10.0}  {:>7}  {:>7}  {:>9.0}  {:>7.2}  {:>6.1}  {:>12.1}  {:>9.1}  {:>7.0} / {:<5.0}",
-            m.per_s,
-            m.p50_us,
-            m.p99_us,
-            noop.per_s,
-            top.0,
-            top.1,
-            writer.cpu_us_per_payment(),
-            writer.per_commit(),
-            m.cpu_us_per_request,
-            noop.cpu_us_per_request
-        );
+        let (row, threads, ratios) = pay_and_noop(addr, (round, concurrency), args.payments, raw_per_s).await?;
+        println!("{row}");
+        by_thread.push(format!("  {concurrency:>11}  {threads}"));
+        top = ratios;
     }
+    println!("  CPU µs per payment by thread (time on a core; runnable but waiting for one):");
+    by_thread.iter().for_each(|line| println!("{line}"));
     let last_round = args.concurrency.len() - 1;
     let top_concurrency = args.concurrency[last_round];
     let replays = http::round(
@@ -190,6 +161,59 @@ async fn write_path(args: &BenchArgs, dir: &Path, raw_per_s: f64) -> anyhow::Res
         top.1
     );
     service.stop().await
+}
+
+fn print_header() {
+    println!();
+    println!(
+        "payment-service over HTTP/1.1 keep-alive: keyed POST /payments, each acknowledged after its durable COMMIT;"
+    );
+    println!("no-op: GET {NOOP_PATH} of the same server; writer CPU: the writer thread's CPU time per payment;");
+    println!("CPU: the whole process's (service and load, every thread) per payment and per no-op request");
+    println!(
+        "  {:>11}  {:>10}  {:>7}  {:>7}  {:>9}  {:>7}  {:>6}  {:>12}  {:>9}  {:>13}",
+        "concurrency",
+        "payments/s",
+        "p50 µs",
+        "p99 µs",
+        "no-op/s",
+        "÷ no-op",
+        "÷ raw",
+        "writer µs/pay",
+        "pay/commit",
+        "CPU µs pay/no-op"
+    );
+}
+
+/// One row of the table: payments, then the no-op route, at one
+/// concurrency; also where the payments' CPU went by thread, and the ratios
+/// (÷ no-op, ÷ raw).
+async fn pay_and_noop(
+    addr: SocketAddr,
+    (round, concurrency): (usize, usize),
+    count: usize,
+    raw_per_s: f64,
+) -> anyhow::Result<(String, String, (f64, f64))> {
+    let (before, threads) = (WriterFigures::read(addr).await?, threads::Threads::sample());
+    let m = http::round(addr, Load::Pay { round, replay: false }, count, concurrency).await?;
+    let threads = threads::Threads::sample().since(&threads);
+    let writer = WriterFigures::read(addr).await?.since(&before);
+    let noop = http::round(addr, Load::Get(NOOP_PATH), count, concurrency).await?;
+    let ratios = (m.per_s / noop.per_s, m.per_s / raw_per_s);
+    let row = format!(
+        "  {concurrency:>11}  {:>10.0}  {:>7}  {:>7}  {:>9.0}  {:>7.2}  {:>6.1}  {:>12.1}  {:>9.1}  {:>7.0} / {:<5.0}",
+        m.per_s,
+        m.p50_us,
+        m.p99_us,
+        noop.per_s,
+        ratios.0,
+        ratios.1,
+        writer.cpu_us_per_payment(),
+        writer.per_commit(),
+        m.cpu_us_per_request,
+        noop.cpu_us_per_request
+    );
+    Ok((row, threads::breakdown(&threads, count), ratios))
 }
 
 fn print_replays(m: &Measured, concurrency: usize) {
