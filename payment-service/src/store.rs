@@ -564,8 +564,7 @@ pub(crate) fn insert_payment(
     // the transaction usable on both engines.
     let id: i64 = conn.alone(|conn| {
         conn.insert_returning_id(
-            "INSERT INTO payments (src, dest, amount_minor, idem_key, dedup_key, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            INSERT_PAYMENT,
             params![request.src, request.dest, request.amount_minor, key, dedup_key, now_ms],
         )
     })?;
@@ -614,10 +613,7 @@ fn payments_with_key_up_to_two(conn: &Connection, key: &str) -> DbResult<i64> {
 /// would build a temporary b-tree of the two names for every payment).
 fn balances(conn: &Connection, a: &str, b: &str) -> DbResult<(Option<i64>, Option<i64>)> {
     Ok(conn
-        .prepare_cached(
-            "SELECT (SELECT balance_minor FROM accounts WHERE name = ?1),
-                    (SELECT balance_minor FROM accounts WHERE name = ?2)",
-        )?
+        .prepare_cached(BALANCES)?
         .query_row(params![a, b], |r| Ok((r.get(0)?, r.get(1)?)))?)
 }
 
@@ -639,8 +635,8 @@ fn set_balances(conn: &Connection, a: (&str, i64, bool), b: (&str, i64, bool)) -
     }
     for (name, balance, existed) in [a, b] {
         let sql = match existed {
-            true => "UPDATE accounts SET balance_minor = ?2 WHERE name = ?1",
-            false => "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2)",
+            true => UPDATE_BALANCE,
+            false => INSERT_ACCOUNT,
         };
         if conn.prepare_cached(sql)?.execute(params![name, balance])? != 1 {
             return Err(DbError::Corrupt(format!("the balance of {name} was not written")));
@@ -648,6 +644,16 @@ fn set_balances(conn: &Connection, a: (&str, i64, bool), b: (&str, i64, bool)) -
     }
     Ok(())
 }
+
+/// The statements every new payment runs on SQLite (with [`INSERT_ANSWER`]):
+/// each writes or reads one row, so none needs a statement journal or a
+/// temporary b-tree (a test reads their programs).
+const INSERT_PAYMENT: &str = "INSERT INTO payments (src, dest, amount_minor, idem_key, dedup_key, created_at_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+const BALANCES: &str = "SELECT (SELECT balance_minor FROM accounts WHERE name = ?1),
+            (SELECT balance_minor FROM accounts WHERE name = ?2)";
+const UPDATE_BALANCE: &str = "UPDATE accounts SET balance_minor = ?2 WHERE name = ?1";
+const INSERT_ACCOUNT: &str = "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2)";
 
 fn payment_from_row(r: &Row<'_>) -> DbResult<Payment> {
     Ok(Payment {
@@ -817,6 +823,41 @@ mod tests {
     }
 
     const DAY_MS: i64 = 86_400_000;
+
+    /// The opcodes of the program SQLite compiles `sql` to.
+    fn opcodes(conn: &rusqlite::Connection, sql: &str) -> Vec<String> {
+        let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+        let unbound = std::iter::repeat_n(rusqlite::types::Null, explain.parameter_count());
+        explain
+            .query_map(rusqlite::params_from_iter(unbound), |r| r.get::<_, String>(1))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Each statement of a new payment, compiled by SQLite: no temporary
+    /// b-tree (`OpenEphemeral`, what `RETURNING` and `name IN (?1, ?2)`
+    /// compiled to, one per payment each) and no trigger program.
+    #[test]
+    fn a_new_payments_statements_build_no_temporary_btree() {
+        let (_dir, conn) = db();
+        let conn = conn.sqlite().unwrap();
+        for sql in [INSERT_PAYMENT, BALANCES, UPDATE_BALANCE, INSERT_ACCOUNT, INSERT_ANSWER] {
+            let opcodes = opcodes(conn, sql);
+            assert!(opcodes.iter().any(|op| op == "Halt"), "{sql}: {opcodes:?}");
+            for unwanted in ["OpenEphemeral", "Program"] {
+                assert!(
+                    !opcodes.iter().any(|op| op == unwanted),
+                    "{sql} runs {unwanted}: {opcodes:?}"
+                );
+            }
+        }
+        let returning = opcodes(conn, &format!("{INSERT_PAYMENT} RETURNING id"));
+        assert!(
+            returning.iter().any(|op| op == "OpenEphemeral"),
+            "the check no longer sees what RETURNING costs: {returning:?}"
+        );
+    }
 
     /// Runs a write and applies its change to the totals, as the writer does.
     fn with_totals<T>(conn: &Connection, write: impl FnOnce(&mut Delta) -> DbResult<T>) -> DbResult<T> {
