@@ -13,15 +13,7 @@ pub fn now_ms() -> i64 {
 
 /// Renders Unix milliseconds as `2026-11-24T14:15:10.123Z` (UTC).
 pub fn rfc3339_ms(unix_ms: i64) -> String {
-    let days = unix_ms.div_euclid(86_400_000);
-    let ms_of_day = unix_ms.rem_euclid(86_400_000);
-    let (year, month, day) = civil_from_days(days);
-    let (h, m, s, ms) = (
-        ms_of_day / 3_600_000,
-        ms_of_day / 60_000 % 60,
-        ms_of_day / 1000 % 60,
-        ms_of_day % 1000,
-    );
+    let [year, month, day, h, m, s, ms] = utc_fields(unix_ms);
     if !(0..=9999).contains(&year) {
         return format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z");
     }
@@ -41,6 +33,21 @@ pub fn rfc3339_ms(unix_ms: i64) -> String {
         out.push(then);
     }
     out
+}
+
+/// Unix milliseconds as UTC: year, month, day, hour, minute, second, millisecond.
+fn utc_fields(unix_ms: i64) -> [i64; 7] {
+    let ms_of_day = unix_ms.rem_euclid(86_400_000);
+    let (year, month, day) = civil_from_days(unix_ms.div_euclid(86_400_000));
+    [
+        year,
+        month,
+        day,
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000,
+    ]
 }
 
 /// Pushes `value` (0 ≤ value < 10^width, width ≤ 4) as exactly `width`
@@ -88,15 +95,7 @@ mod tests {
         let start = 1_704_067_200_000_i64; // 2024-01-01T00:00:00.000Z
         for hour in 0..(366 * 24) {
             let t = start + hour * 3_600_000 + (hour * 7919) % 3_600_000;
-            let days = t.div_euclid(86_400_000);
-            let ms_of_day = t.rem_euclid(86_400_000);
-            let (y, mo, d) = civil_from_days(days);
-            let (h, m, s, ms) = (
-                ms_of_day / 3_600_000,
-                ms_of_day / 60_000 % 60,
-                ms_of_day / 1000 % 60,
-                ms_of_day % 1000,
-            );
+            let [y, mo, d, h, m, s, ms] = utc_fields(t);
             let expected = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z");
             assert_eq!(rfc3339_ms(t), expected);
         }
