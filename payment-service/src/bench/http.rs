@@ -39,6 +39,13 @@ pub(crate) fn summarize(count: usize, elapsed: Duration, mut latencies: Vec<Dura
     }
 }
 
+/// The round with the median rate of `rounds` (not empty).
+pub(crate) fn median(mut rounds: Vec<Measured>) -> Measured {
+    rounds.sort_by(|a, b| a.per_s.total_cmp(&b.per_s));
+    let middle = rounds.len() / 2;
+    rounds.swap_remove(middle)
+}
+
 /// CPU time this process has used so far (all threads, user and kernel),
 /// in microseconds; 0 where it cannot be read.
 pub(crate) fn process_cpu_us() -> u64 {

@@ -52,6 +52,15 @@ impl Threads {
         Threads(used.collect())
     }
 
+    /// Adds what `other` used, name by name.
+    pub(crate) fn add(&mut self, other: &Threads) {
+        for (name, used) in &other.0 {
+            let entry = self.0.entry(name.clone()).or_default();
+            entry.on_cpu_ns += used.on_cpu_ns;
+            entry.waiting_ns += used.waiting_ns;
+        }
+    }
+
     pub(crate) fn get(&self, name: &str) -> Use {
         self.0.get(name).copied().unwrap_or_default()
     }
