@@ -74,6 +74,9 @@ impl Threads {
 /// One line: per request, the writer's and the desk's time on a core (and
 /// runnable, waiting for one), and every other thread's (HTTP on both sides).
 pub(crate) fn breakdown(used: &Threads, requests: usize) -> String {
+    if used.0.is_empty() {
+        return "not measured here (needs Linux's /proc/self/task/*/schedstat)".into();
+    }
     let per = |ns: u64| ns as f64 / 1000.0 / requests.max(1) as f64;
     let (writer, desk) = (used.get("payment-writer"), used.get("payment-desk"));
     let rest = used
