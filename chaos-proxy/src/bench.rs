@@ -245,13 +245,7 @@ struct Latency {
 impl Latency {
     fn of(mut samples: Vec<Duration>) -> Latency {
         samples.sort_unstable();
-        let at = |p: f64| {
-            if samples.is_empty() {
-                return f64::NAN;
-            }
-            let idx = ((samples.len() as f64 - 1.0) * p).round() as usize;
-            samples[idx.min(samples.len() - 1)].as_secs_f64() * 1e6
-        };
+        let at = |p: f64| eo_core::measure::quantile(&samples, p).map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
         Latency {
             p50_us: at(0.50),
             p99_us: at(0.99),

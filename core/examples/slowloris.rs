@@ -107,13 +107,13 @@ async fn attack(target: SocketAddr, until: Instant) -> u64 {
 fn report(label: &str, (latencies, failed): &(Vec<u64>, u64)) {
     let mut sorted = latencies.clone();
     sorted.sort_unstable();
-    let at = |q: f64| sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)));
+    let at = |q: f64| eo_core::measure::quantile(&sorted, q);
     match (at(0.5), at(0.99), sorted.last()) {
         (Some(p50), Some(p99), Some(max)) => println!(
             "{label}: {} answered, {failed} failed; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             sorted.len(),
-            *p50 as f64 / 1000.0,
-            *p99 as f64 / 1000.0,
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0,
             *max as f64 / 1000.0
         ),
         _ => println!("{label}: none answered, {failed} failed"),

@@ -8,6 +8,7 @@
 //!   status means, `Retry-After` (capped), seeded full-jitter backoff.
 //! - [`problem`]: errors as problem+json (each service lists its causes), the
 //!   `/problems/{type}` page, a JSON answer, a request run owning its in-flight permit.
+//! - [`measure`]: the quantile every benchmark and example prints (p50, p99).
 //! - [`seed`]: SplitMix64 and FNV-1a, to derive independent seeds from one.
 //! - [`serve`]: a bounded HTTP/1.1 server for an axum router (connection cap, header-read,
 //!   body-read and idle deadlines, graceful drain).
@@ -15,6 +16,7 @@
 //! - [`logging`]: `RUST_LOG`-driven tracing on stderr, colour only on a terminal.
 
 pub mod logging;
+pub mod measure;
 pub mod money;
 pub mod problem;
 pub mod retry;

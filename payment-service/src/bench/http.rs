@@ -66,10 +66,7 @@ pub(crate) fn process_cpu_us() -> u64 {
 
 /// The `q` quantile of sorted latencies (zero when there are none).
 pub(crate) fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    sorted
-        .get(((sorted.len() as f64 - 1.0) * q) as usize)
-        .copied()
-        .unwrap_or_default()
+    eo_core::measure::quantile(sorted, q).unwrap_or_default()
 }
 
 /// What one round sends: keyed payments, or a GET of a route.
