@@ -5,9 +5,12 @@
 //! single-row durable commits, the ceiling for any design that commits each
 //! payment on its own; (2) the service's durable keyed payments over HTTP at
 //! several concurrencies, next to a no-op route of the same server (`GET /`),
-//! with the writer thread's CPU time per payment and the payments per commit;
-//! (3) replays of answered keys; and, with `--ledger N`, (4) what the
-//! operations around the write path cost with N payments already stored.
+//! in alternating pairs of rounds, with the writer thread's CPU time per
+//! payment, the payments per commit, the process's CPU per request and where
+//! it went by thread; (3) replays of answered keys; (4) the writer alone, its
+//! batch code fed in fixed groups without HTTP (`writer.rs`); and, with
+//! `--ledger N`, (5) what the operations around the write path cost with N
+//! payments already stored.
 
 mod backends;
 mod http;
@@ -176,7 +179,10 @@ fn print_header() {
         "payment-service over HTTP/1.1 keep-alive: keyed POST /payments, each acknowledged after its durable COMMIT;"
     );
     println!("no-op: GET {NOOP_PATH} of the same server; writer CPU: the writer thread's CPU time per payment;");
-    println!("CPU: the whole process's (service and load, every thread) per payment and per no-op request");
+    println!("CPU: the whole process's (service and load, every thread) per payment and per no-op request;");
+    println!(
+        "each row: the medians of {PAIRS_PER_ROW} payment rounds and {PAIRS_PER_ROW} no-op rounds in turn (writer figures over all)"
+    );
     println!(
         "  {:>11}  {:>10}  {:>7}  {:>7}  {:>9}  {:>7}  {:>6}  {:>12}  {:>9}  {:>13}",
         "concurrency",
