@@ -49,19 +49,7 @@ pub(crate) fn median(mut rounds: Vec<Measured>) -> Measured {
 /// CPU time this process has used so far (all threads, user and kernel),
 /// in microseconds; 0 where it cannot be read.
 pub(crate) fn process_cpu_us() -> u64 {
-    // SAFETY: getrusage writes into the struct we own; all-zero is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_SELF with a valid pointer has no other precondition.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return 0;
-    }
-    let us = |t: libc::timeval| {
-        u64::try_from(t.tv_sec)
-            .unwrap_or(0)
-            .saturating_mul(1_000_000)
-            .saturating_add(u64::try_from(t.tv_usec).unwrap_or(0))
-    };
-    us(usage.ru_utime).saturating_add(us(usage.ru_stime))
+    crate::writer::process_cpu_ns() / 1000
 }
 
 /// The `q` quantile of sorted latencies (zero when there are none).
