@@ -31,12 +31,14 @@ pub(crate) fn run(dir: &Path, count: usize, batch: usize, synchronous: Synchrono
     let mut config = Config::new(dir.join(format!("writer-{batch}.db")));
     config.synchronous = synchronous;
     let counters = Arc::new(Counters::default());
+    let request = PaymentRequest::from_json(super::http::BODY.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the benchmark's payment is refused: {}", e.detail))?;
     let mut writer = Alone::open(&config, Arc::clone(&counters))?;
     let started = Instant::now();
     let mut paid = 0;
     while paid < count {
         let n = batch.min(count - paid);
-        let (mut ops, replies): (Vec<Op>, Vec<_>) = (paid..paid + n).map(payment).unzip();
+        let (mut ops, replies): (Vec<Op>, Vec<_>) = (paid..paid + n).map(|i| payment(&request, i)).unzip();
         writer.commit(&mut ops);
         for (i, mut reply) in replies.into_iter().enumerate() {
             match reply.try_recv() {
@@ -57,14 +59,11 @@ pub(crate) fn run(dir: &Path, count: usize, batch: usize, synchronous: Synchrono
 
 type Replied = oneshot::Receiver<Result<Outcome, crate::db_error::DbError>>;
 
-fn payment(i: usize) -> (Op, Replied) {
+/// The `i`-th payment of the run: the HTTP load's request under a key of its own.
+fn payment(request: &PaymentRequest, i: usize) -> (Op, Replied) {
     let (reply, rx) = oneshot::channel();
     let op = Op::PayKeyed {
-        request: PaymentRequest {
-            src: "bianca".into(),
-            dest: "marc".into(),
-            amount_minor: 100,
-        },
+        request: request.clone(),
         key: format!("alone-{i}"),
         reply,
     };
