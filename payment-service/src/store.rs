@@ -177,17 +177,23 @@ fn key_row_from(r: &Row<'_>, at: usize) -> DbResult<KeyRow> {
 /// statement (always one row: NULLs for what is absent).
 fn key_row_and_first_payment(conn: &Connection, key: &str) -> DbResult<(Option<KeyRow>, Option<Payment>)> {
     Ok(conn.prepare_cached(KEY_AND_FIRST_PAYMENT)?.query_row([key], |r| {
-        let row = match r.get::<_, Option<String>>(0)? {
-            Some(_) => Some(key_row_from(r, 0)?),
-            None => None,
-        };
-        let first = match r.get::<_, Option<i64>>(7)? {
-            Some(_) => Some(payment_from_row_at(r, 7)?),
-            None => None,
-        };
+        // The key's fingerprint and the payment's id are never NULL in a row.
+        let row = r.get::<_, Option<String>>(0)?.map(|_| key_row_from(r, 0)).transpose()?;
+        let first = r
+            .get::<_, Option<i64>>(7)?
+            .map(|_| payment_from_row_at(r, 7))
+            .transpose()?;
         Ok((row, first))
     })?)
 }
+
+/// The columns of `key_row`, then those of `PAYMENT_COLUMNS`.
+const KEY_AND_FIRST_PAYMENT: &str = "SELECT k.fingerprint, k.state, k.locked_until_ms, k.payment_id,
+            k.response_status, k.response_body, k.completed_at_ms,
+            p.id, p.src, p.dest, p.amount_minor, p.idem_key, p.created_at_ms
+     FROM (SELECT 1 AS one) AS q
+     LEFT JOIN idempotency_keys AS k ON k.idem_key = ?1
+     LEFT JOIN payments AS p ON p.id = (SELECT min(id) FROM payments WHERE idem_key = ?1)";
 
 /// What a keyed request is to the key rules: a single payment, or a batch
 /// (`batch.rs`). `decide` and `claim` serve both.
@@ -546,17 +552,25 @@ pub(crate) fn store_answer(
     Ok(())
 }
 
-const INSERT_ANSWER: &str = "INSERT INTO idempotency_keys
+/// The completed key's row, written once for both statements below.
+macro_rules! insert_answer {
+    () => {
+        "INSERT INTO idempotency_keys
      (idem_key, fingerprint, state, lock_owner, locked_until_ms, payment_id, response_status, response_body, created_at_ms, completed_at_ms)
-     VALUES (?1, ?2, 'completed', NULL, NULL, ?3, 201, ?4, ?5, ?5)";
+     VALUES (?1, ?2, 'completed', NULL, NULL, ?3, 201, ?4, ?5, ?5)"
+    };
+}
 
-const UPSERT_ANSWER: &str = "INSERT INTO idempotency_keys
-     (idem_key, fingerprint, state, lock_owner, locked_until_ms, payment_id, response_status, response_body, created_at_ms, completed_at_ms)
-     VALUES (?1, ?2, 'completed', NULL, NULL, ?3, 201, ?4, ?5, ?5)
+const INSERT_ANSWER: &str = insert_answer!();
+
+const UPSERT_ANSWER: &str = concat!(
+    insert_answer!(),
+    "
      ON CONFLICT (idem_key) DO UPDATE SET
          fingerprint = excluded.fingerprint, state = 'completed', lock_owner = NULL, lease_replica = NULL,
          locked_until_ms = NULL, payment_id = excluded.payment_id, response_status = 201,
-         response_body = excluded.response_body, completed_at_ms = excluded.completed_at_ms";
+         response_body = excluded.response_body, completed_at_ms = excluded.completed_at_ms"
+);
 
 /// Inserts a payment without any key check: keyless requests, `--dedup off`,
 /// and the insert step of `check-then-insert`.
@@ -700,13 +714,6 @@ const INSERT_PAYMENT: &str = "INSERT INTO payments (src, dest, amount_minor, ide
 const BALANCES: &str = "SELECT (SELECT balance_minor FROM accounts WHERE name = ?1),
             (SELECT balance_minor FROM accounts WHERE name = ?2)";
 const UPDATE_BALANCE: &str = "UPDATE accounts SET balance_minor = ?2 WHERE name = ?1";
-/// The columns of `key_row`, then those of `PAYMENT_COLUMNS`.
-const KEY_AND_FIRST_PAYMENT: &str = "SELECT k.fingerprint, k.state, k.locked_until_ms, k.payment_id,
-            k.response_status, k.response_body, k.completed_at_ms,
-            p.id, p.src, p.dest, p.amount_minor, p.idem_key, p.created_at_ms
-     FROM (SELECT 1 AS one) AS q
-     LEFT JOIN idempotency_keys AS k ON k.idem_key = ?1
-     LEFT JOIN payments AS p ON p.id = (SELECT min(id) FROM payments WHERE idem_key = ?1)";
 const INSERT_ACCOUNT: &str = "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2)";
 
 fn payment_from_row(r: &Row<'_>) -> DbResult<Payment> {
