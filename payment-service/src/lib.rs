@@ -74,6 +74,7 @@ mod solutions;
 mod stats;
 mod store;
 mod totals;
+mod wal_gather;
 mod writer;
 
 use std::future::Future;

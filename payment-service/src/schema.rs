@@ -111,7 +111,10 @@ pub(crate) fn open_writer(path: &Path, synchronous: Synchronous) -> DbResult<Con
 const OPEN_RETRY_MS: u64 = 20;
 
 fn open_sqlite_writer(path: &Path, synchronous: Synchronous) -> DbResult<Connection> {
-    let conn = rusqlite::Connection::open(path)?;
+    // Through the VFS that writes a commit's WAL frames together: the only
+    // connection that writes (readers open the default VFS).
+    let vfs = crate::wal_gather::vfs_name().map_err(DbError::Io)?;
+    let conn = rusqlite::Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs)?;
     // First: every statement below may have to wait for a lock.
     conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
     // Asked first: switching (even to the mode the file already has) takes

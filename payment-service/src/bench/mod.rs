@@ -144,7 +144,7 @@ async fn write_path(args: &BenchArgs, dir: &Path, raw_per_s: f64) -> anyhow::Res
         by_thread.push(format!("  {concurrency:>11}  {threads}"));
         top = ratios;
     }
-    println!("  CPU µs per payment by thread (time on a core; runnable but waiting for one):");
+    println!("  CPU µs per payment by thread (time on a core; runnable but waiting for one); the WAL's writes:");
     by_thread.iter().for_each(|line| println!("{line}"));
     let last_round = args.concurrency.len() - 1;
     let top_concurrency = args.concurrency[last_round];
@@ -216,7 +216,7 @@ async fn pay_and_noop(
     count: usize,
     raw_per_s: f64,
 ) -> anyhow::Result<(String, String, Ratios)> {
-    let before = WriterFigures::read(addr).await?;
+    let (before, wal_before) = (WriterFigures::read(addr).await?, crate::wal_gather::writes());
     let (mut pays, mut noops, mut used) = (Vec::new(), Vec::new(), threads::Threads::default());
     for pair in 0..PAIRS_PER_ROW {
         let sampled = threads::Threads::sample();
@@ -229,6 +229,13 @@ async fn pay_and_noop(
         noops.push(http::round(addr, Load::Get(NOOP_PATH), count, concurrency).await?);
     }
     let writer = WriterFigures::read(addr).await?.since(&before);
+    let wal = crate::wal_gather::writes();
+    let per_commit = |n: u64| n as f64 / writer.commits.max(1) as f64;
+    let wal = format!(
+        "; WAL writes per commit: {:.1} asked, {:.1} made",
+        per_commit(wal.0.saturating_sub(wal_before.0)),
+        per_commit(wal.1.saturating_sub(wal_before.1))
+    );
     let mut pairs: Vec<f64> = pays.iter().zip(&noops).map(|(p, n)| p.per_s / n.per_s).collect();
     pairs.sort_by(f64::total_cmp);
     let (m, noop) = (http::median(pays), http::median(noops));
@@ -250,7 +257,8 @@ async fn pay_and_noop(
         m.cpu_us_per_request,
         noop.cpu_us_per_request
     );
-    Ok((row, threads::breakdown(&used, count * PAIRS_PER_ROW), ratios))
+    let threads = threads::breakdown(&used, count * PAIRS_PER_ROW) + &wal;
+    Ok((row, threads, ratios))
 }
 
 fn print_replays(m: &Measured, concurrency: usize) {
