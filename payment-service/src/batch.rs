@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use crate::db::Connection;
+use crate::db::{Connection, Savepoint};
 use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
@@ -260,7 +260,7 @@ fn execute(
     unique: bool,
     totals: &mut Delta,
 ) -> DbResult<Outcome> {
-    conn.prepare_cached("SAVEPOINT batch")?.execute(())?;
+    let savepoint = conn.savepoint(Savepoint::Batch)?;
     let mut delta = Delta::default();
     let mut payments = Vec::with_capacity(batch.items.len());
     let inserted: DbResult<()> = batch.items.iter().try_for_each(|item| {
@@ -271,8 +271,8 @@ fn execute(
         Ok(())
     });
     if let Err(e) = inserted {
-        conn.prepare_cached("ROLLBACK TO batch")?.execute(())?;
-        conn.prepare_cached("RELEASE batch")?.execute(())?;
+        savepoint.roll_back()?;
+        savepoint.release()?;
         return match e.is_permanent() {
             true => Ok(Outcome::Refused(e)),
             false => Err(e),
@@ -288,7 +288,7 @@ fn execute(
         )?;
         delta += before.delta_to(false);
     }
-    conn.prepare_cached("RELEASE batch")?.execute(())?;
+    savepoint.release()?;
     *totals += delta;
     Ok(Outcome::ExecutedBatch {
         payments,

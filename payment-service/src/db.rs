@@ -16,6 +16,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use crate::balances::Pending;
 use crate::db_error::{DbError, DbResult};
 
 /// Which engine a connection talks to.
@@ -93,52 +94,71 @@ impl Drop for PgClient {
 /// dozen distinct statements, so this never evicts in practice.
 const PG_STATEMENTS_MAX: usize = 256;
 
-/// One database connection of either engine.
-pub(crate) enum Connection {
+/// One database connection of either engine, and the balances its writer's
+/// transaction keeps in memory until its COMMIT (see `balances.rs`).
+pub(crate) struct Connection {
+    engine: Engine,
+    balances: RefCell<Option<Pending>>,
+}
+
+enum Engine {
     Sqlite(rusqlite::Connection),
     Pg(Box<PgConn>),
 }
 
 impl From<rusqlite::Connection> for Connection {
     fn from(conn: rusqlite::Connection) -> Connection {
-        Connection::Sqlite(conn)
+        Connection::on(Engine::Sqlite(conn))
     }
 }
 
 impl Connection {
     /// A PostgreSQL connection around a connected client.
     pub(crate) fn pg(client: postgres::Client) -> Connection {
-        Connection::Pg(Box::new(PgConn {
+        Connection::on(Engine::Pg(Box::new(PgConn {
             client: RefCell::new(PgClient(Some(client))),
             careful: std::cell::Cell::new(false),
             cache: RefCell::new(HashMap::new()),
-        }))
+        })))
+    }
+
+    fn on(engine: Engine) -> Connection {
+        Connection {
+            engine,
+            balances: RefCell::new(None),
+        }
+    }
+
+    /// The balances kept in memory by the writer's open transaction, if any
+    /// (only `balances.rs` reads or changes them).
+    pub(crate) fn pending_balances(&self) -> &RefCell<Option<Pending>> {
+        &self.balances
     }
 
     pub(crate) fn dialect(&self) -> Dialect {
-        match self {
-            Connection::Sqlite(_) => Dialect::Sqlite,
-            Connection::Pg(_) => Dialect::Postgres,
+        match &self.engine {
+            Engine::Sqlite(_) => Dialect::Sqlite,
+            Engine::Pg(_) => Dialect::Postgres,
         }
     }
 
     /// The SQLite connection, for what only SQLite has (pragmas, change
     /// counts, closing the file before a swap).
     pub(crate) fn sqlite(&self) -> Option<&rusqlite::Connection> {
-        match self {
-            Connection::Sqlite(c) => Some(c),
-            Connection::Pg(_) => None,
+        match &self.engine {
+            Engine::Sqlite(c) => Some(c),
+            Engine::Pg(_) => None,
         }
     }
 
     /// Closes the connection; SQLite checkpoints its WAL when it closes the
     /// last connection of a file. On failure the connection is given back.
     pub(crate) fn close(self) -> Result<(), Box<(Connection, DbError)>> {
-        match self {
-            Connection::Sqlite(c) => c.close().map_err(|(c, e)| Box::new((Connection::Sqlite(c), e.into()))),
+        match self.engine {
+            Engine::Sqlite(c) => c.close().map_err(|(c, e)| Box::new((Connection::from(c), e.into()))),
             // A failed goodbye leaves nothing to undo: the server ends the
             // session (and rolls back anything open) when the socket closes.
-            Connection::Pg(pg) => {
+            Engine::Pg(pg) => {
                 drop(pg);
                 Ok(())
             }
@@ -148,15 +168,15 @@ impl Connection {
     /// A PostgreSQL connection the server or the network closed: it must be
     /// replaced, never pooled again. A SQLite connection never breaks so.
     pub(crate) fn is_broken(&self) -> bool {
-        match self {
-            Connection::Sqlite(_) => false,
-            Connection::Pg(pg) => pg.client.borrow().is_closed(),
+        match &self.engine {
+            Engine::Sqlite(_) => false,
+            Engine::Pg(pg) => pg.client.borrow().is_closed(),
         }
     }
 
     /// PostgreSQL: whether [`Connection::alone`] uses a savepoint (see there).
     pub(crate) fn set_careful(&self, careful: bool) {
-        if let Connection::Pg(pg) = self {
+        if let Engine::Pg(pg) = &self.engine {
             pg.careful.set(careful);
         }
     }
@@ -186,24 +206,35 @@ impl Connection {
     /// the writer is careful (its rerun of a batch in which a request
     /// failed). The first run needs none: a failure there reruns the batch.
     pub(crate) fn alone<T>(&self, statement: impl FnOnce(&Connection) -> DbResult<T>) -> DbResult<T> {
-        let careful = matches!(self, Connection::Pg(pg) if pg.careful.get());
+        let careful = matches!(&self.engine, Engine::Pg(pg) if pg.careful.get());
         if !careful {
             return statement(self);
         }
-        self.prepare_cached("SAVEPOINT statement")?.execute(())?;
+        let savepoint = self.savepoint(Savepoint::Statement)?;
         let result = statement(self);
         if result.is_err() {
-            self.prepare_cached("ROLLBACK TO statement")?.execute(())?;
+            savepoint.roll_back()?;
         }
-        self.prepare_cached("RELEASE statement")?.execute(())?;
+        savepoint.release()?;
         result
+    }
+
+    /// Opens a savepoint; rolling back to it also forgets the balance
+    /// changes kept in memory since (see `balances.rs`).
+    pub(crate) fn savepoint(&self, name: Savepoint) -> DbResult<Marked<'_>> {
+        self.prepare_cached(name.sql().0)?.execute(())?;
+        Ok(Marked {
+            conn: self,
+            name,
+            balances: crate::balances::mark(self),
+        })
     }
 
     /// A statement, prepared once per connection and kept.
     pub(crate) fn prepare_cached(&self, sql: &str) -> DbResult<Statement<'_>> {
-        match self {
-            Connection::Sqlite(c) => Ok(Statement::Sqlite(c.prepare_cached(sql)?)),
-            Connection::Pg(pg) => pg.prepare(sql),
+        match &self.engine {
+            Engine::Sqlite(c) => Ok(Statement::Sqlite(c.prepare_cached(sql)?)),
+            Engine::Pg(pg) => pg.prepare(sql),
         }
     }
 
@@ -230,12 +261,12 @@ impl Connection {
     /// `RETURNING` clause makes SQLite buffer the row in a temporary b-tree
     /// and open a statement journal for every row; on PostgreSQL `RETURNING id`.
     pub(crate) fn insert_returning_id(&self, sql: &str, params: impl Params) -> DbResult<i64> {
-        match self {
-            Connection::Sqlite(c) => {
+        match &self.engine {
+            Engine::Sqlite(c) => {
                 c.prepare_cached(sql)?.execute(&*params.sqlite())?;
                 Ok(c.last_insert_rowid())
             }
-            Connection::Pg(_) => Ok(self
+            Engine::Pg(_) => Ok(self
                 .prepare_cached(&format!("{sql} RETURNING id"))?
                 .query_row(params, |r| r.get(0))?),
         }
@@ -243,9 +274,9 @@ impl Connection {
 
     /// Runs statements without parameters (schema, transaction control).
     pub(crate) fn execute_batch(&self, sql: &str) -> DbResult<()> {
-        match self {
-            Connection::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Connection::Pg(pg) => Ok(pg.client.borrow_mut().batch_execute(&translate(sql))?),
+        match &self.engine {
+            Engine::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Engine::Pg(pg) => Ok(pg.client.borrow_mut().batch_execute(&translate(sql))?),
         }
     }
 
@@ -277,6 +308,50 @@ impl Connection {
         f: impl FnOnce(&Row<'_>) -> DbResult<T>,
     ) -> Result<T, QueryError> {
         self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
+/// The savepoints the service uses, by name.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Savepoint {
+    /// One request of a batch the writer runs again carefully.
+    Op,
+    /// All items of a batch request.
+    Batch,
+    /// One statement (PostgreSQL, see [`Connection::alone`]).
+    Statement,
+}
+
+impl Savepoint {
+    /// Its `SAVEPOINT`, `ROLLBACK TO` and `RELEASE`.
+    fn sql(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Savepoint::Op => ("SAVEPOINT op", "ROLLBACK TO op", "RELEASE op"),
+            Savepoint::Batch => ("SAVEPOINT batch", "ROLLBACK TO batch", "RELEASE batch"),
+            Savepoint::Statement => ("SAVEPOINT statement", "ROLLBACK TO statement", "RELEASE statement"),
+        }
+    }
+}
+
+/// An open savepoint and the in-memory balances as they were at it.
+pub(crate) struct Marked<'c> {
+    conn: &'c Connection,
+    name: Savepoint,
+    balances: Option<Pending>,
+}
+
+impl Marked<'_> {
+    /// Undoes everything since the savepoint, balances kept in memory
+    /// included; the savepoint stays open until [`Marked::release`].
+    pub(crate) fn roll_back(&self) -> DbResult<()> {
+        self.conn.prepare_cached(self.name.sql().1)?.execute(())?;
+        crate::balances::restore(self.conn, self.balances.clone());
+        Ok(())
+    }
+
+    pub(crate) fn release(self) -> DbResult<()> {
+        self.conn.prepare_cached(self.name.sql().2)?.execute(())?;
+        Ok(())
     }
 }
 

@@ -39,6 +39,7 @@
 mod api;
 mod audit;
 mod audit_route;
+mod balances;
 mod batch;
 pub mod bench;
 pub mod cli_audit;

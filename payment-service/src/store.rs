@@ -12,6 +12,7 @@
 
 use crate::db::{Connection, Dialect, OptionalExtension, Row, params};
 
+use crate::balances;
 use crate::db_error::{DbError, DbResult};
 use crate::outbox;
 use crate::payment::{Payment, PaymentRequest};
@@ -606,7 +607,7 @@ pub(crate) fn insert_payment(
     let out_of_range = |account: &str| DbError::BalanceOutOfRange {
         account: account.to_owned(),
     };
-    let (src, dest) = balances(conn, &request.src, &request.dest)?;
+    let (src, dest) = balances::read(conn, &request.src, &request.dest)?;
     let src_balance = src
         .unwrap_or(0)
         .checked_sub(request.amount_minor)
@@ -628,7 +629,7 @@ pub(crate) fn insert_payment(
             params![request.src, request.dest, request.amount_minor, key, dedup_key, now_ms],
         )
     })?;
-    set_balances(
+    balances::write(
         conn,
         (&request.src, src_balance, src.is_some()),
         (&request.dest, dest_balance, dest.is_some()),
@@ -666,55 +667,13 @@ fn payments_with_key_up_to_two(conn: &Connection, key: &str) -> DbResult<i64> {
         .query_row([key], |r| r.get(0))?)
 }
 
-/// Two accounts' balances, in one statement; None for an account not yet
-/// used. Only the writer calls it, inside its transaction, so nothing
-/// changes between this read and the write that follows. Two scalar
-/// subqueries, each one search of the primary key (`name IN (?1, ?2)`
-/// would build a temporary b-tree of the two names for every payment).
-fn balances(conn: &Connection, a: &str, b: &str) -> DbResult<(Option<i64>, Option<i64>)> {
-    Ok(conn
-        .prepare_cached(BALANCES)?
-        .query_row(params![a, b], |r| Ok((r.get(0)?, r.get(1)?)))?)
-}
-
-/// Stores two balances computed with checked arithmetic in Rust, so the
-/// database never does the sum (SQLite would turn an overflow into a
-/// float). The accounts differ (`dest <> src` is checked before); each comes
-/// with whether it existed. SQLite: one single-row statement per account
-/// (an `UPDATE` or an `INSERT`), which needs no statement journal, where a
-/// two-row upsert opens one for every payment. PostgreSQL: one two-row
-/// upsert, one round trip.
-fn set_balances(conn: &Connection, a: (&str, i64, bool), b: (&str, i64, bool)) -> DbResult<()> {
-    if conn.dialect() == Dialect::Postgres {
-        conn.prepare_cached(
-            "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2), (?3, ?4)
-             ON CONFLICT (name) DO UPDATE SET balance_minor = excluded.balance_minor",
-        )?
-        .execute(params![a.0, a.1, b.0, b.1])?;
-        return Ok(());
-    }
-    for (name, balance, existed) in [a, b] {
-        let sql = match existed {
-            true => UPDATE_BALANCE,
-            false => INSERT_ACCOUNT,
-        };
-        if conn.prepare_cached(sql)?.execute(params![name, balance])? != 1 {
-            return Err(DbError::Corrupt(format!("the balance of {name} was not written")));
-        }
-    }
-    Ok(())
-}
-
 /// The statements every new payment runs on SQLite (with
-/// [`KEY_AND_FIRST_PAYMENT`] and [`INSERT_ANSWER`]): each writes or reads
-/// one row, so none needs a statement journal or a temporary b-tree (a test
-/// reads their programs).
+/// [`KEY_AND_FIRST_PAYMENT`], [`INSERT_ANSWER`] and, once per batch and
+/// account, those of `balances.rs`): each writes or reads one row, so none
+/// needs a statement journal or a temporary b-tree (a test reads their
+/// programs).
 const INSERT_PAYMENT: &str = "INSERT INTO payments (src, dest, amount_minor, idem_key, dedup_key, created_at_ms)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-const BALANCES: &str = "SELECT (SELECT balance_minor FROM accounts WHERE name = ?1),
-            (SELECT balance_minor FROM accounts WHERE name = ?2)";
-const UPDATE_BALANCE: &str = "UPDATE accounts SET balance_minor = ?2 WHERE name = ?1";
-const INSERT_ACCOUNT: &str = "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2)";
 
 fn payment_from_row(r: &Row<'_>) -> DbResult<Payment> {
     payment_from_row_at(r, 0)
@@ -911,9 +870,9 @@ mod tests {
         for sql in [
             KEY_AND_FIRST_PAYMENT,
             INSERT_PAYMENT,
-            BALANCES,
-            UPDATE_BALANCE,
-            INSERT_ACCOUNT,
+            balances::BALANCES,
+            balances::UPDATE_BALANCE,
+            balances::INSERT_ACCOUNT,
             INSERT_ANSWER,
         ] {
             let opcodes = opcodes(conn, sql);

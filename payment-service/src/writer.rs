@@ -23,12 +23,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::db::{Connection, Dialect};
+use crate::db::{Connection, Dialect, Savepoint};
 use crate::pg;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::{Notify, mpsc};
 
+use crate::balances;
 use crate::clock;
 use crate::config::Synchronous;
 use crate::config::{Config, NotifyMode};
@@ -615,9 +616,10 @@ fn run_op(
     figures: &mut Delta,
 ) -> Result<Result<Done, DbError>, Attempt> {
     let changes = conn.total_changes();
-    if savepoints {
-        conn.prepare_cached("SAVEPOINT op")?.execute(())?;
-    }
+    let savepoint = match savepoints {
+        true => Some(conn.savepoint(Savepoint::Op)?),
+        false => None,
+    };
     let mut delta = Delta::default();
     let result = op.run(conn, clock, &mut delta);
     // After some errors (I/O, a full disk) SQLite rolls back the whole
@@ -629,19 +631,19 @@ fn run_op(
             cause.unwrap_or_else(|| DbError::Io("SQLite rolled the transaction back".into())),
         ));
     }
-    match (&result, savepoints) {
+    match (&result, &savepoint) {
         // The caller drops the transaction: rolled back. On PostgreSQL any
         // failure: the transaction may be aborted, and there is no change
         // count to tell whether the request wrote before it failed.
-        (Err(_), false) if conn.errors_abort_transaction() || conn.total_changes() != changes => {
+        (Err(_), None) if conn.errors_abort_transaction() || conn.total_changes() != changes => {
             return Err(Attempt::Partial);
         }
-        (Err(_), true) => conn.prepare_cached("ROLLBACK TO op")?.execute(()).map(drop)?,
+        (Err(_), Some(savepoint)) => savepoint.roll_back()?,
         (Ok(_), _) => *figures += delta,
-        (Err(_), false) => {}
+        (Err(_), None) => {}
     }
-    if savepoints {
-        conn.prepare_cached("RELEASE op")?.execute(())?;
+    if let Some(savepoint) = savepoint {
+        savepoint.release()?;
     }
     Ok(result)
 }
@@ -664,13 +666,17 @@ impl<'c> Tx<'c> {
                 conn.prepare_cached("BEGIN")?.execute(())?;
                 let tx = Tx { conn, open: true };
                 pg::lock_ledger_for_write(conn)?;
+                balances::begin(conn);
                 return Ok(tx);
             }
         }
+        balances::begin(conn);
         Ok(Tx { conn, open: true })
     }
 
+    /// Writes the balances kept in memory, then commits.
     fn commit(mut self) -> DbResult<()> {
+        balances::flush(self.conn)?;
         self.conn.prepare_cached("COMMIT")?.execute(())?;
         self.open = false;
         Ok(())
@@ -679,6 +685,7 @@ impl<'c> Tx<'c> {
 
 impl Drop for Tx<'_> {
     fn drop(&mut self) {
+        balances::discard(self.conn);
         if self.open && (self.conn.errors_abort_transaction() || !self.conn.is_autocommit()) {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
