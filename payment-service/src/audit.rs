@@ -524,11 +524,7 @@ mod tests {
     }
 
     fn pay(writer: &Connection, i: i64, key: Option<&str>) {
-        let request = PaymentRequest {
-            src: format!("acct-{}", i % 7),
-            dest: format!("acct-{}", i % 7 + 1),
-            amount_minor: 1 + i % 1000,
-        };
+        let request = PaymentRequest::new(format!("acct-{}", i % 7), format!("acct-{}", i % 7 + 1), 1 + i % 1000);
         writer.execute_batch("BEGIN").unwrap();
         let tx = writer;
         let mut figures = totals::Delta::default();

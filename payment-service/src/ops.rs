@@ -134,7 +134,7 @@ impl Op {
             } => store::complete(conn, request, (key, *lease), t.book(), totals)?,
             Op::Insert { request, key, .. } => {
                 let payment = store::insert_unchecked(conn, request, key.as_deref(), t.book(), totals)?;
-                let body = payment.to_json();
+                let body = request.answer(payment.id, key.as_deref(), payment.created_at_ms);
                 Outcome::Executed {
                     payment,
                     body,

@@ -292,11 +292,7 @@ mod tests {
     }
 
     fn pay(conn: &Connection, outbox: bool, now_ms: i64) -> i64 {
-        let request = PaymentRequest {
-            src: "bianca".into(),
-            dest: "marc".into(),
-            amount_minor: 100,
-        };
+        let request = PaymentRequest::new("bianca".into(), "marc".into(), 100);
         let mut d = Delta::default();
         let p = store::insert_unchecked(conn, &request, Some("k"), Book { now_ms, outbox }, &mut d).unwrap();
         totals::add(conn, &d).unwrap();

@@ -1,7 +1,7 @@
 //! The payment request as it arrives (parsing and validation) and the payment
 //! as it is stored and shown.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::clock;
@@ -17,9 +17,28 @@ pub struct PaymentRequest {
     pub src: String,
     pub dest: String,
     pub amount_minor: i64,
+    /// Its payment's answer up to the key ([`answer_head`]): rendered where
+    /// the request is made, so the writer renders only what it decides.
+    answer_head: String,
 }
 
 impl PaymentRequest {
+    pub fn new(src: String, dest: String, amount_minor: i64) -> PaymentRequest {
+        let answer_head = answer_head(&src, &dest, amount_minor);
+        PaymentRequest {
+            src,
+            dest,
+            amount_minor,
+            answer_head,
+        }
+    }
+
+    /// The answer to this request once paid as payment `id` under `key` at
+    /// `created_at_ms`: the same bytes as that payment's [`Payment::to_json`].
+    pub fn answer(&self, id: i64, key: Option<&str>, created_at_ms: i64) -> String {
+        render_answer(&self.answer_head, id, key, created_at_ms)
+    }
+
     /// What "the same request" means for a reused key: the fields that decide
     /// the effect. Unit separators keep `("a", "bc")` apart from `("ab", "c")`;
     /// account names cannot contain them.
@@ -51,11 +70,7 @@ impl PaymentRequest {
             .with_field("dest"));
         }
         let amount_minor = amount(raw.amount)?;
-        Ok(PaymentRequest {
-            src,
-            dest,
-            amount_minor,
-        })
+        Ok(PaymentRequest::new(src, dest, amount_minor))
     }
 }
 
@@ -152,18 +167,52 @@ pub struct Payment {
     pub created_at_ms: i64,
 }
 
-/// The JSON shape of a payment. Field order is fixed, so the same row always
-/// renders to the same bytes: a replay rebuilt from the ledger is
-/// byte-identical to the stored first answer.
-#[derive(Serialize)]
-struct PaymentJson<'a> {
-    id: i64,
-    src: &'a str,
-    dest: &'a str,
-    amount: String,
-    amount_minor: i64,
-    idempotency_key: Option<&'a str>,
-    created_at: String,
+/// A payment's answer, from `,"src"` to `"idempotency_key":`: what the
+/// request decides. [`render_answer`] puts the id before it and the key and
+/// the time after it. Every payment's answer is rendered through these two
+/// (the first answer from its request, a replay or a rebuilt answer from the
+/// row), in a fixed field order, so the same payment is always the same bytes.
+/// Strings are escaped by serde_json, as a derived `Serialize` would (a test
+/// compares the two).
+fn answer_head(src: &str, dest: &str, amount_minor: i64) -> String {
+    let mut out = Vec::with_capacity(96 + src.len() + dest.len());
+    out.extend_from_slice(b",\"src\":");
+    push_json_str(&mut out, src);
+    out.extend_from_slice(b",\"dest\":");
+    push_json_str(&mut out, dest);
+    out.extend_from_slice(b",\"amount\":\"");
+    out.extend_from_slice(money::format_minor(amount_minor).as_bytes());
+    out.extend_from_slice(b"\",\"amount_minor\":");
+    out.extend_from_slice(amount_minor.to_string().as_bytes());
+    out.extend_from_slice(b",\"idempotency_key\":");
+    into_string(out)
+}
+
+/// `{"id":ID` + `head` + the key (or null) + `,"created_at":"TIME"}`.
+fn render_answer(head: &str, id: i64, key: Option<&str>, created_at_ms: i64) -> String {
+    let mut out = Vec::with_capacity(64 + head.len() + key.map_or(4, str::len));
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.to_string().as_bytes());
+    out.extend_from_slice(head.as_bytes());
+    match key {
+        Some(key) => push_json_str(&mut out, key),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"created_at\":\"");
+    out.extend_from_slice(clock::rfc3339_ms(created_at_ms).as_bytes());
+    out.extend_from_slice(b"\"}");
+    into_string(out)
+}
+
+/// `text` as a JSON string, quoted and escaped by serde_json.
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    // Writing a string into a Vec cannot fail.
+    drop(serde_json::to_writer(&mut *out, text));
+}
+
+/// Bytes made of UTF-8 strings and ASCII are UTF-8.
+fn into_string(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 impl Payment {
@@ -171,24 +220,17 @@ impl Payment {
         self.src == request.src && self.dest == request.dest && self.amount_minor == request.amount_minor
     }
 
+    /// Its answer: the same bytes whenever and wherever it is rendered.
     pub fn to_json(&self) -> String {
-        let json = PaymentJson {
-            id: self.id,
-            src: &self.src,
-            dest: &self.dest,
-            amount: money::format_minor(self.amount_minor),
-            amount_minor: self.amount_minor,
-            idempotency_key: self.idempotency_key.as_deref(),
-            created_at: clock::rfc3339_ms(self.created_at_ms),
-        };
-        // Serializing plain strings and integers cannot fail.
-        serde_json::to_string(&json).unwrap_or_default()
+        let head = answer_head(&self.src, &self.dest, self.amount_minor);
+        render_answer(&head, self.id, self.idempotency_key.as_deref(), self.created_at_ms)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serialize;
 
     fn parse(body: &str) -> Result<PaymentRequest, Problem> {
         PaymentRequest::from_json(body.as_bytes()).map_err(|e| e.problem)
@@ -249,6 +291,81 @@ mod tests {
             parse(r#"{"src": "a", "dest": "b", "amount": "1", "amount": "2"}"#),
             Err(Problem::MalformedJson)
         );
+    }
+
+    /// The shape the answers had when a derived `Serialize` rendered them
+    /// (stored answers of older files were rendered so): the reference.
+    #[derive(Serialize)]
+    struct PaymentJson<'a> {
+        id: i64,
+        src: &'a str,
+        dest: &'a str,
+        amount: String,
+        amount_minor: i64,
+        idempotency_key: Option<&'a str>,
+        created_at: String,
+    }
+
+    #[test]
+    fn answers_are_the_bytes_serde_renders_from_the_request_and_from_the_row() {
+        let keys = [
+            None,
+            Some(""),
+            Some("k"),
+            Some("quote\"back\\slash"),
+            Some("\u{1}\t\n"),
+            Some("é€😀"),
+        ];
+        let amounts = [1, 99, 100, 12_345, 100_000_000_000];
+        let times = [0, 1_733_616_000_123, 253_402_300_799_999, 253_402_300_800_000, -1];
+        for (i, key) in keys.into_iter().enumerate() {
+            for (j, &amount_minor) in amounts.iter().enumerate() {
+                let (src, dest) = ("bianca.b-1", "marc_2");
+                let created_at_ms = times[(i + j) % times.len()];
+                let id = [1, 42, i64::MAX][(i * j) % 3];
+                let reference = serde_json::to_string(&PaymentJson {
+                    id,
+                    src,
+                    dest,
+                    amount: money::format_minor(amount_minor),
+                    amount_minor,
+                    idempotency_key: key,
+                    created_at: clock::rfc3339_ms(created_at_ms),
+                })
+                .expect("serializes");
+                let request = PaymentRequest::new(src.into(), dest.into(), amount_minor);
+                assert_eq!(request.answer(id, key, created_at_ms), reference);
+                let row = Payment {
+                    id,
+                    src: src.into(),
+                    dest: dest.into(),
+                    amount_minor,
+                    idempotency_key: key.map(str::to_owned),
+                    created_at_ms,
+                };
+                assert_eq!(row.to_json(), reference);
+            }
+        }
+        // Names the parser refuses but an old or edited row might hold.
+        let odd = Payment {
+            id: 3,
+            src: "a\"b".into(),
+            dest: "c\\d".into(),
+            amount_minor: 5,
+            idempotency_key: None,
+            created_at_ms: 0,
+        };
+        let reference = serde_json::to_string(&PaymentJson {
+            id: 3,
+            src: "a\"b",
+            dest: "c\\d",
+            amount: "0.05".into(),
+            amount_minor: 5,
+            idempotency_key: None,
+            created_at: clock::rfc3339_ms(0),
+        })
+        .expect("serializes");
+        assert_eq!(odd.to_json(), reference);
     }
 
     #[test]

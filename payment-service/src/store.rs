@@ -518,7 +518,8 @@ fn execute_with_answer(
     totals: &mut Delta,
 ) -> DbResult<Outcome> {
     let (payment, delta) = insert_payment(conn, request, (Some(key), earlier), unique, book)?;
-    let body = payment.to_json();
+    // From the request's rendered head: the same bytes as `payment.to_json()`.
+    let body = request.answer(payment.id, Some(key), payment.created_at_ms);
     store_answer(
         conn,
         (key, &request.fingerprint()),
@@ -840,11 +841,7 @@ mod tests {
     }
 
     fn request(amount_minor: i64) -> PaymentRequest {
-        PaymentRequest {
-            src: "bianca".into(),
-            dest: "marc".into(),
-            amount_minor,
-        }
+        PaymentRequest::new("bianca".into(), "marc".into(), amount_minor)
     }
 
     const DAY_MS: i64 = 86_400_000;

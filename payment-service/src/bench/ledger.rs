@@ -92,11 +92,11 @@ fn files_bytes(path: &Path) -> u64 {
 fn fill_request(i: u64) -> PaymentRequest {
     let src = i % FILL_ACCOUNTS;
     let dest = (src + 1 + (i / FILL_ACCOUNTS) % (FILL_ACCOUNTS - 1)) % FILL_ACCOUNTS;
-    PaymentRequest {
-        src: format!("acct-{src}"),
-        dest: format!("acct-{dest}"),
-        amount_minor: 1 + (i.wrapping_mul(7919) % 100_000) as i64,
-    }
+    PaymentRequest::new(
+        format!("acct-{src}"),
+        format!("acct-{dest}"),
+        1 + (i.wrapping_mul(7919) % 100_000) as i64,
+    )
 }
 
 /// Writes `n` keyed payments (`fill-{i}`) through the writer's own code path.
