@@ -178,7 +178,7 @@ impl Keyed for Batch {
             text.push('\u{1d}');
             text.push_str(&item.item_id);
             text.push('\u{1e}');
-            text.push_str(&item.request.fingerprint());
+            text.push_str(item.request.fingerprint());
         }
         text
     }

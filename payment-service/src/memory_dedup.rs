@@ -137,7 +137,7 @@ impl SeenKeys {
 /// The answer to a keyed request under `--dedup memory`.
 pub(crate) async fn process(state: &AppState, request: PaymentRequest, key: String) -> Result<Outcome, ApiError> {
     let seen = &state.0.seen_keys;
-    match seen.check_in(&key, &request.fingerprint(), MEMORY_KEYS_MAX) {
+    match seen.check_in(&key, request.fingerprint(), MEMORY_KEYS_MAX) {
         Verdict::Done(outcome) => {
             ops::count(&state.0.counters, &outcome);
             return Ok(outcome);

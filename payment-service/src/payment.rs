@@ -17,19 +17,25 @@ pub struct PaymentRequest {
     pub src: String,
     pub dest: String,
     pub amount_minor: i64,
-    /// Its payment's answer up to the key ([`answer_head`]): rendered where
-    /// the request is made, so the writer renders only what it decides.
+    /// Its payment's answer up to the key ([`answer_head`]) and its
+    /// fingerprint: made where the request is made (an async worker), so
+    /// the writer only reads them.
     answer_head: String,
+    fingerprint: String,
 }
 
 impl PaymentRequest {
     pub fn new(src: String, dest: String, amount_minor: i64) -> PaymentRequest {
         let answer_head = answer_head(&src, &dest, amount_minor);
+        // Unit separators keep `("a", "bc")` apart from `("ab", "c")`;
+        // account names cannot contain them.
+        let fingerprint = format!("{src}\u{1f}{dest}\u{1f}{amount_minor}");
         PaymentRequest {
             src,
             dest,
             amount_minor,
             answer_head,
+            fingerprint,
         }
     }
 
@@ -40,10 +46,9 @@ impl PaymentRequest {
     }
 
     /// What "the same request" means for a reused key: the fields that decide
-    /// the effect. Unit separators keep `("a", "bc")` apart from `("ab", "c")`;
-    /// account names cannot contain them.
-    pub fn fingerprint(&self) -> String {
-        format!("{}\u{1f}{}\u{1f}{}", self.src, self.dest, self.amount_minor)
+    /// the effect.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Parses and validates a request body. Unknown fields are ignored (the

@@ -208,7 +208,7 @@ pub(crate) trait Keyed {
 
 impl Keyed for PaymentRequest {
     fn fingerprint(&self) -> String {
-        PaymentRequest::fingerprint(self)
+        PaymentRequest::fingerprint(self).to_owned()
     }
 
     fn in_ledger(&self, conn: &Connection, key: &str) -> DbResult<Option<Outcome>> {
@@ -522,7 +522,7 @@ fn execute_with_answer(
     let body = request.answer(payment.id, Some(key), payment.created_at_ms);
     store_answer(
         conn,
-        (key, &request.fingerprint()),
+        (key, request.fingerprint()),
         (Some(payment.id), &body),
         (book.now_ms, before),
     )?;
