@@ -11,8 +11,23 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Renders Unix milliseconds as `2026-11-24T14:15:10.123Z` (UTC).
+/// Renders Unix milliseconds as `2026-11-24T14:15:10.123Z` (UTC). The last
+/// rendering is kept per thread: the writer takes the time once per batch,
+/// so a batch's answers all carry the same one.
 pub fn rfc3339_ms(unix_ms: i64) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != unix_ms || last.1.is_empty() {
+            *last = (unix_ms, render_rfc3339_ms(unix_ms));
+        }
+        last.1.clone()
+    })
+}
+
+fn render_rfc3339_ms(unix_ms: i64) -> String {
     let [year, month, day, h, m, s, ms] = utc_fields(unix_ms);
     if !(0..=9999).contains(&year) {
         return format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z");
@@ -98,6 +113,13 @@ mod tests {
             let [y, mo, d, h, m, s, ms] = utc_fields(t);
             let expected = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z");
             assert_eq!(rfc3339_ms(t), expected);
+        }
+    }
+
+    #[test]
+    fn the_kept_rendering_is_the_one_of_the_instant_asked_for() {
+        for t in [5, 5, 6, 5, i64::MIN, i64::MIN, 0] {
+            assert_eq!(rfc3339_ms(t), render_rfc3339_ms(t), "{t}");
         }
     }
 }
