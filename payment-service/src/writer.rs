@@ -658,20 +658,21 @@ struct Tx<'c> {
 impl<'c> Tx<'c> {
     /// SQLite: `BEGIN IMMEDIATE` takes the file's write lock. PostgreSQL:
     /// the ledger's write lock (see `pg::lock_ledger_for_write`), so writes
-    /// of replicas run one transaction at a time as on SQLite.
+    /// of replicas run one transaction at a time as on SQLite. From then on
+    /// the balances are kept in memory until the COMMIT.
     fn begin(conn: &'c Connection) -> DbResult<Tx<'c>> {
-        match conn.dialect() {
-            Dialect::Sqlite => conn.prepare_cached("BEGIN IMMEDIATE")?.execute(()).map(drop)?,
-            Dialect::Postgres => {
-                conn.prepare_cached("BEGIN")?.execute(())?;
-                let tx = Tx { conn, open: true };
-                pg::lock_ledger_for_write(conn)?;
-                balances::begin(conn);
-                return Ok(tx);
-            }
+        let begin = match conn.dialect() {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        };
+        conn.prepare_cached(begin)?.execute(())?;
+        // Built before the lock is taken: a failure to take it rolls back.
+        let tx = Tx { conn, open: true };
+        if conn.dialect() == Dialect::Postgres {
+            pg::lock_ledger_for_write(conn)?;
         }
         balances::begin(conn);
-        Ok(Tx { conn, open: true })
+        Ok(tx)
     }
 
     /// Writes the balances kept in memory, then commits.
