@@ -137,23 +137,17 @@ fn read_stored(conn: &Connection, a: &str, b: &str) -> DbResult<(Option<i64>, Op
         .query_row(params![a, b], |r| Ok((r.get(0)?, r.get(1)?)))?)
 }
 
-/// Both balances to the database. PostgreSQL: one two-row upsert, one
-/// round trip. SQLite: one single-row statement per account (a two-row
-/// upsert opens a statement journal for every payment).
+/// Both balances to the database, one single-row statement each (on
+/// SQLite a two-row upsert opens a statement journal for every payment).
+/// Only writes outside the writer's transaction come here; inside it each
+/// account is written once per batch by [`flush`].
 fn write_stored(conn: &Connection, a: (&str, i64, bool), b: (&str, i64, bool)) -> DbResult<()> {
-    if conn.dialect() == Dialect::Postgres {
-        conn.prepare_cached(
-            "INSERT INTO accounts (name, balance_minor) VALUES (?1, ?2), (?3, ?4)
-             ON CONFLICT (name) DO UPDATE SET balance_minor = excluded.balance_minor",
-        )?
-        .execute(params![a.0, a.1, b.0, b.1])?;
-        return Ok(());
-    }
     write_one(conn, a)?;
     write_one(conn, b)
 }
 
-/// One account's balance: an `UPDATE` of its row, or the `INSERT` of a new one.
+/// One account's balance: an `UPDATE` of its row, or the `INSERT` of a new
+/// one (PostgreSQL: one upsert, whichever it is).
 fn write_one(conn: &Connection, (name, minor, stored): (&str, i64, bool)) -> DbResult<()> {
     let sql = match (conn.dialect(), stored) {
         (Dialect::Postgres, _) => UPSERT_ACCOUNT,
