@@ -216,7 +216,7 @@ async fn pay_and_noop(
     count: usize,
     raw_per_s: f64,
 ) -> anyhow::Result<(String, String, Ratios)> {
-    let (before, wal_before) = (WriterFigures::read(addr).await?, crate::wal_gather::writes());
+    let before = WriterFigures::read(addr).await?;
     let (mut pays, mut noops, mut used) = (Vec::new(), Vec::new(), threads::Threads::default());
     for pair in 0..PAIRS_PER_ROW {
         let sampled = threads::Threads::sample();
@@ -229,12 +229,10 @@ async fn pay_and_noop(
         noops.push(http::round(addr, Load::Get(NOOP_PATH), count, concurrency).await?);
     }
     let writer = WriterFigures::read(addr).await?.since(&before);
-    let wal = crate::wal_gather::writes();
-    let per_commit = |n: u64| n as f64 / writer.commits.max(1) as f64;
     let wal = format!(
         "; WAL writes per commit: {:.1} asked, {:.1} made",
-        per_commit(wal.0.saturating_sub(wal_before.0)),
-        per_commit(wal.1.saturating_sub(wal_before.1))
+        writer.per_commit(writer.wal_asked),
+        writer.per_commit(writer.wal_made)
     );
     let mut pairs: Vec<f64> = pays.iter().zip(&noops).map(|(p, n)| p.per_s / n.per_s).collect();
     pairs.sort_by(f64::total_cmp);
@@ -253,7 +251,7 @@ async fn pay_and_noop(
         ratios.noop,
         ratios.raw,
         writer.cpu_us_per_payment(),
-        writer.per_commit(),
+        writer.per_commit(writer.executed),
         m.cpu_us_per_request,
         noop.cpu_us_per_request
     );
@@ -285,21 +283,28 @@ pub(crate) async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<ser
     serde_json::from_str(&reply.body).with_context(|| format!("GET {path} is not JSON"))
 }
 
-/// The writer's own figures from `/stats`: payments executed, commits, CPU.
+/// The writer's own figures: payments executed, commits and CPU from
+/// `/stats`, and the WAL writes SQLite asked for and the writes made of
+/// them (`wal_gather`, counted in this process, where the service runs).
 struct WriterFigures {
     executed: u64,
     commits: u64,
     cpu_us: u64,
+    wal_asked: u64,
+    wal_made: u64,
 }
 
 impl WriterFigures {
     async fn read(addr: SocketAddr) -> anyhow::Result<WriterFigures> {
         let stats = get_json(addr, "/stats").await?;
         let field = |name: &str| stats[name].as_u64().with_context(|| format!("/stats has no {name}"));
+        let (wal_asked, wal_made) = crate::wal_gather::writes();
         Ok(WriterFigures {
             executed: field("executed")?,
             commits: field("writer_commits")?,
             cpu_us: field("writer_cpu_us")?,
+            wal_asked,
+            wal_made,
         })
     }
 
@@ -308,6 +313,8 @@ impl WriterFigures {
             executed: self.executed.saturating_sub(before.executed),
             commits: self.commits.saturating_sub(before.commits),
             cpu_us: self.cpu_us.saturating_sub(before.cpu_us),
+            wal_asked: self.wal_asked.saturating_sub(before.wal_asked),
+            wal_made: self.wal_made.saturating_sub(before.wal_made),
         }
     }
 
@@ -315,8 +322,9 @@ impl WriterFigures {
         self.cpu_us as f64 / self.executed.max(1) as f64
     }
 
-    fn per_commit(&self) -> f64 {
-        self.executed as f64 / self.commits.max(1) as f64
+    /// `n` (payments, WAL writes) per commit.
+    fn per_commit(&self, n: u64) -> f64 {
+        n as f64 / self.commits.max(1) as f64
     }
 }
 
