@@ -20,6 +20,7 @@
 //! `batch-unsupported`): check-then-insert and the exercise decide per key
 //! and have no all-or-nothing for several.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::db::{Connection, Savepoint};
@@ -172,7 +173,7 @@ impl Batch {
 impl Keyed for Batch {
     /// Every item's id and request, in order, marked as a batch's (a single
     /// payment's fingerprint never starts with it).
-    fn fingerprint(&self) -> String {
+    fn fingerprint(&self) -> Cow<'_, str> {
         let mut text = String::from("batch");
         for item in &self.items {
             text.push('\u{1d}');
@@ -180,7 +181,7 @@ impl Keyed for Batch {
             text.push('\u{1e}');
             text.push_str(item.request.fingerprint());
         }
-        text
+        Cow::Owned(text)
     }
 
     /// A retry after the stored answer is gone: every item paid as asked →
@@ -282,7 +283,7 @@ fn execute(
     if unique {
         store::store_answer(
             conn,
-            (&batch.key, &batch.fingerprint()),
+            (&batch.key, &*batch.fingerprint()),
             (None, &body),
             (t.now_ms, before),
         )?;

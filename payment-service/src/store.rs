@@ -10,6 +10,8 @@
 //! checks before its first write: a write that is refused leaves nothing
 //! behind, so the writer needs no savepoint around it (see `writer.rs`).
 
+use std::borrow::Cow;
+
 use crate::db::{Connection, Dialect, OptionalExtension, Row, params};
 
 use crate::balances;
@@ -199,16 +201,17 @@ const KEY_AND_FIRST_PAYMENT: &str = "SELECT k.fingerprint, k.state, k.locked_unt
 /// What a keyed request is to the key rules: a single payment, or a batch
 /// (`batch.rs`). `decide` and `claim` serve both.
 pub(crate) trait Keyed {
-    /// What "the same request" means for a reused key.
-    fn fingerprint(&self) -> String;
+    /// What "the same request" means for a reused key (a payment's is made
+    /// once, when it is parsed; a batch's is built from its items).
+    fn fingerprint(&self) -> Cow<'_, str>;
     /// What the ledger says about a retry under `key` whose stored answer is
     /// gone: its first answer rebuilt, a mismatch, or None (never paid).
     fn in_ledger(&self, conn: &Connection, key: &str) -> DbResult<Option<Outcome>>;
 }
 
 impl Keyed for PaymentRequest {
-    fn fingerprint(&self) -> String {
-        PaymentRequest::fingerprint(self).to_owned()
+    fn fingerprint(&self) -> Cow<'_, str> {
+        Cow::Borrowed(PaymentRequest::fingerprint(self))
     }
 
     fn in_ledger(&self, conn: &Connection, key: &str) -> DbResult<Option<Outcome>> {
@@ -416,7 +419,7 @@ pub fn claim(
             )?
             .execute(params![
                 key,
-                request.fingerprint(),
+                &*request.fingerprint(),
                 lease.token,
                 lease.replica,
                 now_ms.saturating_add(lease_ms),
