@@ -264,28 +264,33 @@ impl Feed {
         }
     }
 
-    pub fn started(&mut self, parts: &crate::observe::Parts) {
+    pub async fn started(&mut self, parts: &crate::observe::Parts) {
         let (index, title) = self.lessons.get(&parts.lesson).cloned().unwrap_or_default();
         let intended = client::money::format_minor(parts.intended_minor);
         let fields = json!({
             "index": index, "total": self.total, "title": title, "state": "playing",
             "payments": parts.payments, "intended": intended, "moved": "0.00", "updates": 0,
         });
+        self.stop_polling().await;
         self.hub.update(&parts.lesson, fields);
-        if let Some(old) = self
-            .poller
-            .replace(tokio::spawn(poll(Arc::clone(&self.hub), parts.clone())))
-        {
-            old.abort();
+        self.poller = Some(tokio::spawn(poll(Arc::clone(&self.hub), parts.clone())));
+    }
+
+    /// Stops the poller and waits until it has stopped: `abort` alone lets a
+    /// sample already read on another worker land after the verdict and
+    /// overwrite it with the service's own counts (seen in CI: the page
+    /// showed the service's 163 replays, not the 115 the client saw).
+    async fn stop_polling(&mut self) {
+        if let Some(poller) = self.poller.take() {
+            poller.abort();
+            let _ = poller.await;
         }
     }
 
     /// The verdict, then the story of the lesson's example payment (read
     /// while the parts are still up).
     pub async fn judged(&mut self, parts: &crate::observe::Parts, o: &crate::play::Outcome) {
-        if let Some(poller) = self.poller.take() {
-            poller.abort();
-        }
+        self.stop_polling().await;
         let metric = |name: &str| o.metrics.get(name).copied().unwrap_or(0);
         let fields = json!({
             "state": "judged", "intended": o.intended, "moved": o.moved,

@@ -233,7 +233,7 @@ async fn show_progress(mut events: mpsc::Receiver<Event>, enabled: bool, mut fee
         match event {
             Event::Started(parts) => {
                 if let Some(feed) = feed.as_mut() {
-                    feed.started(&parts);
+                    feed.started(&parts).await;
                 }
                 if enabled {
                     line = Some(Progress::start(parts));
