@@ -164,7 +164,7 @@ async fn time_key_lookups(addr: SocketAddr, n: u64) -> anyhow::Result<()> {
         let reply = conn.get(&format!("/payments?key={key}")).await?;
         latencies.push(t.elapsed());
         anyhow::ensure!(
-            reply.status == 200 && reply.body.contains(&key),
+            reply.status == 200 && reply.text().contains(&key),
             "GET ?key={key} answered {}",
             reply.status
         );
@@ -188,7 +188,7 @@ async fn time_audit(addr: SocketAddr) -> anyhow::Result<()> {
         println!("  GET /audit: no such route");
         return Ok(());
     }
-    let doc: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
+    let doc: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
     println!(
         "  GET /audit: {} in {:.1} s, verdict {}",
         reply.status,

@@ -278,9 +278,9 @@ async fn check_ledger(addr: SocketAddr, expected: usize) -> anyhow::Result<()> {
 pub(crate) async fn get_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
     let reply = Conn::open(addr).await?.get(path).await?;
     if reply.status != 200 {
-        bail!("GET {path} answered {}: {}", reply.status, reply.body);
+        bail!("GET {path} answered {}: {}", reply.status, reply.text());
     }
-    serde_json::from_str(&reply.body).with_context(|| format!("GET {path} is not JSON"))
+    serde_json::from_slice(&reply.body).with_context(|| format!("GET {path} is not JSON"))
 }
 
 /// The writer's own figures: payments executed, commits and CPU from
