@@ -31,7 +31,9 @@ const KEY_LOOKUPS: usize = 200;
 /// A single answer at ledger size may take this long (an O(n) /stats at 10M
 /// took 35 s before issue 9).
 const LEDGER_IO_TIMEOUT_MS: u64 = 600_000;
-/// Targets (issue 9) at 10M payments.
+/// Targets (issue 9) at 10M payments: a smaller ledger is judged against
+/// them too, and the line says so.
+const TARGETS_LEDGER_PAYMENTS: u64 = 10_000_000;
 const STATS_P50_MS_TARGET: f64 = 10.0;
 const STARTUP_MS_TARGET: f64 = 100.0;
 /// Stored answers are kept this long in the fill, so none expires meanwhile.
@@ -63,8 +65,13 @@ pub(crate) async fn run(dir: &Path, n: u64, synchronous: Synchronous) -> anyhow:
     time_delete(service.addr).await?;
     service.stop().await?;
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let size = if n >= TARGETS_LEDGER_PAYMENTS {
+        format!("at {n} payments")
+    } else {
+        format!("set for {TARGETS_LEDGER_PAYMENTS} payments, this ledger has {n}")
+    };
     println!(
-        "  targets (at 10M): /stats p50 < {STATS_P50_MS_TARGET} ms: {} ({stats_p50_ms:.2} ms); start-up < {STARTUP_MS_TARGET} ms: {} ({startup_ms:.1} ms)",
+        "  targets ({size}): /stats p50 < {STATS_P50_MS_TARGET} ms: {} ({stats_p50_ms:.2} ms); start-up < {STARTUP_MS_TARGET} ms: {} ({startup_ms:.1} ms)",
         verdict(stats_p50_ms < STATS_P50_MS_TARGET),
         verdict(startup_ms < STARTUP_MS_TARGET)
     );
