@@ -18,7 +18,8 @@ const REFRESH_MS: u64 = 250;
 /// A `/stats` read taking longer is skipped; the line keeps its last figures.
 const STATS_TIMEOUT_MS: u64 = 1_000;
 
-/// Runs until dropped (the task is aborted with it).
+/// Runs until stopped ([`Progress::stop`]), or dropped (the task is then
+/// aborted, not waited for).
 pub struct Progress(Option<tokio::task::JoinHandle<()>>);
 
 impl Progress {
@@ -29,6 +30,16 @@ impl Progress {
             return Progress(None);
         }
         Progress(Some(tokio::spawn(draw(parts))))
+    }
+
+    /// Erases the line and waits until it is gone. Dropping only aborts:
+    /// a draw already running on another worker could then print, or
+    /// erase a line, after the lesson's results.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 

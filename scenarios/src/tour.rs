@@ -235,6 +235,9 @@ async fn show_progress(mut events: mpsc::Receiver<Event>, enabled: bool, mut fee
                 if let Some(feed) = feed.as_mut() {
                     feed.started(&parts).await;
                 }
+                if let Some(old) = line.take() {
+                    old.stop().await;
+                }
                 if enabled {
                     line = Some(Progress::start(parts));
                 }
@@ -244,7 +247,9 @@ async fn show_progress(mut events: mpsc::Receiver<Event>, enabled: bool, mut fee
                 outcome,
                 release,
             } => {
-                line = None;
+                if let Some(done) = line.take() {
+                    done.stop().await;
+                }
                 if let Some(feed) = feed.as_mut() {
                     feed.judged(&parts, &outcome).await;
                 }
@@ -252,7 +257,9 @@ async fn show_progress(mut events: mpsc::Receiver<Event>, enabled: bool, mut fee
             }
         }
     }
-    drop(line);
+    if let Some(done) = line {
+        done.stop().await;
+    }
 }
 
 /// Waits for Enter (the facilitator's questions); returns at once when
