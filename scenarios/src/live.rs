@@ -2,7 +2,9 @@
 //! the lessons play. One self-contained HTML file (no CDN: the room may have
 //! no internet) fed by server-sent events from the runner: per lesson the
 //! money intended and moved as it happens, faults up and down, requests,
-//! replays and 409s, then the verdict and the story of one payment.
+//! the replays and 409s the service sent, then the verdict, the replays and
+//! 409s the client received (fewer when answers were lost on the way back),
+//! and the story of one payment.
 //!
 //! The page also reports what it shows (`POST /seen`, read back with
 //! `GET /seen`), so a test in a real browser can compare the page's numbers
@@ -287,10 +289,15 @@ impl Feed {
         }
     }
 
-    /// The verdict, then the story of the lesson's example payment (read
-    /// while the parts are still up).
+    /// The service's final figures and the verdict, then the story of the
+    /// lesson's example payment (read while the parts are still up).
     pub async fn judged(&mut self, parts: &crate::observe::Parts, o: &crate::play::Outcome) {
         self.stop_polling().await;
+        if let Ok(http) = crate::parts::http()
+            && let Some(last) = sample(&http, parts).await
+        {
+            self.hub.update(&parts.lesson, last);
+        }
         let metric = |name: &str| o.metrics.get(name).copied().unwrap_or(0);
         let fields = json!({
             "state": "judged", "intended": o.intended, "moved": o.moved,
@@ -349,8 +356,8 @@ async fn sample(http: &reqwest::Client, parts: &crate::observe::Parts) -> Option
         (up, down) = (up + u, down + d);
     }
     Some(json!({
-        "moved": first["total_amount"], "requests": requests, "replays": replays,
-        "conflicts_409": conflicts, "faults_up": up, "faults_down": down,
+        "moved": first["total_amount"], "requests": requests, "replays_sent": replays,
+        "conflicts_sent": conflicts, "faults_up": up, "faults_down": down,
     }))
 }
 

@@ -129,6 +129,18 @@ async fn the_page_in_chromium_shows_the_runners_numbers() {
     assert_eq!(seen["faults_down"].as_str(), Some(metric("faults_downstream").as_str()));
     assert_eq!(seen["attempts"].as_str(), Some(metric("attempts").as_str()));
     assert_eq!(seen["replays"].as_str(), Some(metric("replays").as_str()));
+    assert_eq!(seen["conflicts_409"].as_str(), Some(metric("conflicts_409").as_str()));
+    // What the service sent is read from it at the verdict: every replay
+    // and 409 the client received, and those lost on the way back.
+    let number = |field: &str| seen[field].as_str().and_then(|s| s.parse::<u64>().ok());
+    assert!(
+        number("replays_sent") >= number("replays") && number("replays").is_some(),
+        "{seen}"
+    );
+    assert!(
+        number("conflicts_sent") >= number("conflicts_409") && number("conflicts_409").is_some(),
+        "{seen}"
+    );
     // It was live: figures arrived while the lesson played, before its verdict.
     assert!(seen["progress_renders"].as_u64().is_some_and(|n| n >= 2), "{seen}");
     assert!(
