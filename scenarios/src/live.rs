@@ -336,17 +336,20 @@ async fn poll(hub: Arc<Hub>, parts: crate::observe::Parts) {
 
 /// What the page shows while a lesson plays: the money moved (the shared
 /// ledger's, from the first replica), the requests, replays and 409s of every
-/// replica, and the faults of every proxy route. None if any read failed.
+/// replica, and the faults of every proxy route. None if any read failed; a
+/// figure a replica does not report (a service of another shape) is null,
+/// shown as "–", never as 0.
 async fn sample(http: &reqwest::Client, parts: &crate::observe::Parts) -> Option<Value> {
     let first = read(http, &format!("{}/stats", parts.service_url)).await?;
-    let (mut requests, mut replays, mut conflicts) = (0u64, 0u64, 0u64);
+    let (mut requests, mut replays, mut conflicts) = (Some(0u64), Some(0u64), Some(0u64));
+    let add = |sum: Option<u64>, n: Option<u64>| sum.zip(n).map(|(a, b)| a.saturating_add(b));
     for replica in &parts.replica_urls {
         let stats = read(http, &format!("{replica}/stats")).await?;
-        let count = |field: &str| stats[field].as_u64().unwrap_or(0);
+        let count = |field: &str| stats[field].as_u64();
         (requests, replays, conflicts) = (
-            requests + count("received"),
-            replays + count("replayed"),
-            conflicts + count("conflicts_409"),
+            add(requests, count("received")),
+            add(replays, count("replayed")),
+            add(conflicts, count("conflicts_409")),
         );
     }
     let (mut up, mut down) = (0, 0);
