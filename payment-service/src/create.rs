@@ -153,7 +153,7 @@ async fn create(state: &AppState, request: PaymentRequest, key: Option<String>) 
             "this service requires an Idempotency-Key (or Payment-Idempotence-Key) header on every payment",
         ));
     }
-    tracing::debug!(key = key.as_deref().unwrap_or("-"), src = %request.src, dest = %request.dest, amount_minor = request.amount_minor, "payment received");
+    tracing::debug!(key = key.as_deref().unwrap_or("-"), src = %request.src(), dest = %request.dest(), amount_minor = request.amount_minor(), "payment received");
     if state.0.config.dedup == DedupMode::Exercise
         && let Some(key) = key
     {

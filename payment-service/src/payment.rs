@@ -11,12 +11,14 @@ use crate::money;
 /// The longest account name, in bytes.
 pub const ACCOUNT_BYTES_MAX: usize = 64;
 
-/// A validated request to move `amount_minor` from `src` to `dest`.
+/// A validated request to move `amount_minor` from `src` to `dest`. Its
+/// fields are read-only: the answer's head and the fingerprint are derived
+/// from them once, in [`PaymentRequest::new`], and must never go stale.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentRequest {
-    pub src: String,
-    pub dest: String,
-    pub amount_minor: i64,
+    src: String,
+    dest: String,
+    amount_minor: i64,
     /// Its payment's answer up to the key ([`answer_head`]) and its
     /// fingerprint: made where the request is made (an async worker), so
     /// the writer only reads them.
@@ -37,6 +39,18 @@ impl PaymentRequest {
             answer_head,
             fingerprint,
         }
+    }
+
+    pub fn src(&self) -> &str {
+        &self.src
+    }
+
+    pub fn dest(&self) -> &str {
+        &self.dest
+    }
+
+    pub fn amount_minor(&self) -> i64 {
+        self.amount_minor
     }
 
     /// The answer to this request once paid as payment `id` under `key` at

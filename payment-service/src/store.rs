@@ -607,19 +607,20 @@ pub(crate) fn insert_payment(
     book: Book,
 ) -> DbResult<(Payment, Delta)> {
     let now_ms = book.now_ms;
+    let (src_name, dest_name, amount) = (request.src(), request.dest(), request.amount_minor());
     let dedup_key = if unique { key } else { None };
     let out_of_range = |account: &str| DbError::BalanceOutOfRange {
         account: account.to_owned(),
     };
-    let (src, dest) = balances::read(conn, &request.src, &request.dest)?;
+    let (src, dest) = balances::read(conn, src_name, dest_name)?;
     let src_balance = src
         .unwrap_or(0)
-        .checked_sub(request.amount_minor)
-        .ok_or_else(|| out_of_range(&request.src))?;
+        .checked_sub(amount)
+        .ok_or_else(|| out_of_range(src_name))?;
     let dest_balance = dest
         .unwrap_or(0)
-        .checked_add(request.amount_minor)
-        .ok_or_else(|| out_of_range(&request.dest))?;
+        .checked_add(amount)
+        .ok_or_else(|| out_of_range(dest_name))?;
     let earlier = match (key, earlier) {
         (Some(_), Some(known)) => known,
         (Some(key), None) => payments_with_key_up_to_two(conn, key)?,
@@ -630,13 +631,13 @@ pub(crate) fn insert_payment(
     let id: i64 = conn.alone(|conn| {
         conn.insert_returning_id(
             INSERT_PAYMENT,
-            params![request.src, request.dest, request.amount_minor, key, dedup_key, now_ms],
+            params![src_name, dest_name, amount, key, dedup_key, now_ms],
         )
     })?;
     balances::write(
         conn,
-        (&request.src, src_balance, src.is_some()),
-        (&request.dest, dest_balance, dest.is_some()),
+        (src_name, src_balance, src.is_some()),
+        (dest_name, dest_balance, dest.is_some()),
     )?;
     if book.outbox {
         outbox::add_event(conn, id, now_ms)?;
@@ -644,7 +645,7 @@ pub(crate) fn insert_payment(
     let delta = Delta {
         payments: 1,
         last_payment_id: id,
-        amount_minor: request.amount_minor,
+        amount_minor: amount,
         keyed_payments: i64::from(key.is_some()),
         distinct_keys: i64::from(key.is_some() && earlier == 0),
         duplicate_keys: i64::from(earlier == 1),
@@ -654,9 +655,9 @@ pub(crate) fn insert_payment(
     };
     let payment = Payment {
         id,
-        src: request.src.clone(),
-        dest: request.dest.clone(),
-        amount_minor: request.amount_minor,
+        src: src_name.to_owned(),
+        dest: dest_name.to_owned(),
+        amount_minor: amount,
         idempotency_key: key.map(str::to_owned),
         created_at_ms: now_ms,
     };
