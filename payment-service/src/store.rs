@@ -154,16 +154,25 @@ struct KeyRow {
     completed_at_ms: Option<i64>,
 }
 
+/// A key row's seven columns of `idempotency_keys AS k`, in the order
+/// [`key_row_from`] reads them: one list for both statements that read them.
+macro_rules! key_columns {
+    () => {
+        "k.fingerprint, k.state, k.locked_until_ms, k.payment_id, k.response_status, k.response_body, k.completed_at_ms"
+    };
+}
+
 fn key_row(conn: &Connection, key: &str) -> DbResult<Option<KeyRow>> {
-    conn.prepare_cached(
-        "SELECT fingerprint, state, locked_until_ms, payment_id, response_status, response_body, completed_at_ms
-         FROM idempotency_keys WHERE idem_key = ?1",
-    )?
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        key_columns!(),
+        " FROM idempotency_keys AS k WHERE k.idem_key = ?1"
+    ))?
     .query_row([key], |r| key_row_from(r, 0))
     .optional()
 }
 
-/// A key's row from the seven columns starting at `at`.
+/// A key's row from the seven columns of `key_columns!` starting at `at`.
 fn key_row_from(r: &Row<'_>, at: usize) -> DbResult<KeyRow> {
     Ok(KeyRow {
         fingerprint: r.get(at)?,
@@ -190,13 +199,16 @@ fn key_row_and_first_payment(conn: &Connection, key: &str) -> DbResult<(Option<K
     })?)
 }
 
-/// The columns of `key_row`, then those of `PAYMENT_COLUMNS`.
-const KEY_AND_FIRST_PAYMENT: &str = "SELECT k.fingerprint, k.state, k.locked_until_ms, k.payment_id,
-            k.response_status, k.response_body, k.completed_at_ms,
+/// The columns of `key_columns!`, then those of `PAYMENT_COLUMNS`.
+const KEY_AND_FIRST_PAYMENT: &str = concat!(
+    "SELECT ",
+    key_columns!(),
+    ",
             p.id, p.src, p.dest, p.amount_minor, p.idem_key, p.created_at_ms
      FROM (SELECT 1 AS one) AS q
      LEFT JOIN idempotency_keys AS k ON k.idem_key = ?1
-     LEFT JOIN payments AS p ON p.id = (SELECT min(id) FROM payments WHERE idem_key = ?1)";
+     LEFT JOIN payments AS p ON p.id = (SELECT min(id) FROM payments WHERE idem_key = ?1)"
+);
 
 /// What a keyed request is to the key rules: a single payment, or a batch
 /// (`batch.rs`). `decide` and `claim` serve both.
